@@ -1,0 +1,242 @@
+"""Demographic (explicit) and latent (implicit) grouping.
+
+Explicit groups follow METHOD.md Section 1: age bins a1 <= 25 < a2 <= 50 < a3 <= 75 < a4, sex F/M,
+and the group of a sample is the intersection of the attributes its dataset records ("F|a3"; an
+age-only dataset gives "a3"). A sample missing any of its dataset's attributes has no explicit group
+(None) and is treated as unlabeled, i.e. it gets an implicit group by K-means on reward vectors.
+
+Implicit groups use K-means with the elbow rule of the authors' code (METHOD.md Section 3), run on
+DISTINCT reward vectors weighted by how many prompts produced them: the K-means objective is the
+same as on the raw rows, and the cost is bounded by the number of distinct vectors (at most 2**n for
+binary rewards), not by the number of prompts seen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .vocabularies import ATTRIBUTES
+
+AGE_BINS = ("a1", "a2", "a3", "a4")
+AGE_EDGES = (25.0, 50.0, 75.0)  # upper edges (inclusive) of a1, a2, a3
+SEXES = ("F", "M")
+_SEX_WORDS = {"f": "F", "female": "F", "woman": "F", "w": "F", "m": "M", "male": "M", "man": "M"}
+
+
+def age_bin(age: object) -> str | None:
+    """Age in years -> "a1".."a4"; None for a missing, non-numeric, negative or non-finite age.
+
+    DICOM-style strings such as "053Y" are read as 53 years.
+    """
+    if age is None or isinstance(age, bool):
+        return None
+    if isinstance(age, str):
+        text = age.strip().upper()
+        if text.endswith("Y"):
+            text = text[:-1]
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+    else:
+        try:
+            value = float(age)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    for name, edge in zip(AGE_BINS, AGE_EDGES):
+        if value <= edge:
+            return name
+    return AGE_BINS[-1]
+
+
+def normalize_sex(sex: object) -> str | None:
+    """"F"/"female"/"Woman"/... -> "F"; "M"/"male"/... -> "M"; anything else (None, "O", NaN) -> None."""
+    if not isinstance(sex, str):
+        return None
+    return _SEX_WORDS.get(sex.strip().lower())
+
+
+def explicit_group(age: object, sex: object, attributes: Sequence[str] = ATTRIBUTES) -> str | None:
+    """Intersectional group key of one sample, e.g. "F|a3" (sex first) or "a3" for age-only data.
+
+    attributes: the demographic attributes the sample's dataset records. Returns None when any of
+    them is missing for this sample, or when the dataset records none.
+    """
+    parts = []
+    for attribute in ATTRIBUTES:  # fixed order: sex, then age
+        if attribute not in attributes:
+            continue
+        value = normalize_sex(sex) if attribute == "sex" else age_bin(age)
+        if value is None:
+            return None
+        parts.append(value)
+    return "|".join(parts) if parts else None
+
+
+def explicit_groups(
+    ages: Iterable[object], sexes: Iterable[object], attributes: Sequence[str] = ATTRIBUTES
+) -> list[str | None]:
+    """Vectorised :func:`explicit_group` over parallel sequences."""
+    return [explicit_group(a, s, attributes) for a, s in zip(ages, sexes)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Elbow K-means on weighted points
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ElbowKMeansResult:
+    """Outcome of :func:`elbow_kmeans`.
+
+    k: chosen number of clusters. labels: (P,) cluster id per input point, 0..k-1.
+    centers: (k, D) weighted centroids. sizes: (k,) total weight per cluster.
+    inertias: (k_cap,) weighted inertia of the fits for k = 1..k_cap.
+    """
+
+    k: int
+    labels: np.ndarray
+    centers: np.ndarray
+    sizes: np.ndarray
+    inertias: np.ndarray
+
+
+def _kmeans_pp_init(X: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Weighted k-means++ seeding (Arthur and Vassilvitskii 2007), one candidate per step."""
+    first = rng.choice(len(X), p=w / w.sum())
+    centers = [X[first]]
+    d2 = ((X - X[first]) ** 2).sum(axis=1)
+    for _ in range(1, k):
+        mass = w * d2
+        total = mass.sum()
+        if total <= 0:  # every point coincides with a centre already: duplicate the farthest
+            idx = int(np.argmax(d2))
+        else:
+            idx = rng.choice(len(X), p=mass / total)
+        centers.append(X[idx])
+        d2 = np.minimum(d2, ((X - X[idx]) ** 2).sum(axis=1))
+    return np.array(centers, dtype=float)
+
+
+def _lloyd(X: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iter: int = 100):
+    """Weighted Lloyd iterations to convergence; an emptied cluster takes the worst-served point."""
+    k = len(centers)
+    labels = np.full(len(X), -1)
+    for _ in range(max_iter):
+        d2 = ((X[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
+        new_labels = d2.argmin(axis=1)
+        if np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+        sizes = np.bincount(labels, weights=w, minlength=k)
+        for c in np.flatnonzero(sizes == 0):
+            far = int(np.argmax(d2[np.arange(len(X)), labels] * w))
+            labels[far] = c
+            sizes = np.bincount(labels, weights=w, minlength=k)
+        sums = np.zeros_like(centers)
+        np.add.at(sums, labels, X * w[:, None])
+        centers = sums / sizes[:, None]
+    d2 = ((X - centers[labels]) ** 2).sum(axis=1)
+    return labels, centers, float((w * d2).sum())
+
+
+def weighted_kmeans(
+    X: np.ndarray, weights: np.ndarray, k: int, seed: int = 0, n_init: int = 1
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """K-means on points X (P, D) with positive weights (P,): returns labels, centers, inertia.
+
+    Deterministic for a given seed; the best of ``n_init`` k-means++ starts is kept.
+    """
+    X = np.asarray(X, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    if k < 1 or k > len(X):
+        raise ValueError(f"k must be in 1..{len(X)} (number of points), got {k}")
+    if k == 1:
+        center = (X * w[:, None]).sum(axis=0, keepdims=True) / w.sum()
+        return np.zeros(len(X), dtype=int), center, float((w * ((X - center) ** 2).sum(axis=1)).sum())
+    rng = np.random.default_rng(seed)
+    best = None
+    for _ in range(n_init):
+        result = _lloyd(X, w, _kmeans_pp_init(X, w, k, rng))
+        if best is None or result[2] < best[2]:
+            best = result
+    return best  # type: ignore[return-value]
+
+
+def elbow_kmeans(
+    X: np.ndarray,
+    weights: np.ndarray | None = None,
+    k_max: int = 3,
+    tau: float = 0.10,
+    seed: int = 0,
+    n_init: int = 1,
+) -> ElbowKMeansResult:
+    """K-means whose k is chosen by the elbow rule of METHOD.md Section 3.
+
+    X: (P, D) DISTINCT points (reward vectors); weights: (P,) multiplicities (default 1).
+    k_cap = min(k_max, P); fit k = 1..k_cap; with drops D_k = I_(k-1) - I_k choose the first k >= 2
+    with D_(k+1) < tau * D_k, else k_cap. One point (or k_max = 1) gives k = 1.
+    """
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or len(X) == 0:
+        raise ValueError(f"elbow_kmeans needs a non-empty (P, D) array, got shape {X.shape}")
+    w = np.ones(len(X)) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (len(X),) or not np.all(w > 0):
+        raise ValueError("weights must be positive, one per point")
+    if k_max < 1:
+        raise ValueError(f"k_max must be >= 1, got {k_max}")
+    k_cap = min(k_max, len(X))
+    fits = [weighted_kmeans(X, w, k, seed=seed, n_init=n_init) for k in range(1, k_cap + 1)]
+    inertias = np.array([f[2] for f in fits])
+    k = k_cap
+    drops = inertias[:-1] - inertias[1:]  # drops[j] = I_(j+1) - I_(j+2), i.e. D_(j+2) in 1-based k
+    for j in range(1, len(drops)):
+        if drops[j] < tau * drops[j - 1]:
+            k = j + 1
+            break
+    labels, centers, _ = fits[k - 1]
+    sizes = np.bincount(labels, weights=w, minlength=k)
+    return ElbowKMeansResult(k=k, labels=labels, centers=centers, sizes=sizes, inertias=inertias)
+
+
+# ----------------------------------------------------------------------------------------------
+# GRPO+RS: oversampling the training set to balanced explicit groups
+# ----------------------------------------------------------------------------------------------
+
+
+def balance_by_group(
+    table: pd.DataFrame, seed: int, dataset_col: str = "dataset", group_col: str = "group"
+) -> pd.DataFrame:
+    """Oversample every explicit (dataset, group) cell to its dataset's largest cell (GRPO+RS).
+
+    Rows whose group is missing (unlabeled prompts) are kept once. Extra rows are drawn with
+    replacement-free rounds (every row of a cell is used before any is repeated), seeded. The result
+    keeps the input columns; its order is the input rows followed by the added copies, so the
+    original rows are a prefix. Shuffling is the data loader's job.
+    """
+    for col in (dataset_col, group_col):
+        if col not in table.columns:
+            raise ValueError(f"balance_by_group: column {col!r} missing; columns are {list(table.columns)}")
+    rng = np.random.default_rng(seed)
+    labeled = table[table[group_col].notna()]
+    extra = []
+    for _, cells in labeled.groupby(dataset_col, sort=True):
+        sizes = cells.groupby(group_col, sort=True).size()
+        target = int(sizes.max())
+        for group, size in sizes.items():
+            need = target - int(size)
+            if need == 0:
+                continue
+            idx = cells.index[cells[group_col] == group].to_numpy()
+            rounds = [rng.permutation(idx) for _ in range(need // len(idx) + 1)]
+            extra.append(np.concatenate(rounds)[:need])
+    if not extra:
+        return table.copy()
+    return pd.concat([table, table.loc[np.concatenate(extra)]], ignore_index=True)
