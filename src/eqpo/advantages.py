@@ -117,7 +117,8 @@ def layout_batch(rewards: Any, prompt_ids: Any, datasets: Any, groups: Any) -> B
     gr_clean = np.array([None if _is_missing(g) else str(g) for g in gr], dtype=object)
     prompt_dataset, prompt_group = ds_clean[first], gr_clean[first]
     for name, per_resp, per_prompt in (("dataset", ds_clean, prompt_dataset), ("group", gr_clean, prompt_group)):
-        mismatch = valid & (per_resp != per_prompt[np.where(valid, codes, 0)])
+        mismatch = np.zeros(n_resp, dtype=bool)
+        mismatch[valid] = per_resp[valid] != per_prompt[codes[valid]]
         if mismatch.any():
             k = int(np.flatnonzero(mismatch)[0])
             raise ValueError(
@@ -383,10 +384,13 @@ class VectorBank:
         return np.array([self.index[v.tobytes()] for v in vectors], dtype=np.int64)
 
     def active(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rows, X, weights) of the vectors currently held (count > 0)."""
+        """(rows, X, weights) of the vectors currently held (count > 0), in lexicographic order of
+        the vectors, so clustering depends on the multiset of vectors and not on arrival order."""
         counts = np.asarray(self.counts)
         rows = np.flatnonzero(counts > 0.5)
-        return rows, np.asarray(self.vectors)[rows], counts[rows]
+        X = np.asarray(self.vectors).reshape(-1, self.length)[rows]
+        order = np.lexsort(X.T[::-1]) if len(rows) else rows
+        return rows[order], X[order], counts[rows][order]
 
 
 @dataclass

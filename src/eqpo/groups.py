@@ -109,7 +109,9 @@ class ElbowKMeansResult:
 
 
 def _kmeans_pp_init(X: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Weighted k-means++ seeding (Arthur and Vassilvitskii 2007), one candidate per step."""
+    """Weighted greedy k-means++ seeding (Arthur and Vassilvitskii 2007, with scikit-learn's
+    2 + log(k) candidates per step, keeping the one that lowers the potential most)."""
+    n_trials = 2 + int(np.log(k))
     first = rng.choice(len(X), p=w / w.sum())
     centers = [X[first]]
     d2 = ((X - X[first]) ** 2).sum(axis=1)
@@ -117,11 +119,15 @@ def _kmeans_pp_init(X: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generat
         mass = w * d2
         total = mass.sum()
         if total <= 0:  # every point coincides with a centre already: duplicate the farthest
-            idx = int(np.argmax(d2))
+            best = int(np.argmax(d2))
+            best_d2 = d2
         else:
-            idx = rng.choice(len(X), p=mass / total)
-        centers.append(X[idx])
-        d2 = np.minimum(d2, ((X - X[idx]) ** 2).sum(axis=1))
+            candidates = rng.choice(len(X), size=n_trials, p=mass / total)
+            cand_d2 = np.minimum(d2[None, :], ((X[None, :, :] - X[candidates][:, None, :]) ** 2).sum(axis=2))
+            pick = int(np.argmin((cand_d2 * w[None, :]).sum(axis=1)))
+            best, best_d2 = int(candidates[pick]), cand_d2[pick]
+        centers.append(X[best])
+        d2 = best_d2
     return np.array(centers, dtype=float)
 
 
