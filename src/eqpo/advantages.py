@@ -76,11 +76,17 @@ class Batch:
         v = self.valid
         return np.bincount(self.prompt[v], weights=self.rewards[v], minlength=len(self.n))
 
-    def reward_vectors(self, prompts: np.ndarray) -> list[np.ndarray]:
-        """The rollout rewards of each listed prompt, in rollout order."""
+    def reward_matrix(self, prompts: np.ndarray, length: int) -> np.ndarray:
+        """(len(prompts), length) rollout rewards of prompts that all have ``length`` rollouts,
+        each row in rollout order."""
         starts = np.concatenate([[0], np.cumsum(self.n)[:-1]])
-        sorted_rewards = self.rewards[self.order]
-        return [sorted_rewards[starts[p] : starts[p] + self.n[p]] for p in prompts]
+        return self.rewards[self.order][starts[prompts][:, None] + np.arange(length)[None, :]]
+
+
+def _clean(values: np.ndarray, fn: Callable[[Any], Any]) -> np.ndarray:
+    """Apply fn to each distinct value once (batches repeat a few labels thousands of times)."""
+    codes, uniques = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=False)
+    return np.array([fn(u) for u in uniques] + [None], dtype=object)[codes]
 
 
 def _as_1d(name: str, values: Any, length: int | None) -> np.ndarray:
@@ -113,8 +119,8 @@ def layout_batch(rewards: Any, prompt_ids: Any, datasets: Any, groups: Any) -> B
     order = np.flatnonzero(valid)[np.argsort(codes[valid], kind="stable")]
     n = np.bincount(codes[valid], minlength=n_prompts)
     first = order[np.concatenate([[0], np.cumsum(n)[:-1]])] if n_prompts else np.zeros(0, dtype=int)
-    ds_clean = np.array([UNKNOWN_DATASET if _is_missing(d) else str(d) for d in ds], dtype=object)
-    gr_clean = np.array([None if _is_missing(g) else str(g) for g in gr], dtype=object)
+    ds_clean = _clean(ds, lambda d: UNKNOWN_DATASET if _is_missing(d) else str(d))
+    gr_clean = _clean(gr, lambda g: None if _is_missing(g) else str(g))
     prompt_dataset, prompt_group = ds_clean[first], gr_clean[first]
     for name, per_resp, per_prompt in (("dataset", ds_clean, prompt_dataset), ("group", gr_clean, prompt_group)):
         mismatch = np.zeros(n_resp, dtype=bool)
@@ -403,6 +409,16 @@ class StepStats:
     vectors: dict[tuple[str, int], np.ndarray]
 
 
+def _sum_by_key(keys: list, rows: np.ndarray) -> dict:
+    """Row sums of ``rows`` (M, 3) per distinct key, keys in first-seen order."""
+    if not keys:
+        return {}
+    codes, uniques = pd.factorize(pd.Series(keys, dtype=object))
+    totals = np.zeros((len(uniques), rows.shape[1]))
+    np.add.at(totals, codes, rows)
+    return {key: totals[i] for i, key in enumerate(uniques)}
+
+
 class History:
     """Accumulated :class:`StepStats` over steps, optionally over a sliding window of steps."""
 
@@ -515,25 +531,22 @@ class HierarchicalScaler(Estimator):
         return np.array([g is not None for g in batch.prompt_group], dtype=bool)
 
     def _step_stats(self, batch: Batch, labeled: np.ndarray) -> tuple[StepStats, dict]:
-        sums = batch.prompt_sums()
-        domain: dict[str, np.ndarray] = {}
-        explicit: dict[tuple[str, str], np.ndarray] = {}
-        for p, (d, g) in enumerate(zip(batch.prompt_dataset, batch.prompt_group)):
-            row = np.array([1.0, sums[p], batch.n[p]])
-            domain[d] = domain.get(d, 0.0) + row
-            if labeled[p]:
-                explicit[(d, g)] = explicit.get((d, g), 0.0) + row
+        rows = np.column_stack([np.ones(len(batch.n)), batch.prompt_sums(), batch.n])
+        domain = _sum_by_key(list(batch.prompt_dataset), rows)
+        lab = np.flatnonzero(labeled)
+        explicit = _sum_by_key(list(zip(batch.prompt_dataset[lab], batch.prompt_group[lab])), rows[lab])
+        vectors, members = {}, {}
         unlabeled = np.flatnonzero(~labeled)
-        vecs = batch.reward_vectors(unlabeled)
-        by_key: dict[tuple[str, int], list] = {}
-        for p, vec in zip(unlabeled, vecs):
-            vec = np.round(np.sort(vec) if self.sort_reward_vectors else vec, self.decimals) + 0.0
-            by_key.setdefault((batch.prompt_dataset[p], int(batch.n[p])), []).append((p, vec))
-        vectors = {k: np.stack([v for _, v in items]) for k, items in by_key.items()}
-        members = {k: np.array([p for p, _ in items]) for k, items in by_key.items()}
+        for key in sorted(set(zip(batch.prompt_dataset[unlabeled], batch.n[unlabeled].tolist()))):
+            prompts = unlabeled[(batch.prompt_dataset[unlabeled] == key[0]) & (batch.n[unlabeled] == key[1])]
+            X = batch.reward_matrix(prompts, key[1])
+            X = np.sort(X, axis=1) if self.sort_reward_vectors else X
+            vectors[key] = np.round(X, self.decimals) + 0.0  # + 0.0 folds -0.0 into 0.0 for hashing
+            members[key] = prompts
         return StepStats(domain, explicit, vectors), members
 
-    def _cluster(self, datasets: set[str], banks: dict[tuple[str, int], VectorBank], members: dict, batch: Batch):
+    def _cluster(self, datasets: set[str], banks: dict[tuple[str, int], VectorBank], step: StepStats,
+                 members: dict, batch: Batch):
         """Cluster each listed dataset's held vectors; returns per-prompt (size, centroid mean, cluster id)
         and per-dataset cluster summaries [(size, centroid mean), ...]."""
         size = np.full(len(batch.n), np.nan)
@@ -555,15 +568,11 @@ class HierarchicalScaler(Estimator):
                 position = np.full(len(bank.vectors), -1)
                 position[rows] = np.arange(len(rows))
                 prompts = members[key]
-                lab = res.labels[position[bank.lookup(self._vectors_of(batch, prompts))]]
+                lab = res.labels[position[bank.lookup(step.vectors[key])]]
                 size[prompts] = res.sizes[lab]
                 mean[prompts] = centroid_means[lab]
                 cid[prompts] = lab + offset
         return size, mean, cid, summaries
-
-    def _vectors_of(self, batch: Batch, prompts: np.ndarray) -> np.ndarray:
-        vecs = batch.reward_vectors(prompts)
-        return np.stack([np.round(np.sort(v) if self.sort_reward_vectors else v, self.decimals) + 0.0 for v in vecs])
 
     # -- the estimator ------------------------------------------------------------------------
     def compute(self, batch: Batch) -> np.ndarray:
@@ -579,7 +588,7 @@ class HierarchicalScaler(Estimator):
                 banks[key] = VectorBank(key[1])
                 banks[key].add(vectors)
         present = set(batch.prompt_dataset[~labeled].tolist())
-        c_size, c_mean, c_id, summaries = self._cluster(present, banks, members, batch)
+        c_size, c_mean, c_id, summaries = self._cluster(present, banks, step, members, batch)
 
         factor = self._factors(batch, labeled, domain, explicit, c_size, c_mean, summaries)
         s = grpo_scores(batch, self.eps)

@@ -146,9 +146,9 @@ def _lloyd(X: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iter: int = 10
             far = int(np.argmax(d2[np.arange(len(X)), labels] * w))
             labels[far] = c
             sizes = np.bincount(labels, weights=w, minlength=k)
-        sums = np.zeros_like(centers)
-        np.add.at(sums, labels, X * w[:, None])
-        centers = sums / sizes[:, None]
+        members = np.zeros((len(X), k))
+        members[np.arange(len(X)), labels] = w
+        centers = (members.T @ X) / sizes[:, None]
     d2 = ((X - centers[labels]) ** 2).sum(axis=1)
     return labels, centers, float((w * d2).sum())
 
