@@ -3,7 +3,8 @@
 Batch: 512 prompts x 10 rollouts over the 7 paper datasets (CheXpert-dominant mix), 30% of prompts
 without demographics, binary rewards drawn per prompt from a Beta(1, 1) success rate.
 Targets: eqpo / eqpo_nd <= 50 ms per call in batch scope; in history scope <= 100 ms per call after
-500 steps (256k accumulated prompts) and not growing with steps.
+500 steps (256k accumulated prompts) and not growing with steps (the cost rises while the distinct
+reward vectors fill up, at most 2**n per dataset for binary rewards, then stays flat).
 
     python benchmarks/bench_advantages.py [--steps 500] [--seed 0]
 """
@@ -73,14 +74,19 @@ def main() -> None:
         times = [time_call(est, make_batch(step_rng, step)) for step in range(args.steps)]  # fresh batches
         times = np.asarray(times)
         early, late = np.median(times[10:60]), np.median(times[-50:])
+        # Cost rises while each dataset's set of distinct reward vectors fills (at most 2**10 for
+        # binary rewards), then must stay flat: compare the last fifth of the run with the middle.
+        middle = np.median(times[2 * args.steps // 5 : 3 * args.steps // 5])
         prompts = est.history.domain and sum(v[0] for v in est.history.domain.values())
         distinct = sum(len(b.vectors) for b in est.history.banks.values())
-        ok &= late <= 100 and late <= 1.5 * early + 5
+        ok &= late <= 100 and late <= 1.2 * middle + 5
         print(
             f"{method:8s} history scope    steps 10-60: {early:7.2f} ms  last 50 of {args.steps}: {late:7.2f} ms"
             f"  ratio to grpo {late / grpo_ms:5.1f}x  ({int(prompts)} prompts held as {distinct} distinct vectors)"
             "  target <= 100 ms, flat"
         )
+        blocks = [f"{b}-{min(b + 100, args.steps)}: {np.median(times[b:b + 100]):.1f}" for b in range(0, args.steps, 100)]
+        print(f"{'':8s} median ms per block of steps  " + "  ".join(blocks))
     print("PASS" if ok else "FAIL: a target above was missed")
 
 
