@@ -72,6 +72,9 @@ def test_eqpo_implicit_groups_hand_computed():
     assert est.last_k == {"A": 2}
     clusters = est.last_clusters
     assert clusters["a"] == clusters["b"] != clusters["c"] == clusters["d"]
+    probe = est.assign_clusters("A", np.array([[1, 1, 0], [0, 0, 1], [1, 1, 1]], dtype=float))
+    assert probe[0] == clusters["a"] and probe[1] == clusters["c"] and probe[2] == clusters["a"]
+    assert list(est.assign_clusters("B", np.ones((2, 3)))) == [-1, -1]
     g = np.array([0.57735, 0.57735, -1.1547])  # grpo of [1,1,0]
     s_prime = np.concatenate([g / (math.sqrt(2) * 2 / 3)] * 2 + [-g / (math.sqrt(2) / 3)] * 2)
     np.testing.assert_allclose(adv, s_prime / (s_prime.std(ddof=1) + 1e-6), rtol=1e-4)

@@ -520,6 +520,7 @@ class HierarchicalScaler(Estimator):
         self.last_clusters: dict[Any, int] = {}
         self.last_k: dict[str, int] = {}
         self.last_group_stats: list[dict] = []
+        self._fits: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(scope={self.scope!r}, k_max={self.k_max}, tau={self.tau})"
@@ -554,6 +555,7 @@ class HierarchicalScaler(Estimator):
         cid = np.full(len(batch.n), -1)
         summaries: dict[str, list[tuple[float, float]]] = {d: [] for d in datasets}
         self.last_k = {}
+        self._fits = {}
         for key in sorted(k for k in banks if k[0] in datasets):
             bank = banks[key]
             rows, X, w = bank.active()
@@ -564,6 +566,7 @@ class HierarchicalScaler(Estimator):
             centroid_means = res.centers.mean(axis=1)
             summaries[key[0]].extend(zip(res.sizes.tolist(), centroid_means.tolist()))
             self.last_k[key[0]] = self.last_k.get(key[0], 0) + res.k
+            self._fits[key] = (res.centers, offset)
             if key in members:
                 position = np.full(len(bank.vectors), -1)
                 position[rows] = np.arange(len(rows))
@@ -573,6 +576,19 @@ class HierarchicalScaler(Estimator):
                 mean[prompts] = centroid_means[lab]
                 cid[prompts] = lab + offset
         return size, mean, cid, summaries
+
+    def assign_clusters(self, dataset: str, reward_vectors: np.ndarray) -> np.ndarray:
+        """Cluster ids that the last call's clustering of ``dataset`` gives to reward vectors (P, n):
+        the nearest centroid, -1 where that dataset (with n rollouts) was not clustered in the last
+        call. Used to track the implicit groups of a fixed set of prompts over training."""
+        X = np.asarray(reward_vectors, dtype=float)
+        out = np.full(len(X), -1)
+        fit = self._fits.get((dataset, X.shape[1])) if X.ndim == 2 and len(X) else None
+        if fit is None:
+            return out
+        centers, offset = fit
+        X = np.round(np.sort(X, axis=1) if self.sort_reward_vectors else X, self.decimals)
+        return ((X[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2).argmin(axis=1) + offset
 
     # -- the estimator ------------------------------------------------------------------------
     def compute(self, batch: Batch) -> np.ndarray:

@@ -1,0 +1,131 @@
+"""The workflow's steps as plain functions: each Snakemake script is a thin call into one of these,
+so every step can be run and tested without Snakemake.
+
+File contract of a run directory ``results/<experiment>/<model>/<method>/seed<seed>/``:
+``dynamics.jsonl``, ``steps.jsonl``, ``clusters.parquet`` (training, either backend),
+``predictions.parquet`` (test split, METHOD.md schema) and ``metrics.json`` (scored predictions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from .metrics import FairnessReport, unparseable_share
+
+log = logging.getLogger("eqpo")
+
+# Keys of the shared `train` config block that only the GPU (verl) backend reads.
+GPU_ONLY_TRAIN_KEYS = ("max_prompt_length", "max_response_length", "rollout_gpu_memory", "tensor_parallel", "gpus")
+
+
+@contextlib.contextmanager
+def logged(path: str | Path | None) -> Iterator[None]:
+    """Send stdout, stderr and the ``eqpo`` logger to ``path`` for the duration (a rule's log)."""
+    if path is None:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", buffering=1) as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+        handler = logging.StreamHandler(handle)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            log.removeHandler(handler)
+
+
+def _say(message: str) -> None:
+    log.info(message)
+
+
+def read_cohort(path: str | Path) -> pd.DataFrame:
+    table = pd.read_parquet(path)
+    table["labels"] = table["labels"].map(list)
+    return table
+
+
+def make_demo_cohort(settings: dict, out: str | Path, summary_out: str | Path) -> None:
+    from .demo.cohort import CohortConfig, describe_cohort, make_cohort
+
+    table = make_cohort(CohortConfig.from_dict(settings))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out, index=False)
+    Path(summary_out).parent.mkdir(parents=True, exist_ok=True)
+    describe_cohort(table).to_csv(summary_out, index=False)
+    _say(f"demo cohort: {len(table)} samples over {table['dataset'].nunique()} datasets -> {out}")
+
+
+def run_pretrain(cohort: str | Path, model: dict, settings: dict, seed: int, out: str | Path) -> None:
+    from .cpu.policy import PolicyConfig
+    from .cpu.trainer import PretrainConfig, pretrain, save_policy
+
+    table = read_cohort(cohort)
+    n_features = sum(1 for c in table.columns if c.startswith("f") and c[1:].isdigit())
+    arch = {k: v for k, v in model.items() if k != "backend"}
+    policy = pretrain(table, PolicyConfig(n_features=n_features, **arch), PretrainConfig.from_dict(settings), seed, log=_say)
+    save_policy(policy, out)
+
+
+def cpu_train_config(train: dict, cpu: dict) -> dict:
+    """The CPU backend's settings: the shared `train` block without GPU-only keys, plus `cpu`."""
+    return {**{k: v for k, v in train.items() if k not in GPU_ONLY_TRAIN_KEYS}, **cpu}
+
+
+def run_train_cpu(cohort: str | Path, pretrained: str | Path, method: str, estimator_options: dict,
+                  train: dict, seed: int, run_dir: str | Path, stop_after: int | None = None) -> None:
+    from .cpu.trainer import RLTrainer, TrainConfig
+
+    trainer = RLTrainer(read_cohort(cohort), pretrained, method, estimator_options, TrainConfig.from_dict(train),
+                        seed, run_dir, log=_say)
+    _say(f"{method} seed {seed}: {trainer.total_steps} steps of {trainer.config.batch_prompts} prompts x "
+         f"{trainer.config.rollouts} rollouts on {len(trainer.train)} training prompts")
+    trainer.fit(stop_after=stop_after)
+
+
+def run_predict_cpu(cohort: str | Path, policy_path: str | Path, out: str | Path, split: str = "test") -> None:
+    from .cpu.trainer import Cohort, Scorer, load_policy, predict, specs_for
+    from .cpu.trainer import split as split_of
+
+    table = read_cohort(cohort)
+    specs = specs_for(table)
+    preds = predict(load_policy(policy_path), Cohort(split_of(table, split), specs), Scorer(specs))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    preds.to_parquet(out, index=False)
+    _say(f"{len(preds)} {split} predictions -> {out}")
+
+
+def score_predictions(predictions: str | Path, out: str | Path, **run: Any) -> dict:
+    """predictions.parquet -> metrics.json with the Table 2 summary and the per-group tables."""
+    preds = pd.read_parquet(predictions)
+    for col in ("labels", "prediction"):
+        preds[col] = preds[col].map(list)
+    report = FairnessReport.from_predictions(preds)
+    result = {
+        **run,
+        "summary": report.overall,
+        "by_dataset": json.loads(report.by_dataset.to_json(orient="records")),
+        "by_group": json.loads(report.by_group.to_json(orient="records")),
+        "unparseable_share": {str(k): float(v) for k, v in unparseable_share(preds).items()},
+    }
+    Path(out).write_text(json.dumps(result, indent=1))
+    _say("; ".join(f"{k}={v:.4f}" for k, v in report.overall.items()))
+    return result
+
+
+def not_built(what: str, issue: int) -> None:
+    """Stop a rule whose backend is not part of this release, with a clear message."""
+    message = (
+        f"{what} is not implemented in this release (tracked as issue {issue}). "
+        "Run the CPU demo instead: snakemake --cores 2 --configfile config/demo.yaml"
+    )
+    print(message, file=sys.stderr)
+    raise SystemExit(message)
