@@ -53,10 +53,12 @@ def read_cohort(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def make_demo_cohort(settings: dict, out: str | Path, summary_out: str | Path) -> None:
+def make_demo_cohort(settings: dict, datasets: list[str], out: str | Path, summary_out: str | Path) -> None:
+    """The synthetic demo cohort of the listed paper datasets (settings: CohortConfig fields)."""
     from .demo.cohort import CohortConfig, describe_cohort, make_cohort
+    from .vocabularies import get_spec
 
-    table = make_cohort(CohortConfig.from_dict(settings))
+    table = make_cohort(CohortConfig.from_dict(settings), datasets={name: get_spec(name) for name in datasets})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out, index=False)
     Path(summary_out).parent.mkdir(parents=True, exist_ok=True)
@@ -129,3 +131,64 @@ def not_built(what: str, issue: int) -> None:
     )
     print(message, file=sys.stderr)
     raise SystemExit(message)
+
+
+# ----------------------------------------------------------------------------------------------
+# Aggregation, tables and figures
+# ----------------------------------------------------------------------------------------------
+
+
+def render_dynamics(dynamics: list, steps: list, out_dynamics: str | Path, out_steps: str | Path,
+                    out_timing: str | Path) -> None:
+    from .analysis.collect import read_dynamics, read_steps
+    from .analysis.tables import timing_summary
+
+    read_dynamics(dynamics).to_csv(out_dynamics, index=False)
+    step_table = read_steps(steps)
+    step_table.to_csv(out_steps, index=False)
+    Path(out_timing).parent.mkdir(parents=True, exist_ok=True)
+    timing_summary(step_table).to_csv(out_timing)
+    _say(f"{len(dynamics)} runs -> {out_dynamics}, {out_steps}, {out_timing}")
+
+
+def render_table2(metrics: list, stem: str | Path) -> None:
+    from .analysis.collect import read_metrics
+    from .analysis.tables import table2, table2_std, write_table
+
+    frame = read_metrics(metrics)
+    std = table2_std(frame) if frame["seed"].nunique() > 1 else None
+    write_table(table2(frame), stem, std=std)
+    _say(f"Table 2 from {len(metrics)} runs -> {stem}.csv/.md/.tex")
+
+
+def render_cluster_stability(clusters: list, out_per_step: str | Path, stem: str | Path) -> None:
+    from .analysis.collect import read_clusters
+    from .analysis.tables import cluster_stability, cluster_stability_summary, write_table
+
+    per_step = cluster_stability(read_clusters(clusters))
+    per_step.to_csv(out_per_step, index=False)
+    write_table(cluster_stability_summary(per_step), stem, scale={})
+    _say(f"cluster stability of {len(clusters)} runs -> {out_per_step}, {stem}.csv/.md/.tex")
+
+
+def _stem(png: str | Path) -> Path:
+    return Path(png).with_suffix("")
+
+
+def render_dynamics_figure(dynamics_csv: str | Path, png: str | Path) -> None:
+    from .analysis.figures import plot_training_dynamics
+
+    plot_training_dynamics(pd.read_csv(dynamics_csv), _stem(png))
+
+
+def render_group_f1_figure(metrics: list, png: str | Path) -> None:
+    from .analysis.collect import read_group_tables
+    from .analysis.figures import plot_group_f1
+
+    plot_group_f1(read_group_tables(metrics), _stem(png))
+
+
+def render_cluster_stability_figure(per_step_csv: str | Path, png: str | Path) -> None:
+    from .analysis.figures import plot_cluster_stability
+
+    plot_cluster_stability(pd.read_csv(per_step_csv), _stem(png))

@@ -1,0 +1,48 @@
+"""Turn the files the training runs wrote into the paper's tables and figures.
+
+Submodules: :mod:`~eqpo.analysis.style` (method order, names, colours), :mod:`~eqpo.analysis.collect`
+(readers of metrics.json, dynamics.jsonl, steps.jsonl, clusters.parquet),
+:mod:`~eqpo.analysis.tables` (Table 2, cluster stability, timing; CSV/Markdown/LaTeX writers) and
+:mod:`~eqpo.analysis.figures` (matplotlib figures; imported on demand as it needs matplotlib).
+"""
+
+from .collect import (
+    parse_run_path,
+    read_clusters,
+    read_dynamics,
+    read_group_tables,
+    read_metrics,
+    read_steps,
+    read_unparseable_share,
+)
+from .style import METHOD_COLORS, METHOD_LABELS, METHOD_ORDER, model_label
+from .tables import (
+    cluster_stability,
+    cluster_stability_summary,
+    table2,
+    table2_long,
+    table2_std,
+    timing_summary,
+    write_table,
+)
+
+__all__ = [
+    "METHOD_COLORS",
+    "METHOD_LABELS",
+    "METHOD_ORDER",
+    "cluster_stability",
+    "cluster_stability_summary",
+    "model_label",
+    "parse_run_path",
+    "read_clusters",
+    "read_dynamics",
+    "read_group_tables",
+    "read_metrics",
+    "read_steps",
+    "read_unparseable_share",
+    "table2",
+    "table2_long",
+    "table2_std",
+    "timing_summary",
+    "write_table",
+]

@@ -1,0 +1,387 @@
+"""Paper figures from the collected run frames (METHOD.md Section 5).
+
+Every function draws with matplotlib's object-oriented API on a fresh ``Figure`` (Agg canvas; no
+pyplot state, no global backend switch), writes ``<out_stem>.png`` (150 dpi) and
+``<out_stem>.pdf``, and returns the two paths. Methods use :data:`METHOD_COLORS` and
+:data:`METHOD_LABELS` everywhere; a frame with nothing to plot gives a figure that says so (so a
+pipeline rule still gets its outputs).
+
+- :func:`plot_training_dynamics`: F1, Acc and delta_F1 over training steps (rows = base models).
+- :func:`plot_group_f1`: per-group F1, GRPO vs EQPO (paper Table 4 / Fig. 3).
+- :func:`plot_cluster_stability`: ARI / NMI of implicit clusters vs true groups, consecutive-step
+  ARI and the chosen k over steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from ..groups import AGE_BINS, SEXES
+from ..metrics import PAPER_SCALE
+from .style import EMPHASISED_METHODS, method_color, method_label, model_label, order_methods
+
+DPI = 150
+FONT_SIZE = 9
+# Metric -> panel title (the scale the values are drawn at and the better direction).
+METRIC_TITLES: dict[str, str] = {
+    "F1": "F1 ↑",
+    "Acc": "Accuracy (%) ↑",
+    "delta_F1": "ΔF1: max − min F1 over groups ↓",
+    "sigma_F1": "σF1: std of F1 over groups ↓",
+    "delta_Acc": "ΔAcc (%) ↓",
+    "sigma_Acc": "σAcc (%) ↓",
+    "PP": "PP (%) ↓",
+    "EOD": "EOD (%) ↓",
+    "FPR_diff": "FPR diff (%) ↓",
+    "Acc_ES": "Acc ES (%) ↑",
+    "F1_ES": "F1 ES ↑",
+}
+# Group key -> x tick label (age bins per METHOD.md Section 1).
+GROUP_TICKS: dict[str, str] = {
+    "a1": "a1\n≤25",
+    "a2": "a2\n26–50",
+    "a3": "a3\n51–75",
+    "a4": "a4\n>75",
+    "F": "F",
+    "M": "M",
+    "all": "all",
+}
+MODEL_LINESTYLES = ("-", "--", ":", "-.")
+STABILITY_PANELS = (
+    ("ari", "ARI: clusters vs true groups"),
+    ("nmi", "NMI: clusters vs true groups"),
+    ("consecutive_ari", "ARI with previous logged step"),
+    ("k", "chosen k"),
+)
+_RC = {"font.size": FONT_SIZE, "axes.titlesize": FONT_SIZE + 1, "axes.labelsize": FONT_SIZE,
+       "legend.fontsize": FONT_SIZE, "xtick.labelsize": FONT_SIZE - 1,
+       "ytick.labelsize": FONT_SIZE - 1}
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _styled(function):
+    """Run a plotting function under the module's font sizes (rcParams restored afterwards)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(_RC):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    """Empty figure of width x height inches with constrained layout."""
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def save_figure(fig: Figure, out_stem: str | Path) -> list[Path]:
+    """Write ``<out_stem>.png`` (150 dpi) and ``<out_stem>.pdf``; returns [png, pdf] paths."""
+    out_stem = Path(out_stem)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_stem.with_name(out_stem.name + ext) for ext in (".png", ".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=DPI)
+    return paths
+
+
+@_styled
+def _empty_figure(out_stem: str | Path, message: str) -> list[Path]:
+    """A small figure that only states ``message``, saved like any other."""
+    fig = _new_figure(5, 1.6)
+    ax = fig.add_subplot()
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=FONT_SIZE + 1)
+    return save_figure(fig, out_stem)
+
+
+def _grid(fig: Figure, rows: int, cols: int, **kwargs) -> np.ndarray:
+    """(rows, cols) array of axes, whatever the grid size."""
+    return np.asarray(fig.subplots(rows, cols, squeeze=False, **kwargs))
+
+
+def _seed_band(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Mean, min, max of ``y`` over seeds at each ``x``; columns x, mean, lo, hi, n (sorted by x)."""
+    stats = frame.groupby(x, sort=True)[y].agg(["mean", "min", "max", "count"]).reset_index()
+    return stats.rename(columns={"min": "lo", "max": "hi", "count": "n"})
+
+
+def _method_handles(methods: Sequence[str]) -> list[Line2D]:
+    """One legend line per method, in the given order, with its colour and paper name."""
+    return [Line2D([], [], color=method_color(m), lw=_line_width(m), label=method_label(m))
+            for m in methods]
+
+
+def _line_width(method: str) -> float:
+    """Thicker lines for the two methods the paper compares most (GRPO, EQPO)."""
+    return 2.2 if method in EMPHASISED_METHODS else 1.4
+
+
+def _figure_legend(fig: Figure, handles: list, ncol: int | None = None) -> None:
+    """One legend for the whole figure, above the panels."""
+    fig.legend(handles=handles, loc="outside upper center", ncol=ncol or len(handles),
+               frameon=False)
+
+
+def _ordered_models(frame: pd.DataFrame) -> list[str]:
+    """Models in order of first appearance."""
+    return list(dict.fromkeys(frame["model"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training dynamics
+# ----------------------------------------------------------------------------------------------
+
+
+@_styled
+def plot_training_dynamics(
+    dynamics_df: pd.DataFrame,
+    out_stem: str | Path,
+    metrics: Sequence[str] = ("F1", "Acc", "delta_F1"),
+    methods: Sequence[str] | None = None,
+    scale: Mapping[str, float] = PAPER_SCALE,
+) -> list[Path]:
+    """Validation metrics over training steps: rows = base models, columns = ``metrics``.
+
+    dynamics_df: :func:`eqpo.analysis.collect.read_dynamics` output (model, method, seed, step,
+    metric columns as raw fractions). Each method is one line, the mean over seeds at each logged
+    step, with a shaded min-max band where several seeds logged that step. Values are drawn at the
+    paper's print scale (Acc in %). One legend for the figure. Returns [png, pdf] paths.
+    """
+    if dynamics_df.empty:
+        return _empty_figure(out_stem, "no validation logs (dynamics.jsonl) to plot")
+    frame = dynamics_df if methods is None else dynamics_df[dynamics_df["method"].isin(methods)]
+    models = _ordered_models(frame)
+    method_order = list(methods) if methods is not None else order_methods(frame["method"])
+    method_order = [m for m in method_order if m in set(frame["method"])]
+    fig = _new_figure(3.9 * len(metrics), 2.7 * len(models) + 0.5)
+    axes = _grid(fig, len(models), len(metrics))
+    for r, model in enumerate(models):
+        for c, metric in enumerate(metrics):
+            ax = axes[r, c]
+            _draw_dynamics_panel(ax, frame[frame["model"] == model], metric, method_order,
+                                 scale.get(metric, 1.0))
+            ax.set_title(METRIC_TITLES.get(metric, metric))
+            ax.set_xlabel("training step")
+        axes[r, 0].set_ylabel(model_label(model), fontweight="bold")
+    _figure_legend(fig, _method_handles(method_order))
+    return save_figure(fig, out_stem)
+
+
+def _draw_dynamics_panel(ax, frame: pd.DataFrame, metric: str, methods: Sequence[str],
+                         factor: float) -> None:
+    """One metric of one model: a mean-over-seeds line (and min-max band) per method."""
+    for method in methods:
+        runs = frame[frame["method"] == method]
+        if runs.empty or metric not in runs.columns:
+            continue
+        runs = runs.assign(**{metric: runs[metric].astype(float) * factor})
+        band = _seed_band(runs, "step", metric)
+        color = method_color(method)
+        ax.plot(band["step"], band["mean"], color=color, lw=_line_width(method),
+                label=method_label(method), zorder=3 if method in EMPHASISED_METHODS else 2)
+        if runs["seed"].nunique() > 1:
+            ax.fill_between(band["step"], band["lo"], band["hi"], color=color, alpha=0.15, lw=0)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-group F1
+# ----------------------------------------------------------------------------------------------
+
+
+def _group_order(groups: Sequence[str]) -> list[str]:
+    """Age bins a1..a4, then F, M, then anything else (sorted)."""
+    known = [*AGE_BINS, *SEXES]
+    present = set(groups)
+    return [g for g in known if g in present] + sorted(present - set(known), key=str)
+
+
+def _group_positions(groups: Sequence[str], attributes: Mapping[str, str]) -> np.ndarray:
+    """x position per group, with an extra 0.6 gap where the attribute changes (age | sex)."""
+    positions, x, previous = [], 0.0, None
+    for group in groups:
+        if previous is not None and attributes[group] != previous:
+            x += 0.6
+        positions.append(x)
+        previous = attributes[group]
+        x += 1.0
+    return np.asarray(positions)
+
+
+@_styled
+def plot_group_f1(
+    group_df: pd.DataFrame,
+    out_stem: str | Path,
+    methods: Sequence[str] = ("grpo", "eqpo"),
+    metric: str = "F1",
+    max_cols: int = 4,
+) -> list[Path]:
+    """Per-group ``metric`` (default F1) per dataset, methods side by side (paper Table 4 / Fig. 3).
+
+    group_df: :func:`eqpo.analysis.collect.read_group_tables` output. One subplot per dataset
+    (at most ``max_cols`` per figure row, wrapping), the datasets of each base model on their own
+    row(s); x = demographic groups (age bins a1..a4, then sex F, M), one bar per method: the mean
+    over seeds, with a min-max error bar where several seeds exist. Raw values (F1 in [0, 1]),
+    shared y axis. Returns [png, pdf] paths.
+    """
+    frame = group_df[group_df["method"].isin(methods)] if not group_df.empty else group_df
+    if frame.empty:
+        return _empty_figure(out_stem, f"no per-group results for {', '.join(methods)}")
+    method_order = [m for m in methods if m in set(frame["method"])]
+    models = _ordered_models(frame)
+    layout = []  # (model, [datasets]) per figure row
+    for model in models:
+        datasets = list(dict.fromkeys(frame.loc[frame["model"] == model, "dataset"]))
+        for start in range(0, len(datasets), max_cols):
+            layout.append((model, datasets[start:start + max_cols]))
+    cols = max(len(d) for _, d in layout)
+    fig = _new_figure(max(3.1 * cols, 5.0), 2.6 * len(layout) + 0.5)
+    axes = _grid(fig, len(layout), cols, sharey=True)
+    top = np.nanmax(frame[metric].to_numpy(dtype=float))
+    for r, (model, datasets) in enumerate(layout):
+        for c in range(cols):
+            ax = axes[r, c]
+            if c >= len(datasets):
+                ax.set_visible(False)
+                continue
+            at = frame[(frame["model"] == model) & (frame["dataset"] == datasets[c])]
+            _draw_group_bars(ax, at, method_order, metric)
+            ax.set_title(str(datasets[c]))
+        axes[r, 0].set_ylabel(f"{model_label(model)}\nper-group {metric}")
+    axes[0, 0].set_ylim(0, min(1.0, top * 1.15) if np.isfinite(top) and top > 0 else 1.0)
+    handles = [Patch(facecolor=method_color(m), label=method_label(m)) for m in method_order]
+    _figure_legend(fig, handles)
+    return save_figure(fig, out_stem)
+
+
+def _draw_group_bars(ax, frame: pd.DataFrame, methods: Sequence[str], metric: str) -> None:
+    """Bars of one dataset: groups on x, one bar per method (mean over seeds, min-max whisker)."""
+    groups = _group_order(frame["group"].astype(str).unique())
+    attributes = frame.assign(group=frame["group"].astype(str)).groupby("group")["attribute"].first()
+    x = _group_positions(groups, attributes.to_dict())
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        runs = frame[frame["method"] == method]
+        if runs.empty:
+            continue
+        stats = runs.groupby(runs["group"].astype(str))[metric].agg(["mean", "min", "max", "count"])
+        stats = stats.reindex(groups)
+        offset = x + (i - (len(methods) - 1) / 2) * width
+        ax.bar(offset, stats["mean"], width=width * 0.95, color=method_color(method),
+               label=method_label(method), zorder=2)
+        several = stats["count"].fillna(0).to_numpy() > 1
+        if several.any():
+            mean = stats["mean"].to_numpy()[several]
+            err = np.vstack([mean - stats["min"].to_numpy()[several],
+                             stats["max"].to_numpy()[several] - mean])
+            ax.errorbar(offset[several], mean, yerr=err, fmt="none", ecolor="black",
+                        elinewidth=0.8, capsize=2, zorder=3)
+    for left, right, g_left, g_right in zip(x[:-1], x[1:], groups[:-1], groups[1:]):
+        if attributes[g_left] != attributes[g_right]:
+            ax.axvline((left + right) / 2, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(x, [GROUP_TICKS.get(g, g) for g in groups])
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cluster stability
+# ----------------------------------------------------------------------------------------------
+
+
+@_styled
+def plot_cluster_stability(
+    stability_df: pd.DataFrame,
+    out_stem: str | Path,
+    methods: Sequence[str] = ("eqpo_nd", "eqpo"),
+    max_datasets: int | None = None,
+) -> list[Path]:
+    """Implicit-cluster quality over training: rows = ARI and NMI vs the masked true groups, ARI
+    with the previous logged step, chosen k; columns = datasets.
+
+    stability_df: :func:`eqpo.analysis.tables.cluster_stability` output. Colour = method, line
+    style = base model; each line is the mean over seeds with a min-max band where several seeds
+    logged that step. A panel whose values are all NaN (e.g. no labeled prompts) says so.
+    Returns [png, pdf] paths.
+    """
+    frame = stability_df
+    if not frame.empty and "method" in frame.columns:
+        frame = frame[frame["method"].isin(methods)]
+    if frame.empty:
+        return _empty_figure(out_stem, "no cluster logs (clusters.parquet) to plot")
+    frame = frame.copy()
+    for column in ("model", "method"):
+        if column not in frame.columns:
+            frame[column] = ""
+    method_order = [m for m in methods if m in set(frame["method"])]
+    models = _ordered_models(frame)
+    datasets = list(dict.fromkeys(frame["dataset"]))[:max_datasets]
+    fig = _new_figure(max(3.0 * len(datasets), 5.5), 2.1 * len(STABILITY_PANELS) + 0.7)
+    axes = _grid(fig, len(STABILITY_PANELS), len(datasets), sharex="col")
+    for c, dataset in enumerate(datasets):
+        for r, (column, title) in enumerate(STABILITY_PANELS):
+            ax = axes[r, c]
+            _draw_stability_panel(ax, frame[frame["dataset"] == dataset], column, method_order,
+                                  models)
+            if r == 0:
+                ax.set_title(str(dataset), fontweight="bold")
+            if c == 0:
+                ax.set_ylabel(title)
+        axes[-1, c].set_xlabel("training step")
+    handles = _method_handles(method_order)
+    if len(models) > 1:
+        handles += [Line2D([], [], color="black", ls=MODEL_LINESTYLES[i % len(MODEL_LINESTYLES)],
+                           label=model_label(m)) for i, m in enumerate(models)]
+    _figure_legend(fig, handles)
+    return save_figure(fig, out_stem)
+
+
+def _draw_stability_panel(ax, frame: pd.DataFrame, column: str, methods: Sequence[str],
+                          models: Sequence[str]) -> None:
+    """One quantity of one dataset over steps: a line per (method, model)."""
+    drawn = False
+    for i, model in enumerate(models):
+        style = MODEL_LINESTYLES[i % len(MODEL_LINESTYLES)]
+        for method in methods:
+            runs = frame[(frame["model"] == model) & (frame["method"] == method)]
+            runs = runs[np.isfinite(runs[column].to_numpy(dtype=float))]
+            if runs.empty:
+                continue
+            band = _seed_band(runs.assign(**{column: runs[column].astype(float)}), "step", column)
+            color = method_color(method)
+            marker = "o" if len(band) <= 30 else None
+            ax.plot(band["step"], band["mean"], color=color, ls=style, lw=_line_width(method),
+                    marker=marker, ms=3)
+            if "seed" in runs.columns and runs["seed"].nunique() > 1:
+                ax.fill_between(band["step"], band["lo"], band["hi"], color=color, alpha=0.15,
+                                lw=0)
+            drawn = True
+    if not drawn:
+        ax.text(0.5, 0.5, "no defined values\n(too few labeled or\ncommon prompts)",
+                transform=ax.transAxes, ha="center", va="center", color="grey")
+    if column == "k":
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        top = frame["k"].max() if drawn else 3
+        ax.set_ylim(0.5, (top if np.isfinite(top) else 3) + 0.5)
+    else:
+        values = frame[column].to_numpy(dtype=float)
+        low = np.nanmin(values) if drawn else 0.0
+        ax.set_ylim(min(-0.05, low - 0.05) if math.isfinite(low) else -0.05, 1.05)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+    ax.grid(alpha=0.3)

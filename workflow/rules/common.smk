@@ -1,0 +1,108 @@
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+# Scripts import the eqpo library from this checkout, also inside per-rule environments.
+SRC = str(Path(workflow.basedir) / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+sys.path.insert(0, SRC)
+
+from eqpo.pipeline import cpu_train_config
+
+EXP = config["experiment"]
+DATA = f"{config['data'].get('root', 'data')}/{EXP}"
+COHORT = f"{DATA}/cohort.parquet"
+RESULTS = f"results/{EXP}"
+FIGURES = f"figures/{EXP}"
+LOGS = f"logs/{EXP}"
+RUN = RESULTS + "/{model}/{method}/seed{seed}"
+HIERARCHICAL = ("eqpo", "eqpo_nd", "drpo")
+
+
+def _check_models():
+    unknown = [m for m in config["base_models"] if m not in config["models"]]
+    if unknown:
+        raise ValueError(
+            f"base_models {unknown} are not defined under `models:` in the config; "
+            f"defined: {sorted(config['models'])}"
+        )
+
+
+_check_models()
+
+
+def models_with(backend):
+    return [m for m in config["base_models"] if config["models"][m]["backend"] == backend]
+
+
+def one_of(names):
+    """Wildcard constraint matching exactly these names (matches nothing when empty)."""
+    return "|".join(map(re_escape, names)) if names else "(?!x)x"
+
+
+def re_escape(name):
+    import re
+
+    return re.escape(name)
+
+
+def runs(pattern, methods=None):
+    return expand(
+        pattern,
+        model=config["base_models"],
+        method=methods or config["methods"],
+        seed=config["seeds"],
+    )
+
+
+def model_config(wildcards):
+    return config["models"][wildcards.model]
+
+
+def run_dir(wildcards):
+    return RUN.format(**wildcards)
+
+
+def cpu_train_settings(wildcards):
+    return cpu_train_config(config["train"], config.get("cpu", {}))
+
+
+def estimator_options(wildcards):
+    return config.get("estimators", {}).get(wildcards.method, {})
+
+
+def hierarchical_methods():
+    return [m for m in config["methods"] if m in HIERARCHICAL]
+
+
+def compared_methods():
+    """Methods shown in the per-group comparison (paper Fig. 3): GRPO and EQPO when both run."""
+    return [m for m in ("grpo", "eqpo") if m in config["methods"]]
+
+
+def final_targets():
+    targets = [
+        f"{RESULTS}/tables/table2.csv",
+        f"{FIGURES}/training_dynamics.png",
+        f"{RESULTS}/dynamics.csv",
+    ]
+    if len(compared_methods()) == 2:
+        targets.append(f"{FIGURES}/group_f1.png")
+    if hierarchical_methods():
+        targets += [f"{RESULTS}/tables/cluster_stability.csv", f"{FIGURES}/cluster_stability.png"]
+    return targets
+
+
+wildcard_constraints:
+    method="|".join(config["methods"]),
+    seed=r"\d+",

@@ -1,0 +1,61 @@
+rule predict_cpu:
+    """Greedy answers of the trained CPU policy on the test split (METHOD.md predictions schema)."""
+    input:
+        cohort=COHORT,
+        policy=f"{RUN}/final.pt",
+    output:
+        f"{RUN}/predictions.parquet",
+    log:
+        f"{LOGS}/predict/{{model}}/{{method}}/seed{{seed}}.log",
+    wildcard_constraints:
+        model=one_of(models_with("cpu")),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/predict_cpu.py"
+
+
+rule predict_vllm:
+    """Checkpoint -> HF weights -> vLLM greedy answers on the test split (arrives with issue 5)."""
+    input:
+        cohort=COHORT,
+        checkpoint=f"{RUN}/checkpoint",
+    output:
+        f"{RUN}/predictions.parquet",
+    params:
+        model=model_config,
+    log:
+        f"{LOGS}/predict/{{model}}/{{method}}/seed{{seed}}.log",
+    wildcard_constraints:
+        model=one_of(models_with("verl")),
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=64000,
+        runtime=240,
+    conda:
+        "../../envs/gpu.yaml"
+    script:
+        "../scripts/predict_vllm.py"
+
+
+rule score:
+    """Fairness metrics of one run's test predictions (the same code for both backends)."""
+    input:
+        f"{RUN}/predictions.parquet",
+    output:
+        f"{RUN}/metrics.json",
+    log:
+        f"{LOGS}/score/{{model}}/{{method}}/seed{{seed}}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/score.py"

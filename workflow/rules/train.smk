@@ -1,0 +1,79 @@
+rule pretrain_cpu:
+    """Warm start of a CPU demo base model on a majority-skewed subset."""
+    input:
+        cohort=COHORT,
+    output:
+        f"{RESULTS}/{{model}}/pretrained.pt",
+    params:
+        model=model_config,
+        settings=config.get("pretrain", {}),
+    log:
+        f"{LOGS}/pretrain/{{model}}.log",
+    wildcard_constraints:
+        model=one_of(models_with("cpu")),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/pretrain_cpu.py"
+
+
+rule train_cpu:
+    """RL training of one method on one CPU base model (resumes from RUN/ckpt after a kill)."""
+    input:
+        cohort=COHORT,
+        pretrained=f"{RESULTS}/{{model}}/pretrained.pt",
+    output:
+        policy=f"{RUN}/final.pt",
+        dynamics=f"{RUN}/dynamics.jsonl",
+        steps=f"{RUN}/steps.jsonl",
+        clusters=f"{RUN}/clusters.parquet",
+    params:
+        estimator=estimator_options,
+        train=cpu_train_settings,
+        run_dir=run_dir,
+    log:
+        f"{LOGS}/train/{{model}}/{{method}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{model}}/{{method}}/seed{{seed}}.tsv"
+    wildcard_constraints:
+        model=one_of(models_with("cpu")),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/train_cpu.py"
+
+
+rule train_verl:
+    """RL training with verl + vLLM rollouts on GPUs (backend arrives with issue 5)."""
+    input:
+        cohort=COHORT,
+    output:
+        checkpoint=directory(f"{RUN}/checkpoint"),
+        dynamics=f"{RUN}/dynamics.jsonl",
+        steps=f"{RUN}/steps.jsonl",
+        clusters=f"{RUN}/clusters.parquet",
+    params:
+        model=model_config,
+        estimator=estimator_options,
+        train=config["train"],
+    log:
+        f"{LOGS}/train/{{model}}/{{method}}/seed{{seed}}.log",
+    wildcard_constraints:
+        model=one_of(models_with("verl")),
+    threads: 32
+    resources:
+        gpu=config["train"].get("gpus", 4),
+        mem_mb=256000,
+        runtime=2880,
+    conda:
+        "../../envs/gpu.yaml"
+    script:
+        "../scripts/train_verl.py"

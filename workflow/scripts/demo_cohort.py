@@ -1,0 +1,4 @@
+from eqpo.pipeline import logged, make_demo_cohort
+
+with logged(snakemake.log[0]):
+    make_demo_cohort(snakemake.params.settings, snakemake.params.datasets, snakemake.output.cohort, snakemake.output.summary)
