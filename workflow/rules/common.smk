@@ -14,7 +14,7 @@ validate(config, "../schemas/config.schema.yaml")
 
 # Scripts import the eqpo library from this checkout, also inside per-rule environments.
 SRC = str(Path(workflow.basedir) / "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.getenv("PYTHONPATH", "")) if p)
 sys.path.insert(0, SRC)
 
 from eqpo.pipeline import cpu_train_config
@@ -25,7 +25,7 @@ COHORT = f"{DATA}/cohort.parquet"
 RESULTS = f"results/{EXP}"
 FIGURES = f"figures/{EXP}"
 LOGS = f"logs/{EXP}"
-RUN = RESULTS + "/{model}/{method}/seed{seed}"
+RUN = f"results/{EXP}/{{model}}/{{method}}/seed{{seed}}"
 HIERARCHICAL = ("eqpo", "eqpo_nd", "drpo")
 
 
