@@ -16,8 +16,9 @@ TINY = REPO / "config" / "tiny.yaml"
 
 
 def snakemake(workdir, *args, configs=(PAPER,), check=True):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", *map(str, configs), *args]
+    # targets and flags first: --configfile takes every word after it
+    cmd = [sys.executable, "-m", "snakemake", *args, "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--configfile", *map(str, configs)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
