@@ -107,7 +107,8 @@ def steps_records(rng: np.random.Generator) -> list[dict]:
     """One per training step: reward and phase timings in seconds."""
     rows = []
     for step in range(1, 21):
-        generate, advantage, update = rng.uniform(20, 30), rng.uniform(0.001, 0.01), rng.uniform(5, 8)
+        generate, update = rng.uniform(20, 30), rng.uniform(5, 8)
+        advantage = rng.uniform(0.001, 0.01)
         rows.append({"step": step, "reward_mean": float(rng.uniform()),
                      "time_step_s": float(generate + advantage + update),
                      "time_generate_s": float(generate), "time_advantage_s": float(advantage),
@@ -149,7 +150,8 @@ def write_run(root: Path, model: str, method: str, seed: int, rng: np.random.Gen
     return run
 
 
-def build_runs(root: Path, models=MODELS, methods=METHODS, seeds=SEEDS, seed: int = 7) -> list[Path]:
+def build_runs(root: Path, models=MODELS, methods=METHODS, seeds=SEEDS,
+               seed: int = 7) -> list[Path]:
     """All run directories of the synthetic experiment (deterministic)."""
     rng = np.random.default_rng(seed)
     return [write_run(root, m, k, s, rng) for m in models for k in methods for s in seeds]

@@ -147,3 +147,28 @@ def test_same_seed_same_results_different_seed_differs(workspace):
     a, b, c = (_strip_times(workspace / d / "dynamics.jsonl") for d in ("det_a", "det_b", "det_c"))
     assert a == b
     assert a != c
+
+
+def test_a_custom_dataset_trains_end_to_end_on_the_cpu_backend(tmp_path):
+    """Bring-your-own data (config data.custom) through cohort -> warm start -> RL -> metrics."""
+    from eqpo.pipeline import make_demo_cohort
+
+    rng = np.random.default_rng(0)
+    n = 240
+    y = rng.integers(0, 2, n)
+    frame = pd.DataFrame({
+        "sample_id": [f"m{i}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)],
+        "split": np.array(["train", "val", "test"])[(np.arange(n) // 2) % 3],
+        "label": np.where(y == 1, "Malignant", "Benign"), "age": rng.uniform(20, 90, n),
+        "sex": rng.choice(["female", "male"], n),
+        **{f"f{j}": rng.normal(size=n) + (y * 1.5 if j == 0 else 0) for j in range(16)},
+    })
+    frame.to_csv(tmp_path / "mine.csv", index=False)
+    custom = [{"name": "MyDerm", "path": str(tmp_path / "mine.csv"), "labels": ["Benign", "Malignant"],
+               "question": "Benign or malignant?"}]
+    make_demo_cohort({"n_samples": 700}, ["HAM10000"], tmp_path / "cohort.parquet", tmp_path / "summary.csv", custom)
+    run_pretrain(tmp_path / "cohort.parquet", {"backend": "cpu", "arch": "linear"}, {"epochs": 2}, 0, tmp_path / "pre.pt")
+    run_train_cpu(tmp_path / "cohort.parquet", tmp_path / "pre.pt", "eqpo", {}, {**TRAIN, "steps": 4}, 0, tmp_path / "run")
+    run_predict_cpu(tmp_path / "cohort.parquet", tmp_path / "run" / "final.pt", tmp_path / "preds.parquet")
+    metrics = score_predictions(tmp_path / "preds.parquet", tmp_path / "metrics.json", model="m", method="eqpo", seed=0)
+    assert {d["dataset"] for d in metrics["by_dataset"]} == {"HAM10000", "MyDerm"}

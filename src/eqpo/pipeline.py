@@ -47,23 +47,108 @@ def _say(message: str) -> None:
     log.info(message)
 
 
+def _specs_path(cohort: str | Path) -> Path:
+    return Path(str(cohort) + ".specs.json")
+
+
 def read_cohort(path: str | Path) -> pd.DataFrame:
+    """A cohort parquet; the specs of any custom datasets in it (sidecar JSON) are registered."""
+    from .vocabularies import DatasetSpec, register_dataset
+
     table = pd.read_parquet(path)
     table["labels"] = table["labels"].map(list)
+    if "images" in table:
+        table["images"] = [[] if v is None or isinstance(v, float) else list(v) for v in table["images"]]
+    if _specs_path(path).exists():
+        for d in json.loads(_specs_path(path).read_text()):
+            register_dataset(DatasetSpec(d["name"], tuple(d["labels"]), d["multi_label"], tuple(d["attributes"])))
     return table
 
 
-def make_demo_cohort(settings: dict, datasets: list[str], out: str | Path, summary_out: str | Path) -> None:
-    """The synthetic demo cohort of the listed paper datasets (settings: CohortConfig fields)."""
+def write_cohort(table: pd.DataFrame, out: str | Path, custom: list[dict] | None = None) -> None:
+    """Write a cohort parquet and, when it holds custom datasets, their specs next to it."""
+    from dataclasses import asdict
+
+    from .data.custom import spec_from_entry
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out, index=False)
+    specs = [asdict(spec_from_entry(entry)) for entry in custom or []]
+    if specs:
+        _specs_path(out).write_text(json.dumps(specs, indent=1))
+
+
+def with_custom(table: pd.DataFrame, custom: list[dict] | None) -> pd.DataFrame:
+    """Append the user's own datasets (config data.custom) to a cohort table."""
+    from .data.custom import load_custom
+
+    if not custom:
+        return table
+    parts = [table, *(load_custom(entry) for entry in custom)]
+    feature_sets = {tuple(sorted(c for c in p.columns if c.startswith("f") and c[1:].isdigit())) for p in parts if not p.empty}
+    if len(feature_sets) > 1:
+        raise ValueError(f"the datasets' numeric feature columns differ ({sorted(feature_sets)}); for the CPU "
+                         "backend every dataset needs the same f0..fN columns")
+    return pd.concat(parts, ignore_index=True)
+
+
+def make_demo_cohort(settings: dict, datasets: list[str], out: str | Path, summary_out: str | Path,
+                     custom: list[dict] | None = None, table1_stem: str | Path | None = None) -> None:
+    """The synthetic demo cohort of the listed paper datasets (settings: CohortConfig fields), plus
+    the user's own datasets with feature columns."""
     from .demo.cohort import CohortConfig, describe_cohort, make_cohort
     from .vocabularies import get_spec
 
     table = make_cohort(CohortConfig.from_dict(settings), datasets={name: get_spec(name) for name in datasets})
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out, index=False)
+    table = with_custom(table, custom)
+    write_cohort(table, out, custom)
     Path(summary_out).parent.mkdir(parents=True, exist_ok=True)
     describe_cohort(table).to_csv(summary_out, index=False)
+    if table1_stem is not None:
+        from .analysis.tables import write_table
+        from .data.table1 import table1
+
+        write_table(table1(table).set_index("dataset"), table1_stem, scale={})
     _say(f"demo cohort: {len(table)} samples over {table['dataset'].nunique()} datasets -> {out}")
+
+
+def run_prepare_dataset(name: str, root: str | Path, seed: int, fractions: list[float], skip_unavailable: bool) -> None:
+    """Obtain and preprocess one real dataset; missing data stops with instructions and exit status 3."""
+    from .data.prepare import prepare
+    from .data.sources import MissingDataError
+
+    try:
+        table = prepare(name, root, seed, tuple(fractions), skip_unavailable)
+    except MissingDataError as err:
+        print(err, file=sys.stderr)
+        raise SystemExit(err.exit_status) from None
+    _say(f"{name}: {len(table)} samples")
+
+
+def build_cohort(tables: list, out: str | Path, table1_stem: str | Path, custom: list[dict] | None = None) -> None:
+    """Merge the per-dataset tables (and custom datasets) into one cohort; render paper Table 1."""
+    from .analysis.tables import write_table
+    from .data.table1 import table1
+
+    parts = [pd.read_parquet(t) for t in tables]
+    skipped = [Path(t).parent.name for t, part in zip(tables, parts) if part.empty]
+    if skipped:
+        _say(f"datasets skipped as unavailable (data.skip_unavailable): {skipped}")
+    cohort = with_custom(pd.concat([p for p in parts if not p.empty], ignore_index=True), custom)
+    if cohort.empty:
+        raise SystemExit("no dataset is available: every dataset was skipped")
+    write_cohort(cohort, out, custom)
+    write_table(table1(cohort).set_index("dataset"), table1_stem, scale={})
+    _say(f"cohort: {len(cohort)} samples over {cohort['dataset'].nunique()} datasets -> {out}")
+
+
+def run_export_verl(cohort: str | Path, root: str | Path, out_dir: str | Path, seed: int,
+                    custom: list[dict] | None = None) -> None:
+    from .data.export import export_verl
+
+    questions = {entry["name"]: entry["question"] for entry in custom or [] if "question" in entry}
+    paths = export_verl(read_cohort(cohort), root, out_dir, seed, questions)
+    _say("verl parquet files: " + ", ".join(str(p) for p in paths.values()))
 
 
 def run_pretrain(cohort: str | Path, model: dict, settings: dict, seed: int, out: str | Path) -> None:

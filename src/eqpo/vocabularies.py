@@ -73,13 +73,27 @@ PAPER_DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+# Datasets users bring (see eqpo.data.custom); looked up after the paper's seven.
+CUSTOM_DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Make a user's dataset known to every part of the library (reward parsing, trainer, export)."""
+    if spec.name in PAPER_DATASETS and PAPER_DATASETS[spec.name] != spec:
+        raise ValueError(f"{spec.name!r} is a paper dataset; give your dataset another name")
+    CUSTOM_DATASETS[spec.name] = spec
+    return spec
+
+
 def get_spec(dataset: str, registry: dict[str, DatasetSpec] | None = None) -> DatasetSpec:
-    """Look up a dataset's spec, with an error that lists the known names."""
-    registry = PAPER_DATASETS if registry is None else registry
+    """Look up a dataset's spec (paper datasets, then registered ones), with an error that lists
+    the known names."""
+    registry = {**PAPER_DATASETS, **CUSTOM_DATASETS} if registry is None else registry
     try:
         return registry[dataset]
     except KeyError:
         raise KeyError(
             f"unknown dataset {dataset!r}; known: {sorted(registry)}. "
-            "Describe your own dataset with eqpo.vocabularies.DatasetSpec and pass it in."
+            "Describe your own dataset in the config under data.custom (or register a "
+            "eqpo.vocabularies.DatasetSpec with register_dataset)."
         ) from None

@@ -77,6 +77,12 @@ def cpu_train_settings(wildcards):
     return cpu_train_config(config["train"], config.get("cpu", {}))
 
 
+def verl_train_file(wildcards):
+    """GRPO+RS trains on the oversampled export; every other method on the plain training split."""
+    part = "train_rs" if wildcards.method == "grpo_rs" else "train"
+    return f"{DATA}/verl/{part}.parquet"
+
+
 def estimator_options(wildcards):
     return config.get("estimators", {}).get(wildcards.method, {})
 
@@ -92,6 +98,7 @@ def compared_methods():
 
 def final_targets():
     targets = [
+        f"{RESULTS}/tables/table1.csv",
         f"{RESULTS}/tables/table2.csv",
         f"{FIGURES}/training_dynamics.png",
         f"{RESULTS}/dynamics.csv",

@@ -1,12 +1,15 @@
 if config["data"]["source"] == "demo":
 
     rule demo_cohort:
+        """The embedded synthetic cohort (plus any data.custom datasets with feature columns)."""
         output:
             cohort=COHORT,
             summary=f"{RESULTS}/data/cohort_summary.csv",
+            table1=report(f"{RESULTS}/tables/table1.csv", caption="../report/table1.rst", category="Tables"),
         params:
             settings=config["data"].get("demo", {}),
             datasets=config["data"]["datasets"],
+            custom=config["data"].get("custom", []),
         log:
             f"{LOGS}/demo_cohort.log",
         conda:
@@ -20,23 +23,36 @@ if config["data"]["source"] == "demo":
 else:
 
     rule prepare_dataset:
+        """Download (or check the hand-placed files of), verify and preprocess one real dataset.
+        Missing files or credentials stop the run with instructions (exit status 3)."""
         output:
-            f"{DATA}/datasets/{{dataset}}.parquet",
+            f"{DATA}/{{dataset}}/table.parquet",
+        params:
+            root=DATA,
+            seed=config["data"].get("seed", 0),
+            split=config["data"].get("split", [0.7, 0.15, 0.15]),
+            skip_unavailable=config["data"].get("skip_unavailable", False),
         log:
             f"{LOGS}/prepare_dataset/{{dataset}}.log",
+        wildcard_constraints:
+            dataset=one_of(config["data"]["datasets"]),
         conda:
-            "../../envs/cpu.yaml"
+            "../../envs/data.yaml"
         resources:
             mem_mb=16000,
-            runtime=240,
+            runtime=1440,
         script:
             "../scripts/prepare_dataset.py"
 
     rule paper_cohort:
+        """All datasets (and data.custom ones) in one cohort table; paper Table 1."""
         input:
-            expand(f"{DATA}/datasets/{{dataset}}.parquet", dataset=config["data"]["datasets"]),
+            expand(f"{DATA}/{{dataset}}/table.parquet", dataset=config["data"]["datasets"]),
         output:
-            COHORT,
+            cohort=COHORT,
+            table1=report(f"{RESULTS}/tables/table1.csv", caption="../report/table1.rst", category="Tables"),
+        params:
+            custom=config["data"].get("custom", []),
         log:
             f"{LOGS}/paper_cohort.log",
         conda:
@@ -46,3 +62,25 @@ else:
             runtime=30,
         script:
             "../scripts/paper_cohort.py"
+
+
+rule export_verl:
+    """verl RLHFDataset parquet files: train/val/test, GRPO+RS oversampled, no-demographics."""
+    input:
+        COHORT,
+    output:
+        expand(f"{DATA}/verl/{{part}}.parquet", part=["train", "val", "test", "train_rs", "train_nodemo"]),
+    params:
+        root=DATA,
+        out_dir=f"{DATA}/verl",
+        seed=config["data"].get("seed", 0),
+        custom=config["data"].get("custom", []),
+    log:
+        f"{LOGS}/export_verl.log",
+    conda:
+        "../../envs/cpu.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    script:
+        "../scripts/export_verl.py"

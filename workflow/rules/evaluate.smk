@@ -22,7 +22,7 @@ rule predict_cpu:
 rule predict_vllm:
     """Checkpoint -> HF weights -> vLLM greedy answers on the test split (arrives with issue 5)."""
     input:
-        cohort=COHORT,
+        test=f"{DATA}/verl/test.parquet",
         checkpoint=f"{RUN}/checkpoint",
     output:
         f"{RUN}/predictions.parquet",

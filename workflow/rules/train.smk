@@ -54,7 +54,8 @@ rule train_cpu:
 rule train_verl:
     """RL training with verl + vLLM rollouts on GPUs (backend arrives with issue 5)."""
     input:
-        cohort=COHORT,
+        train=verl_train_file,
+        val=f"{DATA}/verl/val.parquet",
     output:
         checkpoint=directory(f"{RUN}/checkpoint"),
         dynamics=f"{RUN}/dynamics.jsonl",

@@ -1,4 +1,7 @@
-from eqpo.pipeline import logged, not_built
+from pathlib import Path
+
+from eqpo.pipeline import build_cohort, logged
 
 with logged(snakemake.log[0]):
-    not_built("Merging the real datasets into one cohort", 4)
+    build_cohort(list(snakemake.input), snakemake.output.cohort, Path(snakemake.output.table1).with_suffix(""),
+                 snakemake.params.custom)

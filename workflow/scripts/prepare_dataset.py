@@ -1,4 +1,5 @@
-from eqpo.pipeline import logged, not_built
+from eqpo.pipeline import logged, run_prepare_dataset
 
+p = snakemake.params
 with logged(snakemake.log[0]):
-    not_built("Downloading and preprocessing the real datasets", 4)
+    run_prepare_dataset(snakemake.wildcards.dataset, p.root, p.seed, p.split, p.skip_unavailable)

@@ -1,7 +1,8 @@
 """Turn the files the training runs wrote into the paper's tables and figures.
 
-Submodules: :mod:`~eqpo.analysis.style` (method order, names, colours), :mod:`~eqpo.analysis.collect`
-(readers of metrics.json, dynamics.jsonl, steps.jsonl, clusters.parquet),
+Submodules: :mod:`~eqpo.analysis.style` (method order, names, colours),
+:mod:`~eqpo.analysis.collect` (readers of metrics.json, dynamics.jsonl, steps.jsonl and
+clusters.parquet),
 :mod:`~eqpo.analysis.tables` (Table 2, cluster stability, timing; CSV/Markdown/LaTeX writers) and
 :mod:`~eqpo.analysis.figures` (matplotlib figures; imported on demand as it needs matplotlib).
 """

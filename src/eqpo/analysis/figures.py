@@ -29,7 +29,14 @@ from matplotlib.ticker import MaxNLocator
 
 from ..groups import AGE_BINS, SEXES
 from ..metrics import PAPER_SCALE
-from .style import EMPHASISED_METHODS, method_color, method_label, model_label, order_methods
+from .style import (
+    EMPHASISED_METHODS,
+    method_color,
+    method_label,
+    method_marker,
+    model_label,
+    order_methods,
+)
 
 DPI = 150
 FONT_SIZE = 9
@@ -59,9 +66,9 @@ GROUP_TICKS: dict[str, str] = {
 }
 MODEL_LINESTYLES = ("-", "--", ":", "-.")
 STABILITY_PANELS = (
-    ("ari", "ARI: clusters vs true groups"),
-    ("nmi", "NMI: clusters vs true groups"),
-    ("consecutive_ari", "ARI with previous logged step"),
+    ("ari", "ARI\nclusters vs true groups"),
+    ("nmi", "NMI\nclusters vs true groups"),
+    ("consecutive_ari", "ARI\nvs previous logged step"),
     ("k", "chosen k"),
 )
 _RC = {"font.size": FONT_SIZE, "axes.titlesize": FONT_SIZE + 1, "axes.labelsize": FONT_SIZE,
@@ -116,15 +123,21 @@ def _grid(fig: Figure, rows: int, cols: int, **kwargs) -> np.ndarray:
 
 
 def _seed_band(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Mean, min, max of ``y`` over seeds at each ``x``; columns x, mean, lo, hi, n (sorted by x)."""
+    """Mean, min, max of ``y`` over seeds at each ``x``: columns x, mean, lo, hi, n (x sorted)."""
     stats = frame.groupby(x, sort=True)[y].agg(["mean", "min", "max", "count"]).reset_index()
     return stats.rename(columns={"min": "lo", "max": "hi", "count": "n"})
 
 
-def _method_handles(methods: Sequence[str]) -> list[Line2D]:
-    """One legend line per method, in the given order, with its colour and paper name."""
-    return [Line2D([], [], color=method_color(m), lw=_line_width(m), label=method_label(m))
+def _method_handles(methods: Sequence[str], markers: bool = False) -> list[Line2D]:
+    """One legend line per method, in the given order, with its colour (marker) and paper name."""
+    return [Line2D([], [], color=method_color(m), lw=_line_width(m), label=method_label(m),
+                   marker=method_marker(m) if markers else None, ms=4)
             for m in methods]
+
+
+def _step_locator(nbins: int) -> MaxNLocator:
+    """Integer tick locator preferring multiples of 1, 2, 5, 10 (steps are logged every 5)."""
+    return MaxNLocator(nbins=nbins, integer=True, steps=[1, 2, 5, 10])
 
 
 def _line_width(method: str) -> float:
@@ -198,7 +211,7 @@ def _draw_dynamics_panel(ax, frame: pd.DataFrame, metric: str, methods: Sequence
         if runs["seed"].nunique() > 1:
             ax.fill_between(band["step"], band["lo"], band["hi"], color=color, alpha=0.15, lw=0)
     ax.grid(alpha=0.3)
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+    ax.xaxis.set_major_locator(_step_locator(6))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,6 +280,9 @@ def plot_group_f1(
         axes[r, 0].set_ylabel(f"{model_label(model)}\nper-group {metric}")
     axes[0, 0].set_ylim(0, min(1.0, top * 1.15) if np.isfinite(top) and top > 0 else 1.0)
     handles = [Patch(facecolor=method_color(m), label=method_label(m)) for m in method_order]
+    if frame.groupby(["model", "method"])["seed"].nunique().max() > 1:
+        handles.append(Line2D([], [], color="black", lw=0.8, marker="_", ms=6,
+                              label="whiskers: min–max over seeds"))
     _figure_legend(fig, handles)
     return save_figure(fig, out_stem)
 
@@ -274,7 +290,8 @@ def plot_group_f1(
 def _draw_group_bars(ax, frame: pd.DataFrame, methods: Sequence[str], metric: str) -> None:
     """Bars of one dataset: groups on x, one bar per method (mean over seeds, min-max whisker)."""
     groups = _group_order(frame["group"].astype(str).unique())
-    attributes = frame.assign(group=frame["group"].astype(str)).groupby("group")["attribute"].first()
+    labelled = frame.assign(group=frame["group"].astype(str))
+    attributes = labelled.groupby("group")["attribute"].first()
     x = _group_positions(groups, attributes.to_dict())
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
@@ -344,7 +361,7 @@ def plot_cluster_stability(
             if c == 0:
                 ax.set_ylabel(title)
         axes[-1, c].set_xlabel("training step")
-    handles = _method_handles(method_order)
+    handles = _method_handles(method_order, markers=True)
     if len(models) > 1:
         handles += [Line2D([], [], color="black", ls=MODEL_LINESTYLES[i % len(MODEL_LINESTYLES)],
                            label=model_label(m)) for i, m in enumerate(models)]
@@ -365,11 +382,11 @@ def _draw_stability_panel(ax, frame: pd.DataFrame, column: str, methods: Sequenc
                 continue
             band = _seed_band(runs.assign(**{column: runs[column].astype(float)}), "step", column)
             color = method_color(method)
-            marker = "o" if len(band) <= 30 else None
+            marker = method_marker(method) if len(band) <= 30 else None
             ax.plot(band["step"], band["mean"], color=color, ls=style, lw=_line_width(method),
-                    marker=marker, ms=3)
+                    marker=marker, ms=4, drawstyle="steps-post" if column == "k" else "default")
             if "seed" in runs.columns and runs["seed"].nunique() > 1:
-                ax.fill_between(band["step"], band["lo"], band["hi"], color=color, alpha=0.15,
+                ax.fill_between(band["step"], band["lo"], band["hi"], color=color, alpha=0.08,
                                 lw=0)
             drawn = True
     if not drawn:
@@ -383,5 +400,5 @@ def _draw_stability_panel(ax, frame: pd.DataFrame, column: str, methods: Sequenc
         values = frame[column].to_numpy(dtype=float)
         low = np.nanmin(values) if drawn else 0.0
         ax.set_ylim(min(-0.05, low - 0.05) if math.isfinite(low) else -0.05, 1.05)
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+    ax.xaxis.set_major_locator(_step_locator(5))
     ax.grid(alpha=0.3)

@@ -43,6 +43,17 @@ METHOD_COLORS: dict[str, str] = {
     "eqpo": "#D55E00",  # vermillion: ours, the strongest colour
     "drpo": "#000000",  # black
 }
+# Method key -> marker, for plots where colour alone must not carry the method (print in grey).
+METHOD_MARKERS: dict[str, str] = {
+    "grpo": "s",
+    "rloo": "v",
+    "reinforce_pp": "P",
+    "grpo_rs": "D",
+    "grpo_dro": "X",
+    "eqpo_nd": "^",
+    "eqpo": "o",
+    "drpo": "*",
+}
 # Methods drawn with a thicker line in line plots (the two the paper compares most).
 EMPHASISED_METHODS: frozenset[str] = frozenset({"grpo", "eqpo"})
 FALLBACK_COLOR = "#444444"
@@ -80,6 +91,11 @@ def method_label(method: str) -> str:
 def method_color(method: str) -> str:
     """Fixed hex colour of a method; a dark grey for a method not in :data:`METHOD_COLORS`."""
     return METHOD_COLORS.get(method, FALLBACK_COLOR)
+
+
+def method_marker(method: str) -> str:
+    """Fixed marker of a method; '.' for a method not in :data:`METHOD_MARKERS`."""
+    return METHOD_MARKERS.get(method, ".")
 
 
 def order_methods(methods) -> list[str]:

@@ -269,7 +269,10 @@ def _cell_texts(values: pd.DataFrame) -> pd.DataFrame:
 
 
 def _with_std(texts: pd.DataFrame, std: pd.DataFrame | None, pm: str) -> pd.DataFrame:
-    """Append '<pm> std' to the numeric cells that have a finite std in ``std``."""
+    """Append '<pm> std' to the numeric cells that have a finite std in ``std``.
+
+    The std gets as many decimals as the printed mean ('14.66 ± 7.03', '0.3550 ± 0.0071').
+    """
     if std is None:
         return texts
     out = texts.copy()
@@ -277,9 +280,12 @@ def _with_std(texts: pd.DataFrame, std: pd.DataFrame | None, pm: str) -> pd.Data
         if column not in std.columns or column == "n_seeds":
             continue
         for row in out.index:
-            spread = format_number(float(std.loc[row, column])) if row in std.index else None
-            if out.loc[row, column] is not None and spread is not None:
-                out.loc[row, column] = f"{out.loc[row, column]}{pm}{spread}"
+            mean_text = out.loc[row, column]
+            spread = float(std.loc[row, column]) if row in std.index else math.nan
+            if mean_text is None or not math.isfinite(spread):
+                continue
+            decimals = len(mean_text.split(".")[1]) if "." in mean_text else 0
+            out.loc[row, column] = f"{mean_text}{pm}{spread:.{decimals}f}"
     return out
 
 
@@ -454,7 +460,8 @@ def cluster_stability(clusters_df: pd.DataFrame) -> pd.DataFrame:
         for step, at_step in run.groupby("step", sort=True):
             labeled = at_step[_has_group(at_step["true_group"])]
             ari, nmi = alignment_scores(labeled["cluster"], labeled["true_group"].astype(str))
-            current = pd.Series(at_step["cluster"].to_numpy(), index=at_step["sample_id"].to_numpy())
+            current = pd.Series(at_step["cluster"].to_numpy(),
+                                index=at_step["sample_id"].to_numpy())
             if previous is None:
                 consecutive, common = math.nan, 0
             else:

@@ -122,9 +122,9 @@ class Cohort:
         self.labels = [list(v) for v in self.table["labels"]]
         self.sample_id = self.table["sample_id"].to_numpy(object)
         self.group = np.array([g if isinstance(g, str) else None for g in self.table["group"]], dtype=object)
-        self.true_group = np.array(
-            [g if isinstance(g, str) else None for g in self.table.get("true_group", self.table["group"])], dtype=object
-        )
+        true_group = self.table["true_group"] if "true_group" in self.table else self.table["group"]
+        true_group = true_group.astype(object).where(true_group.notna(), self.table["group"].astype(object))
+        self.true_group = np.array([g if isinstance(g, str) else None for g in true_group], dtype=object)
         self.specs = specs
 
     def __len__(self) -> int:
@@ -194,7 +194,10 @@ def predict(policy: MultiTaskPolicy, cohort: Cohort, scorer: Scorer) -> pd.DataF
 
 
 def _majority_skewed(train: pd.DataFrame, keep: float, rng: np.random.Generator) -> pd.DataFrame:
-    group = train["true_group"] if "true_group" in train else train["group"]
+    group = train["group"].astype(object)
+    if "true_group" in train:  # the demo cohort knows the masked groups too
+        group = train["true_group"].astype(object).where(train["true_group"].notna(), group)
+    group = group.where(group.notna(), "none")
     majority = group.groupby(train["dataset"]).agg(lambda g: g.value_counts().index[0])
     is_major = group.to_numpy() == train["dataset"].map(majority).to_numpy()
     return train[is_major | (rng.random(len(train)) < keep)]

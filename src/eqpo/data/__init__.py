@@ -1,0 +1,1 @@
+"""Obtaining and preprocessing the seven real datasets and your own (see :mod:`eqpo.data.sources`)."""

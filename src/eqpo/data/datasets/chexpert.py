@@ -1,0 +1,206 @@
+"""CheXpert (Stanford AIMI): chest radiographs, 14 observations (multi-label), age and sex.
+
+Access is manual: registration on Stanford AIMI plus the CheXpert Research Use Agreement, then a
+time-limited Azure link. The person places one of these folders under ``<root>/CheXpert/raw/``:
+
+- ``CheXpert-v1.0-small/`` (downsampled, about 11 GB), or
+- ``CheXpert-v1.0/`` (original resolution, about 439 GB),
+
+each holding ``train.csv``, ``valid.csv``, ``train/`` and ``valid/``. ``expected`` names the small
+version's four entries (what the instructions ask for); :class:`EitherFolderSource` also accepts
+the full-resolution folder with the same four entries, and preprocessing reads whichever is there
+(the small one first when both are).
+
+CSV columns (``train.csv`` / ``valid.csv``): ``Path`` (``CheXpert-v1.0-small/train/patient00001/
+study1/view1_frontal.jpg``; the patient id is the ``patientNNNNN`` part), ``Sex`` (Male/Female/
+Unknown), ``Age`` (integer years), ``Frontal/Lateral``, ``AP/PA``, then the 14 observations with
+values 1.0 (positive), 0.0 (negative), -1.0 (uncertain) or blank (not mentioned).
+
+Paper / CLIMB conventions followed here: U-Zeros (only 1.0 is positive; -1.0 and blank are
+negative); a row with no positive observation is skipped and listed in the manifest; every row
+(frontal or lateral view) is its own sample; the official ``valid.csv`` is the test split and the
+``train.csv`` patients are split into train/val by seeded patient-level shuffling.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from ...groups import normalize_sex
+from ...vocabularies import PAPER_DATASETS
+from ..fetch import sha256_of
+from ..media import CorruptMedia, resize_image
+from ..sources import Access, DatasetSource, Manifest, MissingDataError, normalise_header, patient_split
+
+SPEC = PAPER_DATASETS["CheXpert"]
+FOLDERS = ("CheXpert-v1.0-small", "CheXpert-v1.0")
+MARKERS = ("train.csv", "valid.csv", "train/", "valid/")
+CSV_FILES = {"train": "train.csv", "test": "valid.csv"}  # official split -> file
+LANDING_PAGE = "https://stanfordaimi.azurewebsites.net/datasets/8cbd9ed4-2eb9-4565-affc-111cf4f7ebe2"
+PATIENT_RE = re.compile(r"(patient\d+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class EitherFolderSource(DatasetSource):
+    """A source whose expected entries (written under ``folders[0]``) may instead sit under any
+    other folder of ``folders`` (CheXpert: the small or the full-resolution release)."""
+
+    folders: tuple[str, ...] = FOLDERS
+
+    def variant(self, folder: str) -> list[str]:
+        """The expected entries with the leading folder replaced by ``folder``."""
+        return [f"{folder}/{path.split('/', 1)[1]}" for path in self.expected]
+
+    def found_folder(self, raw_dir: Path) -> str | None:
+        """The first folder of ``folders`` that holds every expected entry, else None."""
+        for folder in self.folders:
+            if all((Path(raw_dir) / path).exists() for path in self.variant(folder)):
+                return folder
+        return None
+
+    def missing_files(self, raw_dir: Path) -> list[str]:
+        return [] if self.found_folder(raw_dir) else super().missing_files(raw_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the CSVs
+# ----------------------------------------------------------------------------------------------
+
+
+def read_label_csv(path: Path) -> pd.DataFrame:
+    """train.csv / valid.csv -> columns path, sex, age, labels (positives in vocabulary order).
+
+    Headers are matched after normalising whitespace and case; a missing Sex or Age column gives
+    missing values, a missing observation column is an error (the file is not CheXpert's).
+    """
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    columns = {normalise_header(c): c for c in raw.columns}
+    absent = [name for name in ("path", *map(normalise_header, SPEC.labels)) if name not in columns]
+    if absent:
+        raise ValueError(f"{path}: no column(s) {absent}; columns are {list(raw.columns)}")
+    values = pd.DataFrame({label: pd.to_numeric(raw[columns[normalise_header(label)]].str.strip(), errors="coerce")
+                           for label in SPEC.labels})
+    return pd.DataFrame({
+        "path": raw[columns["path"]].str.strip(),
+        "sex": raw[columns["sex"]].map(normalize_sex) if "sex" in columns else None,
+        "age": pd.to_numeric(raw[columns["age"]].str.strip(), errors="coerce") if "age" in columns else float("nan"),
+        "labels": positives(values),
+    })
+
+
+def positives(values: pd.DataFrame) -> list[list[str]]:
+    """U-Zeros, per row: the observations whose value is exactly 1.0 (uncertain -1.0 and blank are
+    negative), in vocabulary order."""
+    hits = (values[list(SPEC.labels)] == 1.0).to_numpy()
+    return [[SPEC.labels[j] for j in np.flatnonzero(row)] for row in hits]
+
+
+def relative_image(path: str) -> PurePosixPath:
+    """CSV ``Path`` -> path inside the release folder: ``train/patient00001/study1/view1_frontal.jpg``
+    (the leading ``CheXpert-v1.0-small/`` or ``CheXpert-v1.0/`` is dropped, whichever it names)."""
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    if parts and parts[0].lower().startswith("chexpert"):
+        parts = parts[1:]
+    return PurePosixPath(*parts)
+
+
+def patient_of(path: str) -> str | None:
+    """``.../patient00001/study1/...`` -> ``patient00001`` (None when the path names no patient)."""
+    match = PATIENT_RE.search(path)
+    return match.group(1).lower() if match else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing
+# ----------------------------------------------------------------------------------------------
+
+
+def train_val_fractions(fractions) -> tuple[float, float, float]:
+    """(train, val, test) fractions -> train/val shares renormalised over train+val, test 0 (the
+    official valid.csv is the test split, so the requested test share is not used)."""
+    train, val = float(fractions[0]), float(fractions[1])
+    if train + val <= 0:
+        raise ValueError(f"{SPEC.name}: the train and val fractions are both 0 in {tuple(fractions)}; "
+                         "its test split is the official one, so train+val must be positive")
+    return train / (train + val), val / (train + val), 0.0
+
+
+def candidate_rows(folder: Path, out_dir: Path, manifest: Manifest) -> list[dict]:
+    """One dict per CSV row with a positive label and a patient id; the rest go to the manifest."""
+    rows = []
+    for official, name in CSV_FILES.items():
+        for record in read_label_csv(folder / name).itertuples(index=False):
+            rel = relative_image(record.path)
+            sample_id = f"{SPEC.name}-" + "-".join(rel.with_suffix("").parts)
+            patient = patient_of(record.path)
+            if not record.labels:
+                manifest.skip(sample_id, "no positive label (U-Zeros; skipped as CLIMB does)")
+            elif patient is None:
+                manifest.skip(sample_id, f"no patientNNNNN in Path {record.path!r}")
+            else:
+                rows.append({"sample_id": sample_id, "patient_id": patient, "official": official,
+                             "src": folder / rel, "dest": out_dir / "images" / rel.with_suffix(".png"),
+                             "labels": record.labels, "age": record.age, "sex": record.sex})
+    return rows
+
+
+def convert_images(rows: list[dict], out_dir: Path, manifest: Manifest) -> list[dict]:
+    """Resize every radiograph to PNG (threads); an unreadable one is skipped and listed."""
+    def convert(row: dict) -> str | None:
+        try:
+            resize_image(row["src"], row["dest"])
+        except CorruptMedia as err:
+            return str(err)
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        errors = list(pool.map(convert, rows))
+    kept = []
+    for row, error in zip(rows, errors):
+        if error is None:
+            kept.append({**row, "images": [row["dest"].relative_to(out_dir.parent).as_posix()]})
+        else:
+            manifest.skip(row["sample_id"], f"unreadable image: {error}")
+    return kept
+
+
+def preprocess(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int, fractions) -> pd.DataFrame:
+    """CheXpert CSVs + JPEGs -> standard rows (valid.csv = test; train.csv patients -> train/val)."""
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    found = SOURCE.found_folder(raw_dir)
+    if found is None:
+        raise MissingDataError(SOURCE.instructions(raw_dir, SOURCE.missing_files(raw_dir)))
+    folder = raw_dir / found
+    manifest.files = {f"{found}/{name}": sha256_of(folder / name) for name in CSV_FILES.values()}
+    rows = convert_images(candidate_rows(folder, out_dir, manifest), out_dir, manifest)
+    table = pd.DataFrame(rows, columns=["sample_id", "patient_id", "official", "images", "labels", "age", "sex"])
+    fixed = {p: "test" for p in table.loc[table["official"] == "test", "patient_id"]}
+    assignment = patient_split(table["patient_id"].tolist(), seed, train_val_fractions(fractions), fixed)
+    table["split"] = table["patient_id"].map(assignment)
+    table["age"] = table["age"].astype(float)
+    return table.drop(columns="official")
+
+
+SOURCE = EitherFolderSource(
+    spec=SPEC,
+    access=Access.MANUAL,
+    landing_page=LANDING_PAGE,
+    license="Stanford University School of Medicine CheXpert Dataset Research Use Agreement (non-commercial research)",
+    agreement="register on Stanford AIMI and accept the CheXpert Research Use Agreement, then download "
+              "CheXpert-v1.0-small (or CheXpert-v1.0) from the time-limited Azure link",
+    expected=tuple(f"{FOLDERS[0]}/{marker}" for marker in MARKERS),
+    preprocess=preprocess,
+    example_command="azcopy copy '<the SAS link from the AIMI page>' {raw_dir} --recursive  "
+                    "(or unzip CheXpert-v1.0-small.zip -d {raw_dir})",
+    notes="The full-resolution folder CheXpert-v1.0/ with the same train.csv, valid.csv, train/ and valid/ "
+          "is accepted instead of CheXpert-v1.0-small/. Also linked from "
+          "https://stanfordmlgroup.github.io/competitions/chexpert/.",
+    folders=FOLDERS,
+)

@@ -1,0 +1,191 @@
+"""How each real dataset is obtained, checked and turned into the standard table.
+
+A dataset module declares one :class:`DatasetSource`: its access type, landing page, licence or
+agreement, the files it expects under ``<root>/<name>/raw/``, the remote files (with checksums where
+the source publishes them) and a ``preprocess`` function. The shared machinery here downloads
+(resumable, credentials only from the environment, ``~/.netrc`` or ``kaggle.json``), verifies,
+extracts, and stops with one block of instructions (exit status :data:`EXIT_MISSING_DATA`) when
+files or credentials are missing.
+
+Standard table (one row per sample), written to ``<root>/<name>/table.parquet``:
+``sample_id, patient_id, dataset, split, images (list of paths relative to <root>), labels (list of
+label names), age (float years, NaN when missing), sex ("F"/"M"/None), group`` (the explicit group,
+see :func:`eqpo.groups.explicit_group`).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..groups import explicit_group
+from ..vocabularies import DatasetSpec
+
+EXIT_MISSING_DATA = 3
+TABLE_COLUMNS = ("sample_id", "patient_id", "dataset", "split", "images", "labels", "age", "sex", "group")
+SPLITS = ("train", "val", "test")
+
+
+class Access(str, enum.Enum):
+    """How the files are obtained: a public URL, a git repository, PhysioNet or Kaggle credentials,
+    or placed by hand after accepting an agreement."""
+
+    OPEN_URL = "open_url"
+    GIT = "git"
+    PHYSIONET = "physionet"
+    KAGGLE = "kaggle"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file to download: url (https, file:// in tests), the name it is saved under in raw/,
+    an optional SHA-256 to verify and whether it is an archive to extract afterwards."""
+
+    url: str
+    name: str
+    sha256: str | None = None
+    extract: bool = False
+
+
+class MissingDataError(RuntimeError):
+    """Raised when a dataset's files or credentials are missing; ``str()`` is the instructions."""
+
+    exit_status = EXIT_MISSING_DATA
+
+
+@dataclass
+class Manifest:
+    """What preprocessing found and did: rows kept, samples skipped (with reasons), and where the
+    missing demographics are. Written next to the table as manifest.json."""
+
+    dataset: str
+    rows: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    missing_age: int = 0
+    missing_sex: int = 0
+    files: dict[str, str] = field(default_factory=dict)
+
+    def skip(self, sample_id: str, reason: str) -> None:
+        self.skipped.append({"sample_id": sample_id, "reason": reason})
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.__dict__, indent=1, default=str))
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Everything the pipeline knows about obtaining and preparing one dataset.
+
+    expected: paths (relative to raw/) that must exist after download/extraction; a path ending in
+    "/" is a directory. preprocess(raw_dir, out_dir, manifest, seed, fractions) -> standard table
+    rows (without ``group``, added here) with image paths relative to out_dir's parent.
+    """
+
+    spec: DatasetSpec
+    access: Access
+    landing_page: str
+    license: str
+    expected: tuple[str, ...]
+    preprocess: Callable[..., pd.DataFrame]
+    remote: tuple[RemoteFile, ...] = ()
+    agreement: str = ""
+    git_url: str = ""
+    kaggle_dataset: str = ""
+    example_command: str = ""
+    notes: str = ""
+    # Custom download step for sources whose file list comes from the data itself (e.g. VinDr-Mammo
+    # lists its DICOMs in a CSV): fetch(source, raw_dir, credentials) after `remote` is downloaded.
+    fetch: Callable[..., None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def missing_files(self, raw_dir: Path) -> list[str]:
+        return [p for p in self.expected if not (raw_dir / p).exists()]
+
+    def instructions(self, raw_dir: Path, missing: Sequence[str], reason: str = "") -> str:
+        """One block telling a person exactly what to do to provide this dataset."""
+        lines = [
+            f"Dataset {self.name} is not available: {reason or 'expected files are missing'}.",
+            f"  Access:      {self.access.value}",
+            f"  Landing page: {self.landing_page}",
+            f"  Licence:     {self.license}",
+        ]
+        if self.agreement:
+            lines.append(f"  Agreement:   {self.agreement}")
+        lines.append(f"  Put these under {raw_dir}/:")
+        lines += [f"    - {m}" for m in missing]
+        if self.example_command:
+            lines.append(f"  Example:     {self.example_command.format(raw_dir=raw_dir)}")
+        if self.notes:
+            lines += ["  Note:        " + line for line in textwrap.wrap(self.notes, 88)]
+        lines.append("  Or leave it out of this run explicitly: data.skip_unavailable: true in the config "
+                     "(the run then reports which datasets it skipped).")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared helpers for the dataset modules
+# ----------------------------------------------------------------------------------------------
+
+
+def patient_split(patients: Sequence[str], seed: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                  fixed: dict[str, str] | None = None) -> dict[str, str]:
+    """Assign every patient to train/val/test with a seeded shuffle; ``fixed`` keeps official splits
+    (patient -> split) and the rest is split by ``fractions`` renormalised over the splits it uses.
+
+    Deterministic for a seed and independent of the order the patients come in.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    fixed = dict(fixed or {})
+    free = sorted(set(patients) - set(fixed))
+    order = np.random.default_rng(seed).permutation(len(free))
+    shares = np.asarray(fractions, dtype=float)
+    used = [s for s, share in zip(SPLITS, shares) if share > 0]
+    bounds = np.cumsum(shares[[SPLITS.index(s) for s in used]]) / shares.sum()
+    cuts = np.round(bounds * len(free)).astype(int)
+    assignment = dict(fixed)
+    for rank, i in enumerate(order):
+        assignment[free[i]] = used[int(np.searchsorted(cuts, rank, side="right"))]
+    return assignment
+
+
+def finish_table(rows: pd.DataFrame, spec: DatasetSpec, manifest: Manifest) -> pd.DataFrame:
+    """Check a module's rows, add ``group``, order the columns and fill the manifest counts."""
+    missing = [c for c in TABLE_COLUMNS if c not in rows.columns and c not in ("group", "dataset")]
+    if missing:
+        raise ValueError(f"{spec.name} preprocessing produced no column(s) {missing}")
+    table = rows.copy()
+    table["dataset"] = spec.name
+    table["age"] = pd.to_numeric(table["age"], errors="coerce").astype(float)
+    sex = [s if s in ("F", "M") else None for s in table["sex"]]
+    table["sex"] = pd.Series(sex, index=table.index, dtype=object)
+    groups = [explicit_group(a, s, spec.attributes) for a, s in zip(table["age"], sex)]
+    table["group"] = pd.Series(groups, index=table.index, dtype=object)
+    bad = ~table["split"].isin(SPLITS)
+    if bad.any():
+        raise ValueError(f"{spec.name}: unknown split values {sorted(table.loc[bad, 'split'].unique())}")
+    unknown = {label for labels in table["labels"] for label in labels} - set(spec.labels)
+    if unknown:
+        raise ValueError(f"{spec.name}: labels {sorted(unknown)} are not in the vocabulary {list(spec.labels)}")
+    if table["sample_id"].duplicated().any():
+        raise ValueError(f"{spec.name}: duplicate sample_id values")
+    manifest.rows = len(table)
+    manifest.missing_age = int(table["age"].isna().sum())
+    manifest.missing_sex = int(table["sex"].isna().sum()) if "sex" in spec.attributes else 0
+    return table[list(TABLE_COLUMNS)].reset_index(drop=True)
+
+
+def normalise_header(name: str) -> str:
+    """'Age\\n(years)' -> 'age (years)': collapse whitespace, lower-case (for defensive CSV parsing)."""
+    return " ".join(str(name).split()).lower()

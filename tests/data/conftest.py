@@ -1,0 +1,67 @@
+"""Shared fixtures for the dataset tests: a local file server (loopback only) with HTTP Range and
+Basic-auth support, so the real download code runs without network."""
+
+import base64
+import functools
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    credentials: tuple[str, str] | None = None
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def _authorised(self) -> bool:
+        if self.credentials is None:
+            return True
+        expected = "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()
+        return self.headers.get("Authorization") == expected
+
+    def do_GET(self):
+        if not self._authorised():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="test"')
+            self.end_headers()
+            return
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        if self.headers.get("Range", "").startswith("bytes="):
+            start = int(self.headers["Range"][6:].split("-")[0])
+            if start >= len(data):
+                self.send_response(416)
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """Returns serve(directory, credentials=None) -> base URL "http://127.0.0.1:<port>"; stopped after the test."""
+    servers = []
+
+    def serve(directory: Path, credentials: tuple[str, str] | None = None) -> str:
+        handler = type("Handler", (_Handler,), {"credentials": credentials})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
