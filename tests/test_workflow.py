@@ -87,3 +87,13 @@ def test_tiny_config_end_to_end(tmp_path):
     assert counts == {"score": 1, "total": 1}
     # Nothing is left to do after a complete run.
     assert "Nothing to be done" in snakemake(tmp_path, "-n", configs=(PAPER, TINY)).stdout
+
+
+def test_a_missing_manual_dataset_stops_with_instructions(tmp_path):
+    overlay = tmp_path / "one.yaml"
+    overlay.write_text("data:\n  datasets: [CheXpert]\n")
+    result = snakemake(tmp_path, "data/paper/CheXpert/table.parquet", "--cores", "1", configs=(PAPER, overlay), check=False)
+    assert result.returncode != 0
+    log = (tmp_path / "logs" / "paper" / "prepare_dataset" / "CheXpert.log").read_text()
+    assert "Landing page" in log and "train.csv" in log and "skip_unavailable" in log
+    assert not (tmp_path / "data" / "paper" / "CheXpert" / "table.parquet").exists()

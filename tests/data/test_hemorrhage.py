@@ -38,7 +38,7 @@ DEMOGRAPHICS = {49: ("35", "Male"), 50: ("12", "Female"), 52: ("70", "Male"), 53
 
 def _volume(patient: int) -> np.ndarray:
     shape = SHAPES[patient]
-    hu = np.linspace(-1000, 2000, num=int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    hu = np.linspace(-1000, 2000, num=int(np.prod(shape)), dtype=np.float32).reshape(shape) + patient
     hu[1, 2, :] = 40.0  # brain-window centre at (x=1, y=2): pixel (row 2, column 1) of every slice
     return hu
 
