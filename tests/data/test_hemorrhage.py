@@ -46,9 +46,11 @@ def _volume(patient: int) -> np.ndarray:
 def _write_demographics(path: Path) -> None:
     with open(path, "w", newline="") as handle:
         out = csv.writer(handle)
-        out.writerow(["Patient Number", "Age\n(years)", "Gender", "Hemorrhage type based on the radiologists diagnosis ",
-                      "", "", "", "", "Fracture (yes 1/no 0)", "Note1"])
-        out.writerow(["", "", "", "Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural", "Subdural", "", ""])
+        out.writerow(["Patient Number", "Age\n(years)", "Gender",
+                      "Hemorrhage type based on the radiologists diagnosis ", "", "", "", "",
+                      "Fracture (yes 1/no 0)", "Note1"])
+        out.writerow(["", "", "", "Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural", "Subdural",
+                      "", ""])
         for patient, (age, sex) in DEMOGRAPHICS.items():
             out.writerow([patient, age, sex, "", "1" if patient == 49 else "", "", "", "", "0", ""])
 
@@ -222,3 +224,6 @@ def test_read_demographics_is_defensive(tmp_path):
     age, sex = hemorrhage.read_demographics(path)[8]
     assert np.isnan(age) and sex is None
     assert hemorrhage.read_demographics(None) == {} and hemorrhage.read_demographics(tmp_path / "absent.csv") == {}
+    path.write_text("id,years\n1,2\n")
+    with pytest.raises(ValueError, match="no header row"):
+        hemorrhage.read_demographics(path)

@@ -29,7 +29,7 @@ import pandas as pd
 from ...vocabularies import PAPER_DATASETS
 from ..fetch import sha256_of
 from ..sources import Access, DatasetSource, Manifest, RemoteFile
-from .isic2020 import build_rows, column, drop_unusable, index_images, read_table, sex_codes
+from .isic2020 import build_rows, column, drop_unusable, index_images, read_table, require, sex_codes
 
 NAME = "HAM10000"
 METADATA = "HAM10000_metadata"
@@ -60,6 +60,7 @@ def separator(path: Path) -> str:
 def read_metadata(path: Path) -> pd.DataFrame:
     """HAM10000_metadata (CSV or TSV) -> records (native, sample_id, patient_id, labels, age, sex)."""
     meta = read_table(path, sep=separator(path))
+    require(meta, ["image_id", "dx"], path)
     native = column(meta, "image_id")
     dx = column(meta, "dx")
     return pd.DataFrame({

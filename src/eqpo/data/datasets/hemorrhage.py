@@ -26,6 +26,8 @@ demographics and every ``ct_scans/<NNN>.nii`` the diagnosis CSV lists, with Phys
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import urllib.error
 from pathlib import Path
@@ -173,6 +175,15 @@ def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
         return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="latin-1", **kwargs)
 
 
+def _read_rows(path: Path) -> list[list[str]]:
+    """A CSV as lists of cells (rows may differ in length; quoted cells may hold newlines)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        text = path.read_text(encoding="latin-1")
+    return list(csv.reader(io.StringIO(text, newline="")))
+
+
 def read_diagnosis(path: Path) -> pd.DataFrame:
     """hemorrhage_diagnosis_raw_ct.csv -> columns patient (int), slice (int, 1-based), no_hemorrhage
     (float 0/1, NaN when blank). Rows without a patient or slice number are dropped."""
@@ -186,6 +197,18 @@ def read_diagnosis(path: Path) -> pd.DataFrame:
     out = pd.DataFrame({k: pd.to_numeric(table[c].str.strip(), errors="coerce") for k, c in columns.items()})
     out = out.dropna(subset=["patient", "slice"])
     return out.astype({"patient": int, "slice": int}).reset_index(drop=True)
+
+
+def _cell(row: list[str], col: int | None) -> str:
+    return row[col].strip() if col is not None and col < len(row) else ""
+
+
+def _number(row: list[str], col: int | None) -> float:
+    """A cell as a float; NaN when blank or not a number."""
+    try:
+        return float(_cell(row, col))
+    except ValueError:
+        return float("nan")
 
 
 def find_demographics(raw_dir: Path) -> Path | None:
@@ -205,28 +228,26 @@ def read_demographics(path: Path | None) -> dict[int, tuple[float, str | None]]:
     Defensive about the header: the header row is the first row (of the first five) naming both a
     patient-number and an age column, whatever its whitespace, newlines or case; the subtype row of
     the two-row header, and any other row whose patient number is not a number, is not a patient.
+    No file gives {} (every demographic missing); a file without such a header raises ValueError.
     """
     if path is None or not Path(path).is_file():
         return {}
-    raw = _read_csv(path, header=None)
-    header_row = next((i for i in range(min(5, len(raw)))
-                       if _column(raw.iloc[i], "patient") is not None and _column(raw.iloc[i], "age") is not None), None)
+    rows = _read_rows(Path(path))
+    header_row = next((i for i, row in enumerate(rows[:5])
+                       if _column(row, "patient") is not None and _column(row, "age") is not None), None)
     if header_row is None:
-        return {}
-    header = [str(v) for v in raw.iloc[header_row]]
-    body = raw.iloc[header_row + 1:].set_axis(range(len(header)), axis=1)
+        raise ValueError(f"{Path(path).name}: no header row naming a patient number and an age column")
+    header = rows[header_row]
     patient_col = header.index(_column(header, "patientnumber", "patient"))
     age_col = header.index(_column(header, "age"))
     sex_name = _column(header, "gender", "sex")
-    patients = pd.to_numeric(body[patient_col].str.strip(), errors="coerce")
-    ages = pd.to_numeric(body[age_col].str.strip(), errors="coerce")
-    sexes = body[header.index(sex_name)] if sex_name is not None else pd.Series(None, index=body.index)
+    sex_col = header.index(sex_name) if sex_name is not None else None
     out = {}
-    for patient, age, sex in zip(patients, ages, sexes):
-        if pd.isna(patient):
-            continue
-        age = float(age) if pd.notna(age) and age >= 0 else float("nan")
-        out[int(patient)] = (age, normalize_sex(sex))
+    for row in rows[header_row + 1:]:
+        patient, age = _number(row, patient_col), _number(row, age_col)
+        if np.isnan(patient):
+            continue  # the subtype row of the two-row header, notes, blank lines
+        out[int(patient)] = (age if age >= 0 else float("nan"), normalize_sex(_cell(row, sex_col)))
     return out
 
 

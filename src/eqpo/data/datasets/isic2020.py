@@ -64,6 +64,13 @@ def column(table: pd.DataFrame, name: str) -> pd.Series:
     return pd.Series(np.nan, index=table.index, dtype=object)
 
 
+def require(table: pd.DataFrame, names: Sequence[str], path: Path) -> None:
+    """Fail with a clear message when a metadata file lacks an identifier or label column."""
+    missing = [n for n in names if n not in table.columns]
+    if missing:
+        raise ValueError(f"{path} has no column(s) {missing}; its columns are {list(table.columns)}")
+
+
 def sex_codes(values: Sequence[object], mapping: Mapping[str, str]) -> list[str | None]:
     """Sex words -> "F"/"M" by ``mapping`` (lower-case keys); blank, "unknown" and the like -> None."""
     return [mapping.get(v.strip().lower()) if isinstance(v, str) else None for v in values]
@@ -161,6 +168,7 @@ def label_of(target: object, benign_malignant: object) -> str | None:
 def read_ground_truth(path: Path) -> pd.DataFrame:
     """The ground-truth CSV -> records (native, sample_id, patient_id, labels, age, sex)."""
     gt = read_table(path)
+    require(gt, ["image_name"], path)
     native = column(gt, "image_name")
     return pd.DataFrame({
         "native": native,

@@ -25,7 +25,7 @@ import pandas as pd
 from ...vocabularies import PAPER_DATASETS
 from ..fetch import extract, sha256_of
 from ..sources import Access, DatasetSource, Manifest, RemoteFile
-from .isic2020 import build_rows, column, drop_unusable, index_images, read_table, sex_codes
+from .isic2020 import build_rows, column, drop_unusable, index_images, read_table, require, sex_codes
 
 NAME = "PAD-UFES-20"
 METADATA = "metadata.csv"
@@ -58,6 +58,7 @@ def unpack_inner_zips(raw_dir: Path) -> None:
 def read_metadata(path: Path) -> pd.DataFrame:
     """metadata.csv -> records (native, sample_id, patient_id, labels, age, sex)."""
     meta = read_table(path)
+    require(meta, ["img_id", "diagnostic"], path)
     native = column(meta, "img_id").str.replace(r"\.png$", "", case=False, regex=True)
     diagnostic = column(meta, "diagnostic")
     return pd.DataFrame({

@@ -113,11 +113,14 @@ def fetch_images(source: DatasetSource, raw_dir: Path, credentials: tuple[str, s
         rel = f"images/{pair[0]}/{pair[1]}.dicom"
         download(url + rel, target / pair[0] / f"{pair[1]}.dicom", sums.get(rel), credentials)
 
+    pool = ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS)
     try:
-        with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
-            list(pool.map(one, listed_images(raw_dir / ANNOTATIONS)))
+        for _ in pool.map(one, listed_images(raw_dir / ANNOTATIONS)):
+            pass
     except MissingDataError as err:
         raise MissingDataError(source.instructions(raw_dir, ["images/<study_id>/<image_id>.dicom"], str(err))) from None
+    finally:  # on the first failure (a 401, a checksum mismatch) the queued downloads are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
     if target != final:
         os.replace(target, final)
 
