@@ -227,3 +227,12 @@ def test_read_demographics_is_defensive(tmp_path):
     path.write_text("id,years\n1,2\n")
     with pytest.raises(ValueError, match="no header row"):
         hemorrhage.read_demographics(path)
+
+
+def test_demographics_placed_by_hand_under_the_other_spelling(tmp_path, file_server, credentials):
+    directory = build_release(tmp_path / "srv", checksums=False)
+    raw = tmp_path / "data" / "Hemorrhage" / "raw"
+    raw.mkdir(parents=True)
+    (directory / "patient_demographics.csv").rename(raw / "patient_demographics.csv")  # not served at all
+    table = prepare(test_source(file_server(directory, credentials=CREDENTIALS)), tmp_path / "data")
+    assert (raw / "Patient_demographics.csv").exists() and table["sex"].notna().sum() == 12 - 2

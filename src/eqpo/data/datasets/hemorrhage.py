@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import urllib.error
 from pathlib import Path
 
@@ -106,7 +107,10 @@ def _fetch_demographics(base: str, raw_dir: Path, credentials, sums: dict[str, s
     """Download the demographics CSV as ``Patient_demographics.csv``, trying both spellings of its name."""
     from ..fetch import download
 
-    if find_demographics(raw_dir) is not None:
+    found = find_demographics(raw_dir)
+    if found is not None:
+        if found.name != DEMOGRAPHICS:  # placed by hand under another spelling
+            shutil.copyfile(found, raw_dir / DEMOGRAPHICS)
         return
     for name in DEMOGRAPHICS_NAMES:
         try:
