@@ -164,9 +164,11 @@ def test_instructions_name_every_expected_file(tmp_path):
     assert "- COVID-BLUES/clinical_variables.csv" in text and "- COVID-BLUES/lus_videos/" in text
 
 
-def test_failed_clone_raises(tmp_path):
-    with pytest.raises(IOError, match="git clone"):
+def test_failed_clone_gives_instructions_and_can_be_skipped(tmp_path):
+    with pytest.raises(MissingDataError, match="git clone") as err:
         prepare(test_source(tmp_path / "no-such-repo.git"), tmp_path / "data")
+    assert covid_blues.LANDING_PAGE in str(err.value)
+    assert prepare(test_source(tmp_path / "no-such-repo.git"), tmp_path / "data", skip_unavailable=True).empty
 
 
 def test_read_clinical_is_defensive(tmp_path):

@@ -188,7 +188,10 @@ def obtain(source: DatasetSource, raw_dir: Path) -> None:
             raise MissingDataError(source.instructions(
                 raw_dir, missing, "no Kaggle token (set KAGGLE_USERNAME and KAGGLE_KEY, or place ~/.kaggle/kaggle.json)"))
     if source.access is Access.GIT:
-        git_clone(source.git_url, raw_dir / Path(source.expected[0]).parts[0])
+        try:
+            git_clone(source.git_url, raw_dir / Path(source.expected[0]).parts[0])
+        except IOError as err:  # offline, or the repository moved: tell the person what to place
+            raise MissingDataError(source.instructions(raw_dir, missing, str(err))) from None
     remote = list(source.remote)
     if source.access is Access.KAGGLE and not remote:
         remote = [RemoteFile(KAGGLE_API.format(dataset=source.kaggle_dataset), "kaggle.zip", extract=True)]
