@@ -184,3 +184,25 @@ def test_verl_export_prompts_images_and_variants(tmp_path):
     nodemo = pd.read_parquet(paths["train_nodemo"])
     assert all(info["group"] is None and info["age"] is None for info in nodemo["extra_info"])
     assert len(pd.read_parquet(paths["test"])) == 1
+
+
+def test_kaggle_token_from_kaggle_json_is_used_for_the_download(tmp_path, file_server, monkeypatch):
+    served = tmp_path / "srv"
+    served.mkdir()
+    archive = served / "bundle.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("labels.csv", "a\n")
+        z.writestr("images/x.txt", "x")
+    base = file_server(served, credentials=("kuser", "kkey"))
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.delenv("KAGGLE_KEY", raising=False)
+    config_dir = tmp_path / "kaggle"
+    config_dir.mkdir()
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config_dir))
+    source = replace(_manual_source(), access=Access.KAGGLE, kaggle_dataset="owner/bundle",
+                     remote=(RemoteFile(base + "/bundle.zip", "bundle.zip", extract=True),))
+    with pytest.raises(MissingDataError, match="kaggle.json"):
+        obtain(source, tmp_path / "raw")
+    (config_dir / "kaggle.json").write_text(json.dumps({"username": "kuser", "key": "kkey"}))
+    obtain(source, tmp_path / "raw")
+    assert (tmp_path / "raw" / "labels.csv").exists() and (tmp_path / "raw" / "images" / "x.txt").exists()
