@@ -119,6 +119,28 @@ def test_resume_after_interruption_gives_the_same_run(workspace, method):
     pd.testing.assert_frame_equal(pd.read_parquet(straight / "clusters.parquet"), pd.read_parquet(resumed / "clusters.parquet"))
 
 
+def test_a_rerun_after_completion_or_with_other_settings_starts_afresh(workspace):
+    args = (workspace / "cohort.parquet", workspace / "pretrained.pt", "eqpo", {})
+    run = workspace / "rerun"
+    run_train_cpu(*args, TRAIN, 4, run)
+    first = _strip_times(run / "dynamics.jsonl")
+    assert not (run / "ckpt").exists()  # work directory dropped on completion
+    for name in ("dynamics.jsonl", "steps.jsonl", "final.pt"):  # what Snakemake removes before a forced rerun
+        (run / name).unlink()
+    run_train_cpu(*args, TRAIN, 4, run)
+    assert _strip_times(run / "dynamics.jsonl") == first
+    # an interrupted run with other settings does not leak into a new one
+    run_train_cpu(*args, {**TRAIN, "lr": 1e-2}, 4, run, stop_after=9)
+    messages = []
+    from eqpo.cpu.trainer import RLTrainer
+
+    trainer = RLTrainer(read_cohort(workspace / "cohort.parquet"), workspace / "pretrained.pt", "eqpo", {},
+                        TrainConfig.from_dict(TRAIN), 4, run, log=messages.append)
+    trainer.fit()
+    assert any("other settings" in m for m in messages)
+    assert _strip_times(run / "dynamics.jsonl") == first
+
+
 def test_killed_process_resumes(workspace):
     """A real SIGKILL in the middle of training, then a rerun of the same command."""
     run = workspace / "killed"

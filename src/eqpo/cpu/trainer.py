@@ -16,8 +16,10 @@ validation step, for eqpo / eqpo_nd / drpo), ``final.pt`` (the trained policy) a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -330,10 +332,18 @@ class RLTrainer:
         self.step = 0
         self.epoch_order = self.rng.permutation(len(self.train))
         self.probe = self._choose_probe()
-        self.dynamics = _JsonlLog(self.run_dir / "dynamics.jsonl")
-        self.steps_log = _JsonlLog(self.run_dir / "steps.jsonl")
-        self.clusters_log = _JsonlLog(self.run_dir / "clusters.jsonl")
-        self.ckpt = self.run_dir / "ckpt" / "last.pt"
+        # Work in progress lives in ckpt/ (not a declared output, so Snakemake leaves it alone when it
+        # cleans up after a killed job); the declared files are written when the run completes.
+        self.work = self.run_dir / "ckpt"
+        self.dynamics = _JsonlLog(self.work / "dynamics.jsonl")
+        self.steps_log = _JsonlLog(self.work / "steps.jsonl")
+        self.clusters_log = _JsonlLog(self.work / "clusters.jsonl")
+        self.ckpt = self.work / "last.pt"
+        self.fingerprint = json.dumps({
+            "method": method, "seed": seed, "estimator": estimator_options, "config": asdict(config),
+            "init_policy": hashlib.sha256(Path(init_policy).read_bytes()).hexdigest(),
+            "train": hashlib.sha256("|".join(map(str, self.train.sample_id)).encode()).hexdigest(),
+        }, sort_keys=True, default=str)
 
     # -- batches ----------------------------------------------------------------------------
     def _choose_probe(self) -> np.ndarray:
@@ -445,12 +455,18 @@ class RLTrainer:
             "generator": self.generator.get_state(),
             "probe_generator": self.probe_generator.get_state(),
             "epoch_order": self.epoch_order,
+            "fingerprint": self.fingerprint,
         }, self.ckpt)
 
     def _resume(self) -> bool:
+        """Continue from ckpt/last.pt when it belongs to this exact run (same settings, warm start
+        and training set); anything else starts afresh."""
         if not self.ckpt.exists():
             return False
         blob = torch.load(self.ckpt, weights_only=False)
+        if blob.get("fingerprint") != self.fingerprint:
+            self.log(f"ignoring {self.ckpt}: it was written by a run with other settings or inputs")
+            return False
         self.step = blob["step"]
         self.policy.load_state_dict(blob["policy"])
         self.optimizer.load_state_dict(blob["optimizer"])
@@ -468,7 +484,7 @@ class RLTrainer:
         """Train to ``total_steps`` (resuming if a checkpoint exists). ``stop_after`` ends the
         process-like run early without a final checkpoint, as a kill would (for tests)."""
         torch.set_num_threads(self.config.threads)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
         if self._resume():
             self.log(f"resumed from {self.ckpt} at step {self.step}")
         else:
@@ -504,9 +520,16 @@ class RLTrainer:
                 bar.close()
                 return
         bar.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        """Write the declared outputs, then drop the work directory (a later forced rerun starts afresh)."""
         clusters = pd.DataFrame(self.clusters_log.records(), columns=CLUSTER_COLUMNS)
         clusters.to_parquet(self.run_dir / "clusters.parquet", index=False)
+        for log in (self.dynamics, self.steps_log):
+            shutil.copyfile(log.path, self.run_dir / log.path.name)
         save_policy(self.policy, self.run_dir / "final.pt", step=self.step, method=self.method, seed=self.seed)
+        shutil.rmtree(self.work)
 
 
 def config_dict(config: Any) -> dict:
