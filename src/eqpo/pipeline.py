@@ -22,7 +22,8 @@ from .metrics import FairnessReport, unparseable_share
 log = logging.getLogger("eqpo")
 
 # Keys of the shared `train` config block that only the GPU (verl) backend reads.
-GPU_ONLY_TRAIN_KEYS = ("max_prompt_length", "max_response_length", "rollout_gpu_memory", "tensor_parallel", "gpus")
+GPU_ONLY_TRAIN_KEYS = ("max_prompt_length", "max_response_length", "rollout_gpu_memory", "tensor_parallel", "gpus",
+                       "nnodes")
 
 
 @contextlib.contextmanager
