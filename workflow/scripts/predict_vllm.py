@@ -1,4 +1,17 @@
-from eqpo.pipeline import logged, not_built
+from eqpo.pipeline import logged
 
 with logged(snakemake.log[0]):
-    not_built("GPU evaluation with vLLM", 5)
+    from eqpo.verl_ext.evaluate import run_evaluation
+
+    train = snakemake.config.get("train", {})
+    max_tokens = int(train.get("max_response_length", 4096))
+    prompt_tokens = train.get("max_prompt_length")
+    run_evaluation(
+        snakemake.input.checkpoint,
+        snakemake.input.test,
+        snakemake.output[0],
+        snakemake.params.model,
+        max_tokens=max_tokens,
+        max_model_len=int(prompt_tokens) + max_tokens if prompt_tokens else None,
+        tensor_parallel=int(getattr(snakemake.resources, "gpu", 1)),
+    )

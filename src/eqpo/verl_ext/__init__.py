@@ -1,0 +1,71 @@
+"""verl 0.9.1 extension: eqpo's estimators, the ``eqpo_sync`` trainer and the reward function.
+
+Importing this package registers, in the importing process:
+
+- the advantage estimators ``eqpo``, ``eqpo_nd``, ``grpo_dro``, ``drpo`` in verl's registry
+  (:mod:`eqpo.verl_ext.estimators`; :data:`METHOD_TO_VERL` maps every project method to its verl
+  ``algorithm.adv_estimator``);
+- the MedGemma (Gemma3) support patch (:mod:`eqpo.verl_ext.gemma3`; :data:`GEMMA3_OVERRIDES` are
+  the Hydra overrides a MedGemma run adds);
+- the v1 trainer ``eqpo_sync`` (:mod:`eqpo.verl_ext.trainer`), which hands each row's dataset,
+  group and sample id to those estimators, logs their statistics and checkpoints their state. It
+  needs TransferQueue (``verl[verl-core]``); without it the import still succeeds, with a warning,
+  and only the estimators are registered.
+
+verl computes advantages in its TaskRunner Ray actor, so registration must happen there: launch with
+``VERL_USE_EXTERNAL_MODULES=eqpo.verl_ext`` in the environment (``import verl`` then imports this
+package in every process). ``actor_rollout_ref.model.external_lib=eqpo.verl_ext`` also imports it,
+but only when the model config is built, after verl has looked up ``trainer.v1.trainer_mode``.
+:func:`verl_overrides` lists the Hydra overrides for a method. The reward function is
+``reward.custom_reward_function.path=pkg://eqpo.verl_ext.reward`` (:mod:`eqpo.verl_ext.reward`).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from . import estimators, trainer
+from .estimators import (
+    EXTERNAL_MODULE,
+    METHOD_TO_VERL,
+    REGISTERED,
+    REWARD_NAME,
+    REWARD_PATH,
+    TRAINER_NAME,
+    BatchContext,
+    MissingBatchContextError,
+    batch_context,
+    clear_batch_context,
+    estimator_state,
+    last_advantage_stats,
+    load_estimator_state,
+    set_batch_context,
+    verl_overrides,
+)
+from .gemma3 import GEMMA3_OVERRIDES, patch_verl_for_gemma3
+from .reward import compute_score
+from .trainer import TRAINER_IMPORT_ERROR, get_trainer_class
+
+# MedGemma (Gemma3Processor) support; a no-op for other models' processors (see eqpo.verl_ext.gemma3).
+patch_verl_for_gemma3()
+
+if TRAINER_IMPORT_ERROR is not None:
+    warnings.warn(
+        f"eqpo.verl_ext: the {TRAINER_NAME!r} trainer is not registered ({TRAINER_IMPORT_ERROR}); "
+        "install 'verl[verl-core]==0.9.1'. The advantage estimators are registered.",
+        stacklevel=2,
+    )
+
+
+def __getattr__(name: str):
+    if name == "EqpoSyncTrainer":
+        return get_trainer_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "EXTERNAL_MODULE", "GEMMA3_OVERRIDES", "METHOD_TO_VERL", "REGISTERED", "REWARD_NAME", "REWARD_PATH", "TRAINER_NAME",
+    "BatchContext", "MissingBatchContextError", "batch_context", "clear_batch_context", "compute_score",
+    "estimator_state", "get_trainer_class", "last_advantage_stats", "load_estimator_state",
+    "set_batch_context", "verl_overrides",
+]

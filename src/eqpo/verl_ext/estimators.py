@@ -1,0 +1,498 @@
+"""eqpo's advantage estimators inside verl 0.9.1's advantage-estimator registry.
+
+Importing this module registers ``eqpo``, ``eqpo_nd``, ``grpo_dro`` and ``drpo`` with
+``verl.trainer.ppo.core_algos.register_adv_est``; select one with ``algorithm.adv_estimator=<name>``.
+:data:`METHOD_TO_VERL` maps each of the project's methods to the verl estimator that runs it.
+
+How a registered function gets what verl does not pass
+------------------------------------------------------
+verl calls an estimator as ``fn(token_level_rewards, response_mask, index=uid, config=algorithm)``
+(``verl.trainer.ppo.ray_trainer.compute_advantage``): no dataset, no demographic group, no stable
+prompt id. Those come from a **batch context**, a module-level hand-off that the trainer subclass
+(:class:`eqpo.verl_ext.trainer.EqpoSyncTrainer`, ``trainer.v1.trainer_mode=eqpo_sync``) sets just
+before it lets verl compute the advantages, and clears right after::
+
+    with batch_context(datasets, groups, sample_ids, is_padding, uids=uids):
+        ...verl's compute_advantage(...)...   # calls the registered function
+
+One row per response, in the batch's row order. ``uids`` (verl's per-step prompt uid of each row)
+is checked against the ``index`` verl passes, so a context that belongs to another batch or another
+row order is an error, never a silent mismatch. Padding rows (verl's synthetic rows, see
+``verl/trainer/ppo/padding_utils.py``) go to the estimator with prompt id None: they enter no
+statistic and get advantage 0.
+
+Without a context the registered functions raise :class:`MissingBatchContextError`, because
+silently treating every prompt as one unlabeled dataset would run a different method than the one
+asked for. A user who wants exactly that passes ``+algorithm.eqpo.allow_missing_context=true``:
+then every row is one unlabeled dataset ("Unknown"), the uid is the prompt id and the sample id, and
+rows whose uid starts with "pad" or whose response mask is all zero are padding.
+
+Options and state
+-----------------
+Estimator options are read from ``config["eqpo"]`` (the ``algorithm`` section verl passes):
+``+algorithm.eqpo.k_max=3 +algorithm.eqpo.scope=history`` and so on; each must be an option of
+:func:`eqpo.advantages.make_estimator` for the method (a typo is an error), plus the extension's
+own ``allow_missing_context``. One estimator object per method lives for the whole process, so
+history statistics and Group-DRO weights accumulate over steps; :func:`estimator_state` /
+:func:`load_estimator_state` carry them through checkpoints, and :func:`last_advantage_stats`
+reports the last call (time, group statistics, chosen k, cluster of each sample id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from verl.trainer.ppo import core_algos
+
+from eqpo.advantages import MISSING_GROUP_TOKENS, Estimator, estimator_options, make_estimator
+
+# ----------------------------------------------------------------------------------------------
+# Names
+# ----------------------------------------------------------------------------------------------
+
+#: verl ``algorithm.adv_estimator`` for each of the project's methods. grpo, rloo and reinforce_pp
+#: are verl's own estimators (cross-checked against eqpo.advantages in tests/test_verl_crosscheck.py;
+#: verl's reinforce_plus_plus whitens over tokens, so it weights long responses more than
+#: eqpo.advantages' reinforce_pp does). grpo_rs is verl's grpo trained on the resampled parquet
+#: (train_rs.parquet from eqpo.data.export). The other four are registered by this module under the
+#: same names (none of them clashes with a verl 0.9.1 built-in).
+METHOD_TO_VERL: dict[str, str] = {
+    "grpo": "grpo",
+    "rloo": "rloo",
+    "reinforce_pp": "reinforce_plus_plus",
+    "grpo_rs": "grpo",
+    "grpo_dro": "grpo_dro",
+    "eqpo": "eqpo",
+    "eqpo_nd": "eqpo_nd",
+    "drpo": "drpo",
+}
+
+#: verl estimator name -> eqpo.advantages method, for the estimators this module registers.
+REGISTERED: dict[str, str] = {"eqpo": "eqpo", "eqpo_nd": "eqpo_nd", "grpo_dro": "grpo_dro", "drpo": "drpo"}
+
+#: Keys of ``algorithm.eqpo`` that configure this extension, not the eqpo estimator.
+EXTENSION_KEYS = frozenset({"allow_missing_context"})
+
+#: The v1 trainer mode registered by :mod:`eqpo.verl_ext.trainer`.
+TRAINER_NAME = "eqpo_sync"
+#: The module verl must import in every process (VERL_USE_EXTERNAL_MODULES / model.external_lib).
+EXTERNAL_MODULE = "eqpo.verl_ext"
+#: ``reward.custom_reward_function.path`` / ``.name`` of the reward function.
+REWARD_PATH = "pkg://eqpo.verl_ext.reward"
+REWARD_NAME = "compute_score"
+
+STATE_FORMAT = "eqpo.verl_ext.estimators/1"
+
+
+class MissingBatchContextError(RuntimeError):
+    """A registered eqpo estimator was called without the per-row batch context it needs."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The batch context (module-level hand-off from the trainer subclass)
+# ----------------------------------------------------------------------------------------------
+
+
+def normalize_group(value: Any) -> str | None:
+    """An explicit group label, or None when missing (None, NaN, "", "UNK")."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value)
+    return None if text in MISSING_GROUP_TOKENS else text
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    """What the registered estimators need per row (one row per response, in batch order).
+
+    datasets: the dataset (domain) of each row's prompt. groups: explicit demographic group or None.
+    sample_ids: stable prompt id (``extra_info.sample_id``), used to report clusters.
+    is_padding: True for verl's synthetic padding rows. uids: verl's per-step prompt uid of each
+    row (checked against the ``index`` verl passes); None skips the check and uses ``index``.
+    true_groups: demographic group for analysis only (the cluster log); estimators ignore it.
+    """
+
+    datasets: tuple
+    groups: tuple
+    sample_ids: tuple
+    is_padding: tuple
+    uids: tuple | None = None
+    true_groups: tuple | None = None
+
+    def __len__(self) -> int:
+        return len(self.datasets)
+
+    @property
+    def n_padding(self) -> int:
+        return int(sum(self.is_padding))
+
+
+_CONTEXT: BatchContext | None = None
+
+
+def make_batch_context(datasets: Sequence, groups: Sequence, sample_ids: Sequence, is_padding: Sequence,
+                       uids: Sequence | None = None, true_groups: Sequence | None = None) -> BatchContext:
+    """Validate per-row lists into a :class:`BatchContext` (groups normalised, missing -> None)."""
+    columns = {"datasets": datasets, "groups": groups, "sample_ids": sample_ids, "is_padding": is_padding}
+    if uids is not None:
+        columns["uids"] = uids
+    if true_groups is not None:
+        columns["true_groups"] = true_groups
+    lengths = {name: len(values) for name, values in columns.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"batch context columns must have one entry per row; got lengths {lengths}")
+    return BatchContext(
+        datasets=tuple(None if d is None else str(d) for d in datasets),
+        groups=tuple(normalize_group(g) for g in groups),
+        sample_ids=tuple(sample_ids),
+        is_padding=tuple(bool(p) for p in is_padding),
+        uids=None if uids is None else tuple(str(u) for u in uids),
+        true_groups=None if true_groups is None else tuple(normalize_group(g) for g in true_groups),
+    )
+
+
+def set_batch_context(datasets: Sequence, groups: Sequence, sample_ids: Sequence, is_padding: Sequence,
+                      uids: Sequence | None = None, true_groups: Sequence | None = None) -> BatchContext:
+    """Hand the rows of the NEXT advantage computation to the registered estimators.
+
+    Stays set until :func:`clear_batch_context`; prefer the :func:`batch_context` context manager.
+    """
+    global _CONTEXT
+    _CONTEXT = make_batch_context(datasets, groups, sample_ids, is_padding, uids, true_groups)
+    return _CONTEXT
+
+
+def use_batch_context(context: BatchContext | None) -> None:
+    """Set an already built context (None clears it)."""
+    global _CONTEXT
+    if context is not None and not isinstance(context, BatchContext):
+        raise TypeError(f"expected a BatchContext, got {type(context).__name__}")
+    _CONTEXT = context
+
+
+def clear_batch_context() -> None:
+    use_batch_context(None)
+
+
+def current_batch_context() -> BatchContext | None:
+    return _CONTEXT
+
+
+@contextlib.contextmanager
+def batch_context(*args: Any, **kwargs: Any) -> Iterator[BatchContext]:
+    """``with batch_context(ctx)`` or ``with batch_context(datasets, groups, ...)``: set, then clear."""
+    if len(args) == 1 and not kwargs and isinstance(args[0], BatchContext):
+        use_batch_context(args[0])
+    else:
+        set_batch_context(*args, **kwargs)
+    try:
+        yield _CONTEXT
+    finally:
+        clear_batch_context()
+
+
+def _missing_context_message(name: str) -> str:
+    return (
+        f"advantage estimator {name!r} needs each row's dataset and demographic group, which verl does not "
+        "pass to estimators. Train with the eqpo trainer: trainer.v1.trainer_mode=eqpo_sync and "
+        "VERL_USE_EXTERNAL_MODULES=eqpo.verl_ext (it sets the batch context from extra_info), or set it "
+        "yourself with eqpo.verl_ext.estimators.set_batch_context(datasets, groups, sample_ids, is_padding, "
+        "uids) before verl computes advantages. To run on all rows as ONE unlabeled dataset instead, pass "
+        "+algorithm.eqpo.allow_missing_context=true."
+    )
+
+
+def _fallback_context(index: Any, response_mask: torch.Tensor) -> BatchContext:
+    """All rows one unlabeled dataset; padding = uid 'pad...' or an all-zero response mask."""
+    if index is None:
+        raise ValueError("allow_missing_context needs verl's uid index to group rollouts by prompt")
+    uids = [str(u) for u in index]
+    empty = (response_mask.reshape(len(uids), -1).sum(dim=-1) == 0).tolist()
+    padding = [u.startswith("pad") or e for u, e in zip(uids, empty)]
+    return make_batch_context([None] * len(uids), [None] * len(uids), uids, padding, uids=uids)
+
+
+def _check_rows(context: BatchContext, bs: int, index: Any) -> list[str]:
+    """The uid of every row; raises when the context does not describe this batch."""
+    if len(context) != bs:
+        raise RuntimeError(f"the batch context has {len(context)} rows but verl passed {bs}; "
+                           "set_batch_context must describe exactly the batch being computed")
+    verl_uids = None if index is None else [str(u) for u in index]
+    if verl_uids is not None and len(verl_uids) != bs:
+        raise RuntimeError(f"verl passed {len(verl_uids)} uids for {bs} rows")
+    if context.uids is not None and verl_uids is not None and list(context.uids) != verl_uids:
+        i = next(i for i, (a, b) in enumerate(zip(context.uids, verl_uids)) if a != b)
+        raise RuntimeError(
+            f"batch context row {i} has uid {context.uids[i]!r} but verl's row {i} has uid {verl_uids[i]!r}: "
+            "the context belongs to another batch or another row order"
+        )
+    uids = verl_uids if verl_uids is not None else (list(context.uids) if context.uids is not None else None)
+    if uids is None:
+        raise RuntimeError("no prompt ids: verl passed no uid index and the batch context has no uids")
+    return uids
+
+
+# ----------------------------------------------------------------------------------------------
+# Options and the persistent estimators
+# ----------------------------------------------------------------------------------------------
+
+_ESTIMATORS: dict[str, tuple[dict, Estimator]] = {}
+_PENDING_STATE: dict[str, dict] = {}
+_LAST_STATS: dict[str, Any] = {}
+
+
+def options_from_config(config: Any) -> dict:
+    """The ``eqpo`` section of verl's ``algorithm`` config as a plain dict ({} when absent)."""
+    if config is None:
+        return {}
+    section = config.get("eqpo", None) if hasattr(config, "get") else getattr(config, "eqpo", None)
+    if section is None:
+        return {}
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(section):
+            section = OmegaConf.to_container(section, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf ships with verl
+        pass
+    if not isinstance(section, Mapping):
+        raise TypeError(f"algorithm.eqpo must be a mapping of estimator options, got {section!r}")
+    return dict(section)
+
+
+def split_options(method: str, options: Mapping) -> tuple[dict, dict]:
+    """(estimator options, extension options); unknown keys are an error naming the valid ones."""
+    allowed = estimator_options(method)
+    extension = {k: v for k, v in options.items() if k in EXTENSION_KEYS}
+    est = {k: v for k, v in options.items() if k not in EXTENSION_KEYS}
+    unknown = sorted(set(est) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"algorithm.eqpo has option(s) {unknown} that do not apply to estimator {method!r}; "
+            f"it accepts {sorted(allowed)} plus {sorted(EXTENSION_KEYS)}"
+        )
+    if method == "drpo" and est.get("kl_quantile") is not None:
+        raise ValueError("drpo's kl_quantile needs per-response KL, which verl does not pass to advantage "
+                         "estimators; leave algorithm.eqpo.kl_quantile unset (off, as in the released code)")
+    return est, extension
+
+
+def get_estimator(method: str, options: Mapping | None = None) -> Estimator:
+    """The process's estimator for ``method``, built on first use with ``options`` (and any state
+    loaded by :func:`load_estimator_state`). Later calls must give the same options."""
+    options = dict(options or {})
+    if method in _ESTIMATORS:
+        built_with, est = _ESTIMATORS[method]
+        if built_with != options:
+            raise ValueError(
+                f"estimator {method!r} was built with options {built_with} but is now asked for {options}; "
+                "options cannot change during a run (call reset_estimators() to start over)"
+            )
+        return est
+    est = make_estimator(method, **options)
+    if method in _PENDING_STATE:
+        est.load_state_dict(_PENDING_STATE.pop(method))
+    _ESTIMATORS[method] = (options, est)
+    return est
+
+
+def reset_estimators() -> None:
+    """Forget every estimator, pending state, last statistics and the batch context."""
+    _ESTIMATORS.clear()
+    _PENDING_STATE.clear()
+    _LAST_STATS.clear()
+    clear_batch_context()
+
+
+def estimator_state() -> dict:
+    """JSON-serialisable state of every estimator of this process (built or loaded, not yet used)."""
+    states = dict(_PENDING_STATE)
+    states.update({method: est.state_dict() for method, (_, est) in _ESTIMATORS.items()})
+    return {"format": STATE_FORMAT, "estimators": states}
+
+
+def load_estimator_state(state: Mapping) -> None:
+    """Restore :func:`estimator_state` output: built estimators load now, others on first use."""
+    if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"not an eqpo.verl_ext estimator state (expected format {STATE_FORMAT!r})")
+    for method, sub in state["estimators"].items():
+        if method not in REGISTERED.values():
+            raise ValueError(f"estimator state for unknown method {method!r}; known: {sorted(REGISTERED)}")
+        if method in _ESTIMATORS:
+            _ESTIMATORS[method][1].load_state_dict(sub)
+        else:
+            _PENDING_STATE[method] = dict(sub)
+
+
+def clear_last_stats() -> None:
+    _LAST_STATS.clear()
+
+
+def last_advantage_stats() -> dict:
+    """Statistics of the last registered-estimator call ({} before any): method, time_s (seconds in
+    the estimator), n_rows, n_padding, group_stats (list of dicts: dataset, group, implicit, N, rbar,
+    ...), k (dataset -> chosen k), clusters (sample_id -> implicit cluster id)."""
+    return dict(_LAST_STATS)
+
+
+# ----------------------------------------------------------------------------------------------
+# The registered functions
+# ----------------------------------------------------------------------------------------------
+
+
+def _dro_stats(est: Any, rewards: np.ndarray, prompt_ids: list, datasets: tuple, groups: tuple) -> list[dict]:
+    """Per (dataset, group) cell of this batch: prompts N, mean reward rbar and DRO weight C * q_c."""
+    weights = est.weights
+    cells: dict[tuple, dict] = {}
+    seen_prompts: set = set()
+    for r, pid, d, g in zip(rewards, prompt_ids, datasets, groups):
+        if pid is None:
+            continue
+        key = ("Unknown" if d is None else d, "UNK" if g is None else g)
+        cell = cells.setdefault(key, {"dataset": key[0], "group": key[1], "implicit": False,
+                                      "N": 0, "sum": 0.0, "count": 0})
+        cell["sum"] += float(r)
+        cell["count"] += 1
+        if pid not in seen_prompts:
+            seen_prompts.add(pid)
+            cell["N"] += 1
+    rows = []
+    for key, cell in cells.items():
+        rows.append({"dataset": cell["dataset"], "group": cell["group"], "implicit": False, "N": cell["N"],
+                     "rbar": cell["sum"] / cell["count"], "weight": len(weights) * weights.get(key, 0.0)})
+    return rows
+
+
+def _record(method: str, est: Any, seconds: float, context: BatchContext, uids: list, prompt_ids: list,
+            rewards: np.ndarray) -> None:
+    sample_of_uid: dict = {}
+    for uid, sid, pad in zip(uids, context.sample_ids, context.is_padding):
+        if not pad:
+            sample_of_uid.setdefault(uid, sid)
+    clusters = {sample_of_uid[uid]: int(c) for uid, c in getattr(est, "last_clusters", {}).items()
+                if uid in sample_of_uid}
+    if method == "grpo_dro":
+        group_stats = _dro_stats(est, rewards, prompt_ids, context.datasets, context.groups)
+    else:
+        group_stats = [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+                       for row in getattr(est, "last_group_stats", [])]
+    _LAST_STATS.clear()
+    _LAST_STATS.update({
+        "method": method, "time_s": seconds, "n_rows": len(uids), "n_padding": context.n_padding,
+        "group_stats": group_stats, "k": {d: int(k) for d, k in getattr(est, "last_k", {}).items()},
+        "clusters": clusters,
+    })
+
+
+def compute_eqpo_advantage(name: str, token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
+                           index: Any = None, config: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The body of every registered function (``name`` = the verl estimator name)."""
+    method = REGISTERED[name]
+    est_options, ext = split_options(method, options_from_config(config))
+    bs = token_level_rewards.shape[0]
+    context = _CONTEXT
+    if context is None:
+        if not ext.get("allow_missing_context", False):
+            raise MissingBatchContextError(_missing_context_message(name))
+        context = _fallback_context(index, response_mask)
+    uids = _check_rows(context, bs, index)
+    prompt_ids = [None if pad else uid for uid, pad in zip(uids, context.is_padding)]
+    rewards = token_level_rewards.detach().sum(dim=-1).to(torch.float64).cpu().numpy()
+    est = get_estimator(method, est_options)
+    start = time.perf_counter()
+    adv = est(rewards, prompt_ids, list(context.datasets), list(context.groups))
+    seconds = time.perf_counter() - start
+    _record(method, est, seconds, context, uids, prompt_ids, rewards)
+    per_row = torch.as_tensor(adv, dtype=token_level_rewards.dtype, device=token_level_rewards.device)
+    advantages = per_row.unsqueeze(-1) * response_mask
+    return advantages, advantages
+
+
+def _make_verl_fn(name: str):
+    def fn(token_level_rewards, response_mask, index=None, config=None, **kwargs):
+        return compute_eqpo_advantage(name, token_level_rewards, response_mask, index=index, config=config)
+
+    fn.__name__ = fn.__qualname__ = f"compute_{name}_outcome_advantage"
+    fn.__doc__ = (f"verl advantage estimator {name!r} (eqpo.advantages method {REGISTERED[name]!r}): the outcome "
+                  "score (token rewards summed per row) -> one advantage per response, broadcast over the "
+                  "response tokens x response_mask. Needs the batch context (see eqpo.verl_ext.estimators).")
+    fn._eqpo_verl_ext = True
+    return fn
+
+
+def _register(name: str, fn) -> None:
+    """Register with verl's own decorator; replace only an earlier copy of this module's function
+    (a module reload), never a verl built-in or someone else's estimator."""
+    existing = core_algos.ADV_ESTIMATOR_REGISTRY.get(name)
+    if existing is not None and existing is not fn:
+        if not getattr(existing, "_eqpo_verl_ext", False):
+            raise RuntimeError(f"verl already has an advantage estimator named {name!r} ({existing!r}); "
+                               "eqpo.verl_ext cannot register its own under that name")
+        del core_algos.ADV_ESTIMATOR_REGISTRY[name]
+    core_algos.register_adv_est(name)(fn)
+
+
+VERL_FUNCTIONS = {name: _make_verl_fn(name) for name in REGISTERED}
+for _name, _fn in VERL_FUNCTIONS.items():
+    _register(_name, _fn)
+compute_eqpo_outcome_advantage = VERL_FUNCTIONS["eqpo"]
+compute_eqpo_nd_outcome_advantage = VERL_FUNCTIONS["eqpo_nd"]
+compute_grpo_dro_outcome_advantage = VERL_FUNCTIONS["grpo_dro"]
+compute_drpo_outcome_advantage = VERL_FUNCTIONS["drpo"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch settings
+# ----------------------------------------------------------------------------------------------
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.\-/:]+")
+
+
+def _hydra_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    return text if _PLAIN.fullmatch(text) else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def verl_overrides(method: str, options: Mapping | None = None, cluster_log: str | None = None,
+                   format_weight: float | None = None) -> list[str]:
+    """Hydra overrides for ``python -m verl.trainer.main_ppo`` that run ``method`` with this extension.
+
+    The process environment must also have ``VERL_USE_EXTERNAL_MODULES=eqpo.verl_ext`` (see
+    :data:`EXTERNAL_MODULE`): verl looks the trainer mode up before it imports ``external_lib``.
+    """
+    if method not in METHOD_TO_VERL:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHOD_TO_VERL)}")
+    verl_name = METHOD_TO_VERL[method]
+    options = dict(options or {})
+    if options and verl_name not in REGISTERED:
+        raise ValueError(f"method {method!r} runs verl's own {verl_name!r}, which takes no algorithm.eqpo options")
+    if verl_name in REGISTERED:
+        split_options(REGISTERED[verl_name], options)
+    if cluster_log is not None and not str(cluster_log).startswith("/"):
+        raise ValueError(f"cluster_log must be an absolute path (the trainer runs in a Ray actor), got {cluster_log!r}")
+    out = [
+        f"algorithm.adv_estimator={verl_name}",
+        f"trainer.v1.trainer_mode={TRAINER_NAME}",
+        f"actor_rollout_ref.model.external_lib={EXTERNAL_MODULE}",
+        f"reward.custom_reward_function.path={REWARD_PATH}",
+        f"reward.custom_reward_function.name={REWARD_NAME}",
+    ]
+    out += [f"+algorithm.eqpo.{key}={_hydra_value(value)}" for key, value in options.items()]
+    if format_weight is not None:
+        out.append(f"+reward.custom_reward_function.reward_kwargs.format_weight={_hydra_value(float(format_weight))}")
+    if cluster_log is not None:
+        out.append(f"+trainer.eqpo_cluster_log={_hydra_value(str(cluster_log))}")
+    return out

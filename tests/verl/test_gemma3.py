@@ -1,0 +1,302 @@
+"""MedGemma (Gemma3) support in verl 0.9.1 (eqpo.verl_ext.gemma3), on CPU without downloads.
+
+A tiny randomly initialised Gemma3ForConditionalGeneration (2 text layers, 1 SigLIP layer, 32x32
+images, 4 tokens per image) and a Gemma3Processor assembled here (a byte-level tokenizer built with
+`tokenizers`, Gemma3's special tokens, a Gemma3 image processor, a Gemma-style chat template) stand
+in for MedGemma. The data path is verl's own: our export -> RLHFDataset raw_prompt -> verl's VL
+prompt builder -> the (patched) agent-loop features -> the FSDP engine's prepare_model_inputs.
+"""
+
+import types
+import warnings
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("verl")
+tokenizers = pytest.importorskip("tokenizers")
+
+from eqpo.data.export import to_verl  # noqa: E402
+from eqpo.verl_ext import gemma3  # noqa: E402
+
+BOI, EOI, IMAGE = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", BOI, EOI, IMAGE]
+TOKENS_PER_IMAGE = 4
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<start_of_turn>"
+    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def _tiny_tokenizer():
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIALS)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        extra_special_tokens={"boi_token": BOI, "eoi_token": EOI, "image_token": IMAGE},
+    )
+
+
+def _tiny_model_config(tokenizer):
+    from transformers import Gemma3Config
+    from transformers.models.gemma3.configuration_gemma3 import Gemma3TextConfig
+    from transformers.models.siglip.configuration_siglip import SiglipVisionConfig
+
+    text = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=1024, sliding_window=512,
+        layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=16,
+    )
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=32, patch_size=8)
+    config = Gemma3Config(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=TOKENS_PER_IMAGE,
+        boi_token_index=tokenizer.convert_tokens_to_ids(BOI), eoi_token_index=tokenizer.convert_tokens_to_ids(EOI),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
+    )
+    config.architectures = ["Gemma3ForConditionalGeneration"]
+    return config
+
+
+@pytest.fixture(scope="module")
+def medgemma(tmp_path_factory):
+    """A directory with a tiny Gemma3 checkpoint and its processor (what verl gets as model.path)."""
+    from transformers import Gemma3ForConditionalGeneration, Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    path = tmp_path_factory.mktemp("tiny_medgemma")
+    tokenizer = _tiny_tokenizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        Gemma3ForConditionalGeneration(_tiny_model_config(tokenizer)).save_pretrained(path)
+        processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 32, "width": 32}),
+                                    tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
+                                    image_seq_length=TOKENS_PER_IMAGE)
+        processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def patched(medgemma):
+    gemma3.patch_verl_for_gemma3()
+    from verl.utils import hf_processor, hf_tokenizer
+
+    return types.SimpleNamespace(path=medgemma, processor=hf_processor(str(medgemma)),
+                                 tokenizer=hf_tokenizer(str(medgemma)))
+
+
+@pytest.fixture(scope="module")
+def trajectories(patched, tmp_path_factory):
+    """Two rows of our verl export through verl's RLHFDataset and VL prompt builder, each with a
+    response appended: (input_ids (L,), images, prompt length)."""
+    from omegaconf import OmegaConf
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+    from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
+
+    root = tmp_path_factory.mktemp("export")
+    (root / "img").mkdir()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(root / "img" / "a.png")
+    Image.new("RGB", (30, 50), (10, 200, 90)).save(root / "img" / "b.png")
+    cohort = pd.DataFrame({
+        "sample_id": ["a", "b"], "dataset": ["HAM10000", "ISIC-2020"], "split": ["test", "test"],
+        "images": [["img/a.png"], ["img/b.png"]], "labels": [["Melanoma"], ["Benign"]],
+        "age": [40.0, 70.0], "sex": ["F", "M"], "group": ["F|a2", "M|a4"],
+    })
+    to_verl(cohort, root).to_parquet(root / "test.parquet")
+    config = OmegaConf.create({"prompt_key": "prompt", "image_key": "images", "filter_overlong_prompts": False})
+    dataset = RLHFDataset([str(root / "test.parquet")], patched.tokenizer, config, processor=patched.processor)
+    builder = create_continuous_token_builder(patched.tokenizer, hf_model_type="gemma3", processor=patched.processor)
+    out = []
+    for i, response in enumerate(["<think>spots</think> \\boxed{Nevus}", "\\boxed{Benign}"]):
+        messages = dataset[i]["raw_prompt"]
+        # verl loads images with qwen_vl_utils.fetch_image, which needs torchvision (absent on this
+        # CPU setup): open them with PIL instead.
+        images = [Image.open(messages[0]["content"][0]["image"]).convert("RGB")]
+        prompt_ids = builder.build_initial_tokens(messages, images=images)
+        response_ids = patched.tokenizer.encode(response, add_special_tokens=False) + [patched.tokenizer.eos_token_id]
+        out.append(types.SimpleNamespace(ids=torch.tensor(prompt_ids + response_ids), images=images,
+                                         prompt_len=len(prompt_ids), messages=messages))
+    return out
+
+
+def _features(processor, trajectory):
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    worker = types.SimpleNamespace(processor=processor, _get_mm_processor_kwargs=lambda audio=None: {})
+    output = types.SimpleNamespace(multi_modal_data={"images": trajectory.images}, mm_processor_kwargs=None)
+    return AgentLoopWorker._compute_multi_modal_inputs(worker, output, trajectory.ids)
+
+
+def _micro_batch(samples, pad_token_id):
+    """A micro-batch as the v1 trainer hands it to the engine (unpadded nested input_ids)."""
+    from verl.utils import tensordict_utils as tu
+
+    td = tu.list_of_dict_to_tensordict([
+        {"input_ids": ids, "position_ids": torch.arange(len(ids)), "multi_modal_inputs": mm} for ids, mm in samples
+    ])
+    td["temperature"] = torch.ones(len(samples))
+    tu.assign_non_tensor(td, use_remove_padding=False, pad_token_id=pad_token_id)
+    return td
+
+
+def _engine_inputs(micro_batch):
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+    inputs, _ = FSDPEngineWithLMHead.prepare_model_inputs(types.SimpleNamespace(pad_to_length=None), micro_batch)
+    return inputs
+
+
+@pytest.fixture(scope="module")
+def model(patched):
+    """The tiny model loaded the way verl's FSDP engine loads it (auto class from the config, sdpa)."""
+    from transformers import AutoConfig
+    from verl.utils.model import get_hf_auto_model_class
+
+    config = AutoConfig.from_pretrained(str(patched.path), attn_implementation="sdpa")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = get_hf_auto_model_class(config).from_pretrained(str(patched.path), config=config)
+    assert type(module).__name__ == "Gemma3ForConditionalGeneration"
+    assert module.config._attn_implementation == "sdpa"
+    return module.eval()
+
+
+def test_hf_processor_rejects_gemma3_before_the_patch_and_returns_it_after(medgemma):
+    with pytest.warns(UserWarning, match="Unsupported processor type: Gemma3Processor"):
+        assert gemma3.original_hf_processor(str(medgemma)) is None
+    gemma3.patch_verl_for_gemma3()
+    import verl.utils
+    import verl.utils.tokenizer
+    import verl.workers.config.model as model_config
+
+    for hf_processor in (verl.utils.hf_processor, verl.utils.tokenizer.hf_processor, model_config.hf_processor):
+        processor = hf_processor(str(medgemma))
+        assert type(processor).__name__ == "Gemma3Processor"
+        assert processor.config.model_type == "gemma3" and not hasattr(processor, "get_rope_index")
+    assert gemma3.is_patched()
+
+
+def test_patch_is_idempotent_and_leaves_other_checkpoints_to_verl(medgemma, tmp_path, monkeypatch):
+    from transformers import LlamaConfig
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3Model
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    gemma3.patch_verl_for_gemma3()
+    gemma3.patch_verl_for_gemma3()
+    for patched in (Gemma3Model.forward, AgentLoopWorker._compute_multi_modal_inputs):
+        assert gemma3._MARK in vars(patched) and gemma3._MARK not in vars(patched.__wrapped__)  # wrapped once
+    assert not getattr(gemma3._original_hf_processor, gemma3._MARK, False)
+
+    LlamaConfig(vocab_size=300, hidden_size=8, num_hidden_layers=1, num_attention_heads=1).save_pretrained(tmp_path)
+    calls = []
+    monkeypatch.setattr(gemma3, "_original_hf_processor", lambda path, **kw: calls.append(path) or "verl's answer")
+    assert gemma3.hf_processor_with_gemma3(str(tmp_path)) == "verl's answer" and calls == [str(tmp_path)]
+    assert type(gemma3.hf_processor_with_gemma3(str(medgemma))).__name__ == "Gemma3Processor" and len(calls) == 1
+
+
+def test_verl_prompt_and_trajectory_features_match_the_processor(patched, trajectories):
+    processor = patched.processor
+    for trajectory in trajectories:
+        text = processor.apply_chat_template(trajectory.messages, tokenize=False, add_generation_prompt=True)
+        reference = processor(text=[text], images=trajectory.images, return_tensors="pt")
+        assert reference["input_ids"][0].tolist() == trajectory.ids[: trajectory.prompt_len].tolist()
+        features = _features(processor, trajectory)
+        assert set(features) == {"pixel_values", "token_type_ids"}
+        assert torch.equal(features["pixel_values"], reference["pixel_values"])
+        token_type_ids = features["token_type_ids"]
+        assert token_type_ids.shape == (1, len(trajectory.ids))  # one entry per prompt + response token
+        assert torch.equal(token_type_ids[0, : trajectory.prompt_len], reference["token_type_ids"][0])
+        assert int(token_type_ids.sum()) == TOKENS_PER_IMAGE and not token_type_ids[0, trajectory.prompt_len:].any()
+
+
+def test_unpatched_agent_loop_cannot_rebuild_gemma3_features(patched, trajectories):
+    """verl's own path decodes with skip_special_tokens, which drops <start_of_image> here."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    original = AgentLoopWorker._compute_multi_modal_inputs.__wrapped__
+    worker = types.SimpleNamespace(processor=patched.processor, tokenizer=patched.tokenizer,
+                                   _get_mm_processor_kwargs=lambda audio=None: {})
+    output = types.SimpleNamespace(multi_modal_data={"images": trajectories[0].images}, mm_processor_kwargs=None)
+    with pytest.raises(ValueError, match="image tokens"):
+        original(worker, output, trajectories[0].ids)
+
+
+def test_image_token_count_mismatch_is_a_clear_error(patched, trajectories):
+    text_only = patched.tokenizer("no image here", return_tensors="pt")["input_ids"][0]
+    with pytest.raises(ValueError, match="0 image tokens"):
+        gemma3.gemma3_multi_modal_inputs(patched.processor, text_only, trajectories[0].images)
+    assert gemma3.gemma3_multi_modal_inputs(patched.processor, text_only, []) == {}
+
+
+def test_engine_keeps_token_type_ids_per_sample_and_aligned(patched, trajectories, monkeypatch):
+    from verl.utils import model as model_utils
+
+    samples = [(t.ids, _features(patched.processor, t)) for t in trajectories]
+    assert len(trajectories[0].ids) != len(trajectories[1].ids)
+    batch = _micro_batch(samples, patched.tokenizer.pad_token_id)
+    inputs = _engine_inputs(batch)
+    assert inputs["token_type_ids"].shape == inputs["input_ids"].shape
+    expected = gemma3.gemma3_token_type_ids(inputs["input_ids"], patched.processor.image_token_id)
+    assert torch.equal(inputs["token_type_ids"], expected)  # right-padded exactly like input_ids
+    assert inputs["pixel_values"].shape[0] == 2
+    assert inputs["attention_mask"].sum().item() == sum(len(t.ids) for t in trajectories)
+    # without the variable-length key verl 0.9.1 cannot batch them
+    without = model_utils._VARLEN_MULTI_MODAL_KEYS - {"token_type_ids"}
+    monkeypatch.setattr(model_utils, "_VARLEN_MULTI_MODAL_KEYS", without)
+    with pytest.raises(RuntimeError, match="token_type_ids"):
+        _engine_inputs(_micro_batch(samples, patched.tokenizer.pad_token_id))
+
+
+def test_forward_is_finite_padding_invariant_and_image_bidirectional(patched, trajectories, model):
+    processor = patched.processor
+    pad_row = (torch.full((8,), patched.tokenizer.eos_token_id), {})  # verl's synthetic padding sample
+    samples = [(trajectories[0].ids, _features(processor, trajectories[0])), pad_row,
+               (trajectories[1].ids, _features(processor, trajectories[1]))]
+    inputs = _engine_inputs(_micro_batch(samples, patched.tokenizer.pad_token_id))
+    assert inputs["token_type_ids"].shape[0] == 2 < inputs["input_ids"].shape[0]  # the padding row has none
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        assert torch.isfinite(logits).all()
+        for row, trajectory in ((0, trajectories[0]), (2, trajectories[1])):
+            features = _features(processor, trajectory)
+            alone = model(input_ids=trajectory.ids[None], pixel_values=features["pixel_values"],
+                          token_type_ids=features["token_type_ids"]).logits[0]
+            torch.testing.assert_close(logits[row, : len(trajectory.ids)], alone, rtol=1e-4, atol=1e-4)
+        # token_type_ids matter: a causal-only mask changes the image positions' outputs
+        first = trajectories[0]
+        features = _features(processor, first)
+        causal = model(input_ids=first.ids[None], pixel_values=features["pixel_values"],
+                       token_type_ids=torch.zeros_like(features["token_type_ids"])).logits[0]
+        is_image = features["token_type_ids"][0].bool()
+        assert (logits[0, : len(first.ids)][is_image] - causal[is_image]).abs().max() > 1e-4
+
+
+def test_gemma3_overrides_compose_with_verls_config():
+    import os
+
+    import verl
+    from hydra import compose, initialize_config_dir
+
+    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        config = compose(config_name="ppo_trainer", overrides=list(gemma3.GEMMA3_OVERRIDES))
+        with pytest.raises(Exception, match="Could not override"):
+            compose(config_name="ppo_trainer", overrides=["actor_rollout_ref.model.no_such_key=1"])
+    model = config.actor_rollout_ref.model
+    assert model.override_config.attn_implementation == "sdpa"
+    assert model.use_remove_padding is False and model.use_fused_kernels is False
