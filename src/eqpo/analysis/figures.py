@@ -402,3 +402,28 @@ def _draw_stability_panel(ax, frame: pd.DataFrame, column: str, methods: Sequenc
         ax.set_ylim(min(-0.05, low - 0.05) if math.isfinite(low) else -0.05, 1.05)
     ax.xaxis.set_major_locator(_step_locator(5))
     ax.grid(alpha=0.3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Runtime split and Pareto view (paper Fig. 2(d), 2(e)); drawn by eqpo.analysis.runtime
+# ----------------------------------------------------------------------------------------------
+
+
+def plot_runtime_split(steps_df: pd.DataFrame, out_stem: str | Path,
+                       methods: Sequence[str] | None = None) -> list[Path]:
+    """Paper Fig. 2(d): time per step split into generation, update and advantage estimation per
+    method (stacked bars per base model), advantage share annotated; see
+    :func:`eqpo.analysis.runtime.plot_runtime_split`. Returns [png, pdf] paths."""
+    from .runtime import plot_runtime_split as draw
+
+    return draw(steps_df, out_stem, methods)
+
+
+def plot_pareto(dynamics_df: pd.DataFrame, out_stem: str | Path,
+                methods: Sequence[str] | None = None) -> list[Path]:
+    """Paper Fig. 2(e): F1 vs 1 - delta_F1 over validation checkpoints, Pareto frontier drawn,
+    each run's last checkpoint starred; see :func:`eqpo.analysis.runtime.plot_pareto`.
+    Returns [png, pdf] paths."""
+    from .runtime import plot_pareto as draw
+
+    return draw(dynamics_df, out_stem, methods)
