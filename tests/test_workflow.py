@@ -41,8 +41,8 @@ def test_paper_config_dry_run_resolves_every_job(tmp_path):
 def test_demo_config_dry_run_resolves_every_job(tmp_path):
     counts = job_counts(snakemake(tmp_path, "-n", "--quiet", "rules", configs=(PAPER, DEMO)).stdout)
     assert counts["train_cpu"] == 7 * 2 and counts["pretrain_cpu"] == 2
-    for rule in ("demo_cohort", "table2", "figure_dynamics", "figure_group_f1", "cluster_stability",
-                 "figure_cluster_stability", "dynamics"):
+    for rule in ("demo_cohort", "table2", "uncertainty", "paper_comparison", "paper_tables", "cluster_stability",
+                 "notebook_training_dynamics", "notebook_group_fairness", "notebook_cluster_stability", "dynamics"):
         assert counts[rule] == 1
     assert "train_verl" not in counts
 
@@ -80,6 +80,37 @@ def test_tiny_config_end_to_end(tmp_path):
         metrics = json.loads((results / row.model / row.method / "seed0" / "metrics.json").read_text())
         for key, value in metrics["summary"].items():
             assert getattr(row, key) == pytest.approx(value, rel=1e-12, abs=1e-15), (row.model, row.method, key)
+
+    # Issue 6 artifacts: uncertainty, the other paper tables, the paper comparison, executed notebooks.
+    tables = results / "tables"
+    ci = pd.read_csv(tables / "table2_ci.csv")
+    # percentile intervals: lo <= hi, but a gap's (max - min) interval can miss its estimate (bootstrap bias)
+    assert len(ci) == 2 * 3 * 11 and (ci["lo"] <= ci["hi"]).all()
+    for row in ci.itertuples():  # one seed: the interval's centre is the run's own Table 2 value
+        metrics = json.loads((results / row.model / row.method / "seed0" / "metrics.json").read_text())
+        assert row.estimate == pytest.approx(metrics["summary"][row.column], rel=1e-9, abs=1e-12)
+    tests = pd.read_csv(tables / "paired_tests.csv")
+    assert set(tests["baseline"]) == {"grpo", "eqpo_nd"} and len(tests) == 2 * 2 * 11
+    assert tests["p_value"].between(0, 1).all()
+    table3 = pd.read_csv(tables / "table3.csv", index_col=0)
+    assert list(table3.columns) == ["demo-linear", "demo-mlp"]
+    table4 = pd.read_csv(tables / "table4.csv")
+    groups = json.loads((results / "demo-mlp" / "eqpo" / "seed0" / "metrics.json").read_text())["by_group"]
+    f1 = {(g["dataset"], g["attribute"], g["group"]): g["F1"] for g in groups}
+    mine = table4[table4["model"] == "demo-mlp"]
+    assert len(mine) == len(f1)
+    for row in mine.itertuples():
+        assert row.eqpo == pytest.approx(f1[(row.dataset, row.attribute, row.group)], abs=1e-9)
+    assert len(list((tables / "per_group").glob("*.csv"))) == 7
+    claims = pd.read_csv(tables / "claims.csv")
+    assert len(claims) == 10 and claims["ours"].isna().all()  # demo models are not the paper's
+    paper = pd.read_csv(tables / "paper_vs_ours_table2.csv")
+    assert not paper["matched"].any() and paper["paper"].notna().all()
+    for name in ("training_dynamics", "group_fairness", "cluster_stability"):
+        executed = (results / "notebooks" / f"{name}.ipynb").read_text()
+        assert "injected-parameters" in executed
+    for name in ("runtime_split", "pareto"):
+        assert (figures / f"{name}.png").stat().st_size > 0
 
     # Rerunning one ablation is one target: only that job runs.
     target = "results/tiny/demo-mlp/eqpo/seed0/metrics.json"

@@ -278,3 +278,98 @@ def render_cluster_stability_figure(per_step_csv: str | Path, png: str | Path) -
     from .analysis.figures import plot_cluster_stability
 
     plot_cluster_stability(pd.read_csv(per_step_csv), _stem(png))
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 6: uncertainty, paper comparison, the other paper tables
+# ----------------------------------------------------------------------------------------------
+
+
+def _pooled_predictions(paths: list) -> dict[tuple[str, str], pd.DataFrame]:
+    """(model, method) -> the test predictions of all its seeds, sample ids made unique per seed
+    ("<sample_id>#s<seed>") so a bootstrap resamples (sample, seed) units."""
+    from .analysis.collect import parse_run_path
+
+    pooled: dict[tuple[str, str], list[pd.DataFrame]] = {}
+    for path in paths:
+        model, method, seed = parse_run_path(path)
+        preds = pd.read_parquet(path)
+        for col in ("labels", "prediction"):
+            preds[col] = preds[col].map(list)
+        preds["sample_id"] = preds["sample_id"].astype(str) + f"#s{seed}"
+        pooled.setdefault((model, method), []).append(preds)
+    return {key: pd.concat(parts, ignore_index=True) for key, parts in pooled.items()}
+
+
+def render_uncertainty(predictions: list, ci_stem: str | Path, tests_stem: str | Path, n_boot: int,
+                       level: float = 0.95, seed: int = 0, reference: str = "eqpo") -> None:
+    """Bootstrap CIs of every Table 2 metric per (model, method) (test samples resampled within each
+    dataset, seeds pooled) and paired bootstrap tests of ``reference`` against every other method."""
+    from .analysis.style import order_methods
+    from .analysis.uncertainty import bootstrap_summary, paired_bootstrap
+    from .metrics import TABLE2_COLUMNS
+
+    pooled = _pooled_predictions(predictions)
+    rows, tests = [], []
+    for (model, method), preds in sorted(pooled.items()):
+        ci = bootstrap_summary(preds, n_boot=n_boot, seed=seed, level=level)
+        for column in TABLE2_COLUMNS:
+            rows.append({"model": model, "method": method, "column": column, **ci.loc[column].to_dict()})
+        if method != reference and (model, reference) in pooled:
+            test = paired_bootstrap(pooled[(model, reference)], preds, n_boot=n_boot, seed=seed, level=level)
+            for column in TABLE2_COLUMNS:
+                tests.append({"model": model, "reference": reference, "baseline": method, "column": column,
+                              **test.loc[column].to_dict()})
+    ci_table = pd.DataFrame(rows)
+    Path(ci_stem).parent.mkdir(parents=True, exist_ok=True)
+    ci_table.to_csv(f"{ci_stem}.csv", index=False)
+    wide = ci_table.pivot_table(index=["model", "method"], columns="column", values=["estimate", "lo", "hi"])
+    text = {c: wide["estimate"][c].map("{:.4f}".format) + " [" + wide["lo"][c].map("{:.4f}".format) + ", "
+            + wide["hi"][c].map("{:.4f}".format) + "]" for c in TABLE2_COLUMNS}
+    md = pd.DataFrame(text)
+    order = order_methods(sorted({method for _, method in pooled}))
+    md = md.loc[sorted(md.index, key=lambda key: (key[0], order.index(key[1])))]
+    Path(f"{ci_stem}.md").write_text(f"Table 2 with {level:.0%} bootstrap intervals ({n_boot} replicates, raw "
+                                     "fractions)\n\n" + md.to_markdown() + "\n")
+    test_table = pd.DataFrame(tests, columns=["model", "reference", "baseline", "column", "diff", "lo", "hi",
+                                              "p_value", "a", "b"])
+    test_table.to_csv(f"{tests_stem}.csv", index=False)
+    if not test_table.empty:
+        p_wide = test_table.pivot_table(index=["model", "baseline"], columns="column", values="p_value")
+        p_wide = p_wide[[c for c in TABLE2_COLUMNS if c in p_wide]]
+        p_wide.to_csv(f"{tests_stem}_p.csv")
+        Path(f"{tests_stem}_p.md").write_text(
+            f"Paired bootstrap p-values, {reference} vs each baseline (two-sided, {n_boot} replicates)\n\n"
+            + p_wide.to_markdown(floatfmt=".4f") + "\n")
+    _say(f"bootstrap intervals of {len(pooled)} (model, method) pairs; {len(tests) // 11} paired tests")
+
+
+def render_paper_comparison(metrics: list, steps: list, dynamics: list, config: dict, out_dir: str | Path) -> None:
+    """Table 2 and Table 4 next to the paper's numbers, and the paper's claims recomputed."""
+    from .analysis.collect import read_dynamics, read_group_tables, read_metrics, read_steps
+    from .analysis.paper import (paper_vs_reproduction_table2, paper_vs_reproduction_table4, recompute_claims,
+                                 write_comparison)
+    from .analysis.tables import table2
+
+    out_dir = Path(out_dir)
+    ours = table2(read_metrics(metrics))
+    write_comparison(paper_vs_reproduction_table2(ours, config=config), out_dir / "paper_vs_ours_table2")
+    write_comparison(paper_vs_reproduction_table4(read_group_tables(metrics), config=config),
+                     out_dir / "paper_vs_ours_table4")
+    claims = recompute_claims(ours, read_steps(steps), read_dynamics(dynamics), config=config)
+    claims.to_csv(out_dir / "claims.csv", index=False)
+    (out_dir / "claims.md").write_text(claims.to_markdown(index=False) + "\n")
+    _say(f"paper comparison -> {out_dir}")
+
+
+def render_paper_tables(metrics: list, config: dict, out_dir: str | Path) -> None:
+    """Paper Table 3 (settings used), Table 4 (per-group F1, EQPO vs GRPO) and Tables 5-17."""
+    from .analysis.collect import read_group_tables
+    from .analysis.paper_tables import write_per_group_tables, write_table3, write_table4
+
+    out_dir = Path(out_dir)
+    groups = read_group_tables(metrics)
+    write_table3(config, out_dir / "table3")
+    write_table4(groups, out_dir / "table4")
+    write_per_group_tables(groups, out_dir / "per_group", prefix="")
+    _say(f"Tables 3, 4 and 5-17 -> {out_dir}")

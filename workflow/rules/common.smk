@@ -96,17 +96,33 @@ def compared_methods():
     return [m for m in ("grpo", "eqpo") if m in config["methods"]]
 
 
+def notebook_parameters(figure_dir=None, table_dir=None, **inputs):
+    """Papermill parameters of a notebook rule: each keyword names a notebook parameter and the rule
+    input that fills it (a list input stays a list); figure_dir / table_dir are passed as given."""
+
+    def parameters(wildcards, input):
+        values = {name: (list(input[key]) if isinstance(input[key], list) else str(input[key]))
+                  for name, key in inputs.items()}
+        values.update({k: v for k, v in (("figure_dir", figure_dir), ("table_dir", table_dir)) if v is not None})
+        return values
+
+    return parameters
+
+
 def final_targets():
+    tables = f"{RESULTS}/tables"
     targets = [
-        f"{RESULTS}/tables/table1.csv",
-        f"{RESULTS}/tables/table2.csv",
+        f"{tables}/table1.csv",
+        f"{tables}/table2.csv",
+        f"{tables}/table2_ci.csv",
+        f"{tables}/paper_vs_ours_table2.csv",
+        f"{tables}/table3.csv",
         f"{FIGURES}/training_dynamics.png",
-        f"{RESULTS}/dynamics.csv",
     ]
     if len(compared_methods()) == 2:
         targets.append(f"{FIGURES}/group_f1.png")
     if hierarchical_methods():
-        targets += [f"{RESULTS}/tables/cluster_stability.csv", f"{FIGURES}/cluster_stability.png"]
+        targets += [f"{tables}/cluster_stability.csv", f"{FIGURES}/cluster_stability.png"]
     return targets
 
 

@@ -1,4 +1,20 @@
-from eqpo.pipeline import logged, not_built
+"""Snakemake script of rule train_verl: one verl GPU training run (eqpo.verl_ext.launch)."""
+
+from pathlib import Path
+
+from eqpo.pipeline import logged
 
 with logged(snakemake.log[0]):
-    not_built("GPU training with verl", 5)
+    try:
+        from eqpo.verl_ext.launch import run_training
+    except ImportError as err:  # eqpo.verl_ext needs verl: say which environment is missing it
+        raise SystemExit(f"GPU training needs verl[vllm]==0.9.1 in this environment (envs/gpu.yaml): {err}") from err
+
+    run_training(
+        snakemake.config,
+        snakemake.wildcards.model,
+        snakemake.wildcards.method,
+        int(snakemake.wildcards.seed),
+        run_dir=Path(snakemake.output.dynamics).parent,
+        data_dir=Path(snakemake.input.val).parent,
+    )

@@ -1,0 +1,504 @@
+"""Render and run one verl 0.9.1 training run (``python -m verl.trainer.main_ppo``) from our config.
+
+The workflow's ``train_verl`` rule calls :func:`run_training`. It builds the Hydra overrides from
+``config.yaml`` (``models.<m>.path``/``overrides``, the ``train`` block = paper Table 3, the
+method's ``estimators`` options), runs verl as a subprocess whose output is streamed into the rule
+log, and converts verl's outputs into the run-file contract of :mod:`eqpo.pipeline` with
+:mod:`eqpo.verl_ext.logs`.
+
+Layout of a run directory (all paths handed to verl are absolute)::
+
+    <run>/verl/                 work directory, kept across retries (not a Snakemake output)
+        checkpoints/            trainer.default_local_dir (verl resumes from here: resume_mode=auto)
+        validation/{step}.jsonl trainer.validation_data_dir (greedy validation dumps)
+        rollouts/{step}.jsonl   trainer.rollout_data_dir (training rollouts)
+        metrics*.jsonl          verl's file logger (VERL_FILE_LOGGER_PATH; one file per attempt)
+        clusters.jsonl          cluster log of our trainer (+trainer.eqpo_cluster_log)
+        hydra/                  Hydra's run directory
+        overrides.json          the overrides of the run the checkpoints belong to
+    <run>/checkpoint/           the finished run's checkpoints (moved here on success)
+    <run>/dynamics.jsonl, steps.jsonl, clusters.parquet
+
+The extension's own settings (estimator name, trainer mode ``eqpo_sync``, reward function, estimator
+options, cluster log) come from :func:`eqpo.verl_ext.estimators.verl_overrides`. A missing GPU/vLLM
+environment gives :class:`TrainingEnvironmentError` before anything starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+# The extension's names (estimators, trainer mode, reward) come from eqpo.verl_ext.estimators, the
+# module verl imports in every process; launch.py keeps no copy of them.
+from .estimators import EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, verl_overrides
+
+# Methods that train on the group-resampled export (GRPO+RS); every other one on train.parquet.
+RESAMPLED_METHODS = ("grpo_rs",)
+ENTRYPOINT = "verl.trainer.main_ppo"
+
+# `train` block key -> verl key (values copied as they are).
+TRAIN_KEYS: dict[str, tuple[str, ...]] = {
+    "batch_prompts": ("data.train_batch_size",),
+    "rollouts": ("actor_rollout_ref.rollout.n",),
+    "lr": ("actor_rollout_ref.actor.optim.lr",),
+    "ppo_mini_batch": ("actor_rollout_ref.actor.ppo_mini_batch_size",),
+    "ppo_epochs": ("actor_rollout_ref.actor.ppo_epochs",),
+    # The vanilla PPO loss reads clip_ratio_low/high first (both default 0.2), so set all three.
+    "clip": ("actor_rollout_ref.actor.clip_ratio", "actor_rollout_ref.actor.clip_ratio_low",
+             "actor_rollout_ref.actor.clip_ratio_high"),
+    "grad_clip": ("actor_rollout_ref.actor.grad_clip",),
+    "epochs": ("trainer.total_epochs",),
+    "test_freq": ("trainer.test_freq",),
+    "save_freq": ("trainer.save_freq",),
+    "temperature": ("actor_rollout_ref.rollout.temperature",),
+    "max_prompt_length": ("data.max_prompt_length",),
+    "max_response_length": ("data.max_response_length",),
+    "rollout_gpu_memory": ("actor_rollout_ref.rollout.gpu_memory_utilization",),
+    "tensor_parallel": ("actor_rollout_ref.rollout.tensor_model_parallel_size",),
+    "gpus": ("trainer.n_gpus_per_node",),
+}
+
+# Greedy validation (paper: "greedy validation"), one answer per prompt.
+GREEDY_VALIDATION = {
+    "actor_rollout_ref.rollout.val_kwargs.n": 1,
+    "actor_rollout_ref.rollout.val_kwargs.do_sample": False,
+    "actor_rollout_ref.rollout.val_kwargs.temperature": 0,
+    "actor_rollout_ref.rollout.val_kwargs.top_p": 1.0,
+    "actor_rollout_ref.rollout.val_kwargs.top_k": -1,
+}
+
+
+class TrainingEnvironmentError(RuntimeError):
+    """This machine cannot run verl training (no verl/vLLM installed, no or too few GPUs)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Paths
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Absolute paths of one run: verl's work files and our run-file contract."""
+
+    run_dir: Path
+    work_dir: Path
+    checkpoints: Path
+    validation_dir: Path
+    rollout_dir: Path
+    file_log: Path
+    cluster_log: Path
+    hydra_dir: Path
+    overrides_record: Path
+    checkpoint: Path
+    dynamics: Path
+    steps: Path
+    clusters: Path
+
+    @classmethod
+    def for_run(cls, run_dir: str | Path) -> "RunPaths":
+        """The layout under ``run_dir`` (made absolute; nothing is created)."""
+        run = Path(run_dir).expanduser().resolve()
+        work = run / "verl"
+        return cls(
+            run_dir=run, work_dir=work, checkpoints=work / "checkpoints", validation_dir=work / "validation",
+            rollout_dir=work / "rollouts", file_log=work / "metrics.jsonl", cluster_log=work / "clusters.jsonl",
+            hydra_dir=work / "hydra", overrides_record=work / "overrides.json", checkpoint=run / "checkpoint",
+            dynamics=run / "dynamics.jsonl", steps=run / "steps.jsonl", clusters=run / "clusters.parquet",
+        )
+
+    def file_logs(self) -> list[Path]:
+        """verl's file-logger outputs of every attempt, oldest first (``metrics.1.jsonl`` ... then
+        ``metrics.jsonl``, the latest)."""
+        older = sorted(self.work_dir.glob("metrics.*.jsonl"), key=lambda p: int(p.name.split(".")[1]))
+        return [*older, *([self.file_log] if self.file_log.exists() else [])]
+
+
+# ----------------------------------------------------------------------------------------------
+# Overrides
+# ----------------------------------------------------------------------------------------------
+
+_BARE = re.compile(r"[A-Za-z_/][A-Za-z0-9_./\-]*")
+_LOOKS_TYPED = re.compile(r"(?i)true|false|null|inf|nan")  # would parse as bool/null/float
+
+
+def format_value(value: Any) -> str:
+    """A Python value in Hydra's override grammar (strings quoted where needed)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str):
+        if _BARE.fullmatch(value) and not _LOOKS_TYPED.fullmatch(value):
+            return value
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as a Hydra override value")
+
+
+def flatten_overrides(overrides: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
+    """``models.<m>.overrides`` as ``{dotted key: value}``; nested dicts are flattened
+    (``{"actor_rollout_ref": {"model": {"use_remove_padding": False}}}`` ->
+    ``{"actor_rollout_ref.model.use_remove_padding": False}``). A key may start with ``+``."""
+    flat: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if not isinstance(key, str) or not key.strip("+"):
+            raise ValueError(f"verl override keys must be non-empty strings, got {key!r}")
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_overrides(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _bare_key(key: str) -> str:
+    return key.lstrip("+~")
+
+
+class _Overrides:
+    """An ordered set of ``key=value`` overrides; setting a key again replaces its value in place."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[str, Any]] = {}
+
+    def set(self, key: str, value: Any) -> None:
+        self._items[_bare_key(key)] = (key, value)
+
+    def set_rendered(self, override: str) -> None:
+        """Add an override already written as ``key=value`` (its value kept verbatim)."""
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ValueError(f"not a Hydra override (key=value): {override!r}")
+        self._items[_bare_key(key)] = (key, _Rendered(value))
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        for key, value in values.items():
+            self.set(key, value)
+
+    def render(self) -> list[str]:
+        return [f"{key}={value if isinstance(value, _Rendered) else format_value(value)}"
+                for key, value in self._items.values()]
+
+
+class _Rendered(str):
+    """An override value already in Hydra syntax."""
+
+
+def method_to_verl(method: str) -> str:
+    """verl's ``algorithm.adv_estimator`` for one of our methods."""
+    try:
+        return METHOD_TO_VERL[method]
+    except KeyError:
+        raise ValueError(f"unknown method {method!r}; known: {sorted(METHOD_TO_VERL)}") from None
+
+
+def train_file(data_dir: str | Path, method: str) -> Path:
+    """The export a method trains on: ``train_rs.parquet`` for GRPO+RS, else ``train.parquet``."""
+    part = "train_rs" if method in RESAMPLED_METHODS else "train"
+    return Path(data_dir).expanduser().resolve() / f"{part}.parquet"
+
+
+def val_file(data_dir: str | Path) -> Path:
+    return Path(data_dir).expanduser().resolve() / "val.parquet"
+
+
+def model_entry(config: Mapping[str, Any], model: str) -> Mapping[str, Any]:
+    """``config["models"][model]``, checked to be a verl model with a path."""
+    models = config.get("models") or {}
+    if model not in models:
+        raise ValueError(f"model {model!r} is not defined under `models:` in the config; defined: {sorted(models)}")
+    entry = models[model]
+    if entry.get("backend") != "verl":
+        raise ValueError(f"models.{model}.backend is {entry.get('backend')!r}; GPU training needs backend: verl")
+    if not entry.get("path"):
+        raise ValueError(f"models.{model}.path is missing: give a hub id or a local directory of the weights")
+    return entry
+
+
+def resolve_model_path(path: str, model: str) -> str:
+    """A hub id (``org/name``) as given; a local directory made absolute. A local path that does not
+    exist is an error naming the config key (a hub id is only resolved by verl on the cluster)."""
+    expanded = Path(path).expanduser()
+    if expanded.exists():
+        return str(expanded.resolve())
+    local = path.startswith(("/", "./", "../", "~", "file:")) or path.count("/") != 1
+    if local:
+        raise FileNotFoundError(
+            f"models.{model}.path = {path!r} is not a hub id (org/name) and no such local directory exists"
+        )
+    return path
+
+
+def _experiment_names(config: Mapping[str, Any], model: str, method: str, seed: int) -> tuple[str, str]:
+    return f"eqpo_{config.get('experiment', 'run')}", f"{model}_{method}_seed{seed}"
+
+
+def build_overrides(config: Mapping[str, Any], model: str, method: str, seed: int, paths: RunPaths,
+                    data_dir: str | Path | None = None) -> list[str]:
+    """Hydra overrides for ``python -m verl.trainer.main_ppo`` of one (model, method, seed) run.
+
+    ``data_dir`` holds the verl export (train/val/train_rs.parquet); default
+    ``<data.root>/<experiment>/verl``. Per-model ``models.<m>.overrides`` come last and replace any
+    default of the same key.
+    """
+    entry = model_entry(config, model)
+    estimator = method_to_verl(method)
+    if data_dir is None:
+        data_dir = Path(config.get("data", {}).get("root", "data")) / str(config.get("experiment", "")) / "verl"
+    train = dict(config.get("train") or {})
+    project, experiment = _experiment_names(config, model, method, seed)
+    out = _Overrides()
+
+    out.update({
+        "algorithm.adv_estimator": estimator,  # (set again, in place, by verl_overrides below)
+        "algorithm.use_kl_in_reward": False,
+        "data.train_files": train_file(data_dir, method),
+        "data.val_files": val_file(data_dir),
+        "data.image_key": "images",
+        "data.prompt_key": "prompt",
+        "data.filter_overlong_prompts": True,
+        "data.truncation": "error",
+        "data.shuffle": True,
+        "data.seed": seed,
+        "actor_rollout_ref.model.path": entry["path"],
+        "actor_rollout_ref.actor.data_loader_seed": seed,
+        "actor_rollout_ref.actor.fsdp_config.seed": seed,
+        "actor_rollout_ref.actor.entropy_coeff": 0,
+        "actor_rollout_ref.actor.checkpoint.save_contents": ["model", "optimizer", "extra", "hf_model"],
+        "actor_rollout_ref.rollout.name": "vllm",
+        "actor_rollout_ref.rollout.seed": seed,
+        **GREEDY_VALIDATION,
+    })
+    for key, targets in TRAIN_KEYS.items():
+        if train.get(key) is not None:
+            for target in targets:
+                out.set(target, train[key])
+    if train.get("steps") is not None:
+        out.set("trainer.total_training_steps", train["steps"])
+    out.update(_kl_overrides(float(train.get("kl_coef") or 0.0)))
+    out.update(_batching_overrides(train))
+    out.update({
+        "trainer.nnodes": int(train.get("nnodes", 1)),  # not in the schema yet: 1 node unless given
+        "trainer.project_name": project,
+        "trainer.experiment_name": experiment,
+        "trainer.logger": ["console", "file"],
+        "trainer.val_before_train": True,
+        "trainer.resume_mode": "auto",
+        "trainer.default_local_dir": paths.checkpoints,
+        "trainer.validation_data_dir": paths.validation_dir,
+        "trainer.rollout_data_dir": paths.rollout_dir,
+    })
+    # adv_estimator, trainer mode, external_lib, reward function, +algorithm.eqpo.<option>, cluster log
+    options = (config.get("estimators") or {}).get(method) or {}
+    for override in verl_overrides(method, options, cluster_log=str(paths.cluster_log)):
+        out.set_rendered(override)
+    out.update(flatten_overrides(entry.get("overrides")))
+    return out.render()
+
+
+def _kl_overrides(kl_coef: float) -> dict[str, Any]:
+    """KL as a loss term (low-variance estimator) when kl_coef > 0; paper: KL disabled."""
+    if kl_coef <= 0:
+        return {"actor_rollout_ref.actor.use_kl_loss": False}
+    return {"actor_rollout_ref.actor.use_kl_loss": True, "actor_rollout_ref.actor.kl_loss_coef": kl_coef,
+            "actor_rollout_ref.actor.kl_loss_type": "low_var_kl"}
+
+
+def _batching_overrides(train: Mapping[str, Any]) -> dict[str, Any]:
+    """Token-budget micro-batching (no per-GPU micro-batch sizes to tune). The log-prob passes of
+    rollout and reference inherit both settings from the actor."""
+    seq = int(train.get("max_prompt_length", 4096)) + int(train.get("max_response_length", 4096))
+    return {"actor_rollout_ref.actor.use_dynamic_bsz": True,
+            "actor_rollout_ref.actor.ppo_max_token_len_per_gpu": 2 * seq}
+
+
+# ----------------------------------------------------------------------------------------------
+# Command and environment
+# ----------------------------------------------------------------------------------------------
+
+
+def source_root() -> Path:
+    """The ``src`` directory this package is imported from (put on the PYTHONPATH of verl's processes)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def build_environment(paths: RunPaths, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The subprocess environment: our extension loaded in every verl process (including the Ray
+    TaskRunner and workers), the file logger path, and this checkout's ``src`` importable."""
+    env = dict(os.environ if base is None else base)
+    modules = [m for m in env.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
+    env["VERL_USE_EXTERNAL_MODULES"] = ",".join(dict.fromkeys([*modules, EXTERNAL_MODULE]))
+    env["VERL_FILE_LOGGER_PATH"] = str(paths.file_log)
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in (str(source_root()), env.get("PYTHONPATH", "")) if p))
+    env["HYDRA_FULL_ERROR"] = "1"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def build_command(config: Mapping[str, Any], model: str, method: str, seed: int, paths: RunPaths,
+                  data_dir: str | Path | None = None, python: str | None = None,
+                  base_env: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """``(argv, env)`` of the verl run: ``python -m verl.trainer.main_ppo <overrides>``, with
+    Hydra's own run directory inside the work directory."""
+    overrides = build_overrides(config, model, method, seed, paths, data_dir)
+    argv = [python or sys.executable, "-m", ENTRYPOINT, *overrides, f"hydra.run.dir={format_value(paths.hydra_dir)}"]
+    return argv, build_environment(paths, base_env)
+
+
+def check_environment(n_gpus: int) -> None:
+    """Raise :class:`TrainingEnvironmentError` unless verl, vLLM and ``n_gpus`` CUDA GPUs are here."""
+    where = f"(Python: {sys.executable})"
+    if importlib.util.find_spec("verl") is None:
+        raise TrainingEnvironmentError(
+            f"verl is not installed in this environment {where}. GPU training needs verl[vllm]==0.9.1 "
+            "(envs/gpu.yaml); run with --sdm conda or install it.")
+    if importlib.util.find_spec("torch") is None:
+        raise TrainingEnvironmentError(f"torch is not installed in this environment {where}.")
+    import torch
+
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available == 0:
+        raise TrainingEnvironmentError(
+            f"no CUDA GPU is visible {where}; verl training needs {n_gpus} GPU(s) per node. Run it on a GPU "
+            "node, e.g. `snakemake --profile slurm`, or use the CPU demo: snakemake --cores 2 "
+            "--configfile config/demo.yaml")
+    if available < n_gpus:
+        raise TrainingEnvironmentError(
+            f"{available} CUDA GPU(s) visible but train.gpus = {n_gpus} (trainer.n_gpus_per_node); "
+            "request more GPUs or lower train.gpus")
+    if importlib.util.find_spec("vllm") is None:
+        raise TrainingEnvironmentError(
+            f"vLLM is not installed in this environment {where}; verl's rollouts need it (verl[vllm]==0.9.1).")
+
+
+def check_reward_ids(val_parquet: str | Path, compute_score: Callable[..., Any] | None = None) -> None:
+    """Call the reward function on the first validation row and check that it returns that row's
+    ``sample_id``: verl's validation dumps hold the answer text, the reward's result keys and a
+    random uid, so logs.py needs the sample id to attach each answer to its demographics."""
+    import pandas as pd
+
+    if compute_score is None:
+        from .reward import compute_score
+    row = pd.read_parquet(val_parquet).iloc[0]
+    info = dict(row["extra_info"])
+    result = compute_score(data_source=row["data_source"], solution_str="", extra_info=info,
+                           ground_truth=row["reward_model"]["ground_truth"])
+    got = result.get("sample_id") if isinstance(result, Mapping) else None
+    if got != str(info.get("sample_id")):
+        keys = sorted(result) if isinstance(result, Mapping) else type(result).__name__
+        raise RuntimeError(
+            f"the reward function ({REWARD_PATH}:{REWARD_NAME}) returned sample_id={got!r} (keys {keys}) for a "
+            f"sample with sample_id {info.get('sample_id')!r}: it must return str(extra_info['sample_id']), or "
+            "verl's validation dumps cannot be matched to the samples' demographics (dynamics.jsonl).")
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------
+
+Runner = Callable[[Sequence[str], Mapping[str, str]], int]
+
+
+def stream_subprocess(argv: Sequence[str], env: Mapping[str, str], cwd: str | Path | None = None) -> int:
+    """Run ``argv``, copying its stdout and stderr line by line to ``sys.stdout`` (the rule log);
+    returns the exit status."""
+    with subprocess.Popen(list(argv), env=dict(env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, errors="replace", bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        return proc.wait()
+
+
+def _has_checkpoint(paths: RunPaths) -> bool:
+    return (paths.checkpoints / "latest_checkpointed_iteration.txt").exists()
+
+
+def prepare_work_dir(paths: RunPaths, overrides: list[str]) -> bool:
+    """Make the work directory ready; returns True when verl will resume from a checkpoint.
+
+    A checkpoint of the same overrides is kept (resume); otherwise the work directory is emptied so
+    that no log of an earlier run mixes into this one. The file log of an interrupted attempt is kept
+    as ``metrics.<n>.jsonl``, because verl's file logger truncates its file when it starts.
+    """
+    recorded = json.loads(paths.overrides_record.read_text()) if paths.overrides_record.exists() else None
+    resume = _has_checkpoint(paths) and recorded == overrides
+    if not resume and paths.work_dir.exists():
+        shutil.rmtree(paths.work_dir)
+    paths.work_dir.mkdir(parents=True, exist_ok=True)
+    if resume and paths.file_log.exists():
+        numbers = [int(p.name.split(".")[1]) for p in paths.work_dir.glob("metrics.*.jsonl")]
+        paths.file_log.rename(paths.work_dir / f"metrics.{max(numbers, default=0) + 1}.jsonl")
+    paths.overrides_record.write_text(json.dumps(overrides, indent=1))
+    return resume
+
+
+def finish_checkpoints(paths: RunPaths) -> None:
+    """Move verl's checkpoints to ``<run>/checkpoint`` (the rule's output) once the run is done."""
+    if not paths.checkpoints.exists():
+        raise FileNotFoundError(f"verl finished but wrote no checkpoint under {paths.checkpoints} "
+                                "(trainer.save_freq and the last step save one)")
+    if paths.checkpoint.exists():
+        shutil.rmtree(paths.checkpoint)
+    paths.checkpoints.rename(paths.checkpoint)
+
+
+def _say(message: str) -> None:
+    print(f"[eqpo.verl] {message}", flush=True)
+
+
+def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, run_dir: str | Path,
+                 data_dir: str | Path, *, runner: Runner | None = None, check_env: bool = True,
+                 compute_score: Callable[..., Any] | None = None) -> RunPaths:
+    """Train one (model, method, seed) with verl and write the run files.
+
+    Checks the model path, the data files, that the reward function (``compute_score``, default
+    ours) identifies validation answers, and (``check_env``) the GPU/verl environment; runs verl
+    (``runner(argv, env) -> exit status``; default: a streamed subprocess), then writes
+    ``dynamics.jsonl``, ``steps.jsonl`` and ``clusters.parquet`` into ``run_dir`` and moves the
+    checkpoints to ``run_dir/checkpoint``. Returns the run's paths.
+    """
+    from . import logs
+
+    entry = model_entry(config, model)
+    method_to_verl(method)
+    model_path = resolve_model_path(str(entry["path"]), model)
+    config = {**config, "models": {**config["models"], model: {**entry, "path": model_path}}}
+    for path in (train_file(data_dir, method), val_file(data_dir)):
+        if not path.exists():
+            raise FileNotFoundError(f"verl data file {path} is missing; the export_verl rule writes it")
+    check_reward_ids(val_file(data_dir), compute_score)
+    train = config.get("train") or {}
+    if check_env:
+        check_environment(int(train.get("gpus", 1)))
+    paths = RunPaths.for_run(run_dir)
+    argv, env = build_command(config, model, method, seed, paths, data_dir)
+    resumed = prepare_work_dir(paths, argv[3:])
+    _say(("resuming from " + str(paths.checkpoints)) if resumed else f"starting {model}/{method}/seed{seed}")
+    _say("command: " + " ".join(argv))
+    status = (runner or stream_subprocess)(argv, env)
+    if status != 0:
+        raise RuntimeError(f"verl exited with status {status} ({model}/{method}/seed{seed}); its output is "
+                           f"above in this log, its work files in {paths.work_dir}")
+    logs.convert_run(paths, val_file(data_dir))
+    finish_checkpoints(paths)
+    _say(f"run files written to {paths.run_dir}")
+    return paths

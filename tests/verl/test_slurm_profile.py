@@ -1,0 +1,106 @@
+"""`snakemake --profile slurm` (the profile in ./slurm/) plans the paper run on a machine without
+SLURM: every training job of 7 methods x 3 base models, with its GPUs and partition."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PAPER = yaml.safe_load((REPO / "config.yaml").read_text())
+PROFILE = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())
+
+
+def dry_run(*extra: str) -> str:
+    """`snakemake --profile slurm -n` from the repository root; returns its output (asserts exit 0)."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "slurm", "-n", *extra], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def jobs(output: str, rule: str) -> list[dict]:
+    """The planned jobs of ``rule``: their wildcards and resources, parsed from the dry-run listing."""
+    found = []
+    for block in re.split(r"\n(?=\[[^\]]+\]\nrule |rule )", output):
+        if not block.lstrip().startswith(f"rule {rule}:") and f"\nrule {rule}:" not in block:
+            continue
+        fields = dict(re.findall(r"^\s{4}(\w+): (.*)$", block, flags=re.M))
+        parse = lambda text: dict(item.split("=", 1) for item in text.split(", ") if "=" in item)  # noqa: E731
+        found.append({"wildcards": parse(fields.get("wildcards", "")), "resources": parse(fields.get("resources", ""))})
+    return found
+
+
+@pytest.fixture(scope="module")
+def paper_plan() -> str:
+    return dry_run()
+
+
+def test_profile_is_found_at_the_repository_root(paper_plan):
+    assert "Using profile slurm" in paper_plan
+
+
+def test_every_training_run_is_planned(paper_plan):
+    planned = jobs(paper_plan, "train_verl")
+    runs = {(j["wildcards"]["model"], j["wildcards"]["method"], int(j["wildcards"]["seed"])) for j in planned}
+    expected = {(m, me, s) for m in PAPER["base_models"] for me in PAPER["methods"] for s in PAPER["seeds"]}
+    assert len(expected) == 21 and runs == expected and len(planned) == 21
+    assert re.search(r"^train_verl\s+21$", paper_plan, flags=re.M)
+
+
+def test_training_jobs_ask_for_the_gpus_of_the_config_on_the_gpu_partition(paper_plan):
+    account = PROFILE["default-resources"]["slurm_account"]
+    for job in jobs(paper_plan, "train_verl"):
+        res = job["resources"]
+        assert res["gpu"] == str(PAPER["train"]["gpus"]) == "4"
+        assert res["slurm_partition"] == "gpu" and res["slurm_account"] == account
+        assert res["mem_mb"] == "256000" and res["runtime"] == "2880"
+
+
+def test_evaluation_gets_one_gpu_and_cpu_jobs_none(paper_plan):
+    predict = jobs(paper_plan, "predict_vllm")
+    assert len(predict) == 21
+    assert all(j["resources"]["gpu"] == "1" and j["resources"]["slurm_partition"] == "gpu" for j in predict)
+    for rule in ("score", "export_verl", "prepare_dataset"):
+        planned = jobs(paper_plan, rule)
+        assert planned and all("gpu" not in j["resources"] for j in planned)
+        assert all(j["resources"]["slurm_partition"] == "cpu" for j in planned)
+
+
+def test_the_gpu_count_follows_the_config(tmp_path):
+    overlay = tmp_path / "gpus.yaml"
+    overlay.write_text("train:\n  gpus: 8\n")
+    planned = jobs(dry_run("--configfile", str(overlay)), "train_verl")
+    assert len(planned) == 21 and {j["resources"]["gpu"] for j in planned} == {"8"}
+
+
+def test_the_plugin_submits_those_gpus(paper_plan):
+    """The resources of a planned training job, through the SLURM plugin's own sbatch flag builder."""
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    res = jobs(paper_plan, "train_verl")[0]["resources"]
+    job = SimpleNamespace(resources=Resources(gpu=int(res["gpu"])))
+    assert set_gres_string(job).strip() == "--gpus=4"
+
+
+def test_cluster_values_live_in_one_place():
+    """Account and CPU partition are set once, as defaults; GPU rules only name their partition and
+    take the GPU count from the rule (train_verl) so config.yaml's train.gpus stays the one source."""
+    text = (REPO / "slurm" / "config.yaml").read_text()
+    assert text.count("slurm_account") == 1 and "edit these" in text
+    assert set(PROFILE["default-resources"]) >= {"slurm_account", "slurm_partition"}
+    assert "cpus_per_task" not in PROFILE["default-resources"]  # would override cpus_per_gpu / threads
+    assert "gpu" not in PROFILE["set-resources"]["train_verl"]
+    assert PROFILE["executor"] == "slurm" and PROFILE["rerun-incomplete"] is True
+    for key in ("jobs", "latency-wait", "retries", "slurm-logdir"):
+        assert key in PROFILE

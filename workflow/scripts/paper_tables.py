@@ -1,0 +1,4 @@
+from eqpo.pipeline import logged, render_paper_tables
+
+with logged(snakemake.log[0]):
+    render_paper_tables(list(snakemake.input), snakemake.params.config, snakemake.params.out_dir)
