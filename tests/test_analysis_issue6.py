@@ -645,3 +645,14 @@ def test_figures_are_written(tmp_path, plot, frame):
     assert all(p.stat().st_size > 1000 for p in paths)
     empty = plot(frame().iloc[:0], tmp_path / "empty")
     assert all(p.stat().st_size > 0 for p in empty)
+
+
+def test_group_f1_figure_with_identical_values_across_seeds(tmp_path):
+    """Three seeds with the same F1: the seed mean rounds past the minimum; bars still draw."""
+    from eqpo.analysis.figures import plot_group_f1
+
+    rows = [{"model": "m", "method": method, "seed": seed, "dataset": "HAM10000", "attribute": "age",
+             "group": group, "n": 10, "Acc": 0.9, "F1": 0.7, "TPR": 0.7, "FPR": 0.1, "FDR": 0.1}
+            for method in ("grpo", "eqpo") for seed in range(3) for group in ("a1", "a2")]
+    png, pdf = plot_group_f1(pd.DataFrame(rows), tmp_path / "group_f1")
+    assert png.stat().st_size > 0 and pdf.stat().st_size > 0

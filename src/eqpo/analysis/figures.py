@@ -308,6 +308,7 @@ def _draw_group_bars(ax, frame: pd.DataFrame, methods: Sequence[str], metric: st
             mean = stats["mean"].to_numpy()[several]
             err = np.vstack([mean - stats["min"].to_numpy()[several],
                              stats["max"].to_numpy()[several] - mean])
+            err = np.clip(err, 0.0, None)  # equal values across seeds: the mean can round past the min
             ax.errorbar(offset[several], mean, yerr=err, fmt="none", ecolor="black",
                         elinewidth=0.8, capsize=2, zorder=3)
     for left, right, g_left, g_right in zip(x[:-1], x[1:], groups[:-1], groups[1:]):
