@@ -340,7 +340,7 @@ def render_uncertainty(predictions: list, ci_stem: str | Path, tests_stem: str |
         p_wide.to_csv(f"{tests_stem}_p.csv")
         Path(f"{tests_stem}_p.md").write_text(
             f"Paired bootstrap p-values, {reference} vs each baseline (two-sided, {n_boot} replicates)\n\n"
-            + p_wide.to_markdown(floatfmt=".4f") + "\n")
+            + p_wide.reset_index().to_markdown(index=False, floatfmt=".4f") + "\n")
     _say(f"bootstrap intervals of {len(pooled)} (model, method) pairs; {len(tests) // 11} paired tests")
 
 
