@@ -70,10 +70,21 @@ rule train_verl:
     wildcard_constraints:
         model=one_of(models_with("verl")),
     threads: 32
+    # One node: gpu=N (sbatch --gpus=N). train.nnodes > 1: nodes=nnodes and gres=gpu:N, because
+    # SLURM plugin 2.8.0 maps gpu to --gpus (a job TOTAL that SLURM may split unevenly over the
+    # nodes) but gres to --gres (PER NODE); verl needs train.gpus on every node. mem_mb (--mem) is
+    # per node. The job then starts a Ray cluster over the nodes (eqpo.verl_ext.ray_cluster).
     resources:
-        gpu=config["train"].get("gpus", 4),
         mem_mb=256000,
         runtime=2880,
+        **(
+            {"gpu": config["train"].get("gpus", 4)}
+            if config["train"].get("nnodes", 1) == 1
+            else {
+                "nodes": config["train"]["nnodes"],
+                "gres": f"gpu:{config['train'].get('gpus', 4)}",
+            }
+        ),
     conda:
         "../../envs/gpu.yaml"
     script:

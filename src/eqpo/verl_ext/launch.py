@@ -44,6 +44,9 @@ from .estimators import EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PAT
 # Methods that train on the group-resampled export (GRPO+RS); every other one on train.parquet.
 RESAMPLED_METHODS = ("grpo_rs",)
 ENTRYPOINT = "verl.trainer.main_ppo"
+# Where verl's driver finds a running Ray cluster (multi-node runs): main_ppo passes ray_kwargs.ray_init
+# to ray.init; `address` is not in verl's schema, hence the `+`.
+RAY_ADDRESS_KEY = "+ray_kwargs.ray_init.address"
 
 # `train` block key -> verl key (values copied as they are).
 TRAIN_KEYS: dict[str, tuple[str, ...]] = {
@@ -250,19 +253,31 @@ def _experiment_names(config: Mapping[str, Any], model: str, method: str, seed: 
     return f"eqpo_{config.get('experiment', 'run')}", f"{model}_{method}_seed{seed}"
 
 
+def train_nnodes(train: Mapping[str, Any]) -> int:
+    """``train.nnodes`` (default 1), checked to be a positive integer."""
+    nnodes = train.get("nnodes", 1)
+    if isinstance(nnodes, bool) or not isinstance(nnodes, int) or nnodes < 1:
+        raise ValueError(f"train.nnodes must be an integer >= 1, got {nnodes!r}")
+    return nnodes
+
+
 def build_overrides(config: Mapping[str, Any], model: str, method: str, seed: int, paths: RunPaths,
-                    data_dir: str | Path | None = None) -> list[str]:
+                    data_dir: str | Path | None = None, ray_address: str | None = None) -> list[str]:
     """Hydra overrides for ``python -m verl.trainer.main_ppo`` of one (model, method, seed) run.
 
     ``data_dir`` holds the verl export (train/val/train_rs.parquet); default
     ``<data.root>/<experiment>/verl``. Per-model ``models.<m>.overrides`` come last and replace any
-    default of the same key.
+    default of the same key. ``ray_address`` (``host:port`` of the Ray cluster over the SLURM nodes,
+    multi-node runs only) becomes ``+ray_kwargs.ray_init.address``.
     """
     entry = model_entry(config, model)
     estimator = method_to_verl(method)
     if data_dir is None:
         data_dir = Path(config.get("data", {}).get("root", "data")) / str(config.get("experiment", "")) / "verl"
     train = dict(config.get("train") or {})
+    nnodes = train_nnodes(train)
+    if ray_address is not None and nnodes == 1:
+        raise ValueError(f"a Ray address ({ray_address!r}) is only for multi-node runs, but train.nnodes = 1")
     project, experiment = _experiment_names(config, model, method, seed)
     out = _Overrides()
 
@@ -295,7 +310,7 @@ def build_overrides(config: Mapping[str, Any], model: str, method: str, seed: in
     out.update(_kl_overrides(float(train.get("kl_coef") or 0.0)))
     out.update(_batching_overrides(train))
     out.update({
-        "trainer.nnodes": int(train.get("nnodes", 1)),  # not in the schema yet: 1 node unless given
+        "trainer.nnodes": nnodes,
         "trainer.project_name": project,
         "trainer.experiment_name": experiment,
         "trainer.logger": ["console", "file"],
@@ -309,6 +324,8 @@ def build_overrides(config: Mapping[str, Any], model: str, method: str, seed: in
     options = (config.get("estimators") or {}).get(method) or {}
     for override in verl_overrides(method, options, cluster_log=str(paths.cluster_log)):
         out.set_rendered(override)
+    if ray_address is not None:
+        out.set(RAY_ADDRESS_KEY, ray_address)
     out.update(flatten_overrides(entry.get("overrides")))
     return out.render()
 
@@ -354,10 +371,11 @@ def build_environment(paths: RunPaths, base: Mapping[str, str] | None = None) ->
 
 def build_command(config: Mapping[str, Any], model: str, method: str, seed: int, paths: RunPaths,
                   data_dir: str | Path | None = None, python: str | None = None,
-                  base_env: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+                  base_env: Mapping[str, str] | None = None,
+                  ray_address: str | None = None) -> tuple[list[str], dict[str, str]]:
     """``(argv, env)`` of the verl run: ``python -m verl.trainer.main_ppo <overrides>``, with
     Hydra's own run directory inside the work directory."""
-    overrides = build_overrides(config, model, method, seed, paths, data_dir)
+    overrides = build_overrides(config, model, method, seed, paths, data_dir, ray_address)
     argv = [python or sys.executable, "-m", ENTRYPOINT, *overrides, f"hydra.run.dir={format_value(paths.hydra_dir)}"]
     return argv, build_environment(paths, base_env)
 
@@ -461,13 +479,19 @@ def finish_checkpoints(paths: RunPaths) -> None:
     paths.checkpoints.rename(paths.checkpoint)
 
 
+def resume_key(overrides: Sequence[str]) -> list[str]:
+    """The overrides that decide whether a checkpoint belongs to this run: all but the Ray address,
+    which changes with every SLURM allocation."""
+    return [o for o in overrides if not o.startswith(RAY_ADDRESS_KEY + "=")]
+
+
 def _say(message: str) -> None:
     print(f"[eqpo.verl] {message}", flush=True)
 
 
 def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, run_dir: str | Path,
                  data_dir: str | Path, *, runner: Runner | None = None, check_env: bool = True,
-                 compute_score: Callable[..., Any] | None = None) -> RunPaths:
+                 compute_score: Callable[..., Any] | None = None, ray_runner: Any = None) -> RunPaths:
     """Train one (model, method, seed) with verl and write the run files.
 
     Checks the model path, the data files, that the reward function (``compute_score``, default
@@ -475,6 +499,10 @@ def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, 
     (``runner(argv, env) -> exit status``; default: a streamed subprocess), then writes
     ``dynamics.jsonl``, ``steps.jsonl`` and ``clusters.parquet`` into ``run_dir`` and moves the
     checkpoints to ``run_dir/checkpoint``. Returns the run's paths.
+
+    With ``train.nnodes > 1`` (inside a SLURM allocation of that many nodes) a Ray cluster over the
+    nodes is started first (:mod:`eqpo.verl_ext.ray_cluster`; process calls through ``ray_runner``,
+    default :mod:`subprocess`), verl joins it, and it is stopped when verl ends, also on failure.
     """
     from . import logs
 
@@ -490,11 +518,27 @@ def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, 
     if check_env:
         check_environment(int(train.get("gpus", 1)))
     paths = RunPaths.for_run(run_dir)
-    argv, env = build_command(config, model, method, seed, paths, data_dir)
-    resumed = prepare_work_dir(paths, argv[3:])
-    _say(("resuming from " + str(paths.checkpoints)) if resumed else f"starting {model}/{method}/seed{seed}")
-    _say("command: " + " ".join(argv))
-    status = (runner or stream_subprocess)(argv, env)
+    nnodes = train_nnodes(train)
+    cluster = None
+    if nnodes > 1:
+        from .ray_cluster import start_ray_cluster
+
+        _say(f"starting a Ray cluster over {nnodes} SLURM nodes")
+        cluster = start_ray_cluster(nnodes, int(train.get("gpus", 1)), build_environment(paths),
+                                    ray_runner or subprocess)
+        _say(f"Ray cluster up at {cluster.address}: {', '.join(cluster.nodes)}")
+    try:
+        argv, env = build_command(config, model, method, seed, paths, data_dir,
+                                  ray_address=cluster.address if cluster else None)
+        resumed = prepare_work_dir(paths, resume_key(argv[3:]))
+        _say(("resuming from " + str(paths.checkpoints)) if resumed else f"starting {model}/{method}/seed{seed}")
+        _say("command: " + " ".join(argv))
+        status = (runner or stream_subprocess)(argv, env)
+    finally:
+        if cluster is not None:
+            from .ray_cluster import stop_ray_cluster
+
+            stop_ray_cluster(cluster, build_environment(paths), ray_runner or subprocess)
     if status != 0:
         raise RuntimeError(f"verl exited with status {status} ({model}/{method}/seed{seed}); its output is "
                            f"above in this log, its work files in {paths.work_dir}")
