@@ -84,7 +84,7 @@ PAPER_SCALE: dict[str, float] = {
     "F1_ES": 1.0,
 }
 # Table 2 column -> (metric, statistic) of the per-dataset summary it reads.
-_TABLE2_SOURCE = {
+TABLE2_SOURCE = {
     "PP": ("FDR", "gap"),
     "EOD": ("TPR", "gap"),
     "FPR_diff": ("FPR", "gap"),
@@ -382,7 +382,7 @@ def _table2_row(attribute_rows: pd.DataFrame) -> dict:
     """Table 2 columns of one dataset from its by_attribute rows (mean over usable attributes)."""
     stat_column = {"level": "{}", "gap": "{}_gap", "sigma": "{}_sigma"}
     row = {}
-    for column, (metric, stat) in _TABLE2_SOURCE.items():
+    for column, (metric, stat) in TABLE2_SOURCE.items():
         values = attribute_rows[stat_column[stat].format(metric)].to_numpy(dtype=float)
         row[column] = float(values.mean())  # NaN only for the one-group "all" fallback
     return _with_effective_sizes(row)
@@ -397,7 +397,7 @@ def _nanmean(values: np.ndarray) -> float:
 
 def _overall(by_dataset: pd.DataFrame) -> dict[str, float]:
     """Table 2 dict: each column's mean over datasets (NaN skipped); ES from the overall means."""
-    row = {column: _nanmean(by_dataset[column].to_numpy()) for column in _TABLE2_SOURCE}
+    row = {column: _nanmean(by_dataset[column].to_numpy()) for column in TABLE2_SOURCE}
     row = _with_effective_sizes(row)
     return {column: float(row[column]) for column in TABLE2_COLUMNS}
 

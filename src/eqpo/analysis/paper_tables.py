@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from ..groups import AGE_BINS, SEXES
-from ..metrics import METRICS, PAPER_SCALE
+from ..metrics import METRICS, PAPER_SCALE, TABLE2_SOURCE
 from .collect import RUN_KEYS
 from .style import order_methods
 from .tables import write_table
@@ -215,13 +215,7 @@ def write_table3(config: Mapping[str, Any], stem: str | Path) -> dict[str, Path]
 
 # Per dataset, the Table 2 columns computed from the per-group values (mean over attributes).
 SPREAD_COLUMNS: dict[str, tuple[str, str]] = {
-    "PP": ("FDR", "gap"),
-    "EOD": ("TPR", "gap"),
-    "FPR_diff": ("FPR", "gap"),
-    "sigma_F1": ("F1", "sigma"),
-    "delta_F1": ("F1", "gap"),
-    "sigma_Acc": ("Acc", "sigma"),
-    "delta_Acc": ("Acc", "gap"),
+    column: source for column, source in TABLE2_SOURCE.items() if source[1] != "level"
 }
 # Scale of a per-group metric in the Markdown/LaTeX renderings (as Table 2 prints them).
 GROUP_METRIC_SCALE: dict[str, float] = {"Acc": 100.0, "F1": 1.0, "TPR": 100.0, "FPR": 100.0,

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from ..metrics import (
-    _TABLE2_SOURCE,
+    TABLE2_SOURCE,
     ATTRIBUTE_GROUPS,
     TABLE2_COLUMNS,
     _dataset_matrices,
@@ -61,7 +61,7 @@ __all__ = [
     "seed_summary",
 ]
 
-_SOURCE_COLUMNS = tuple(_TABLE2_SOURCE)  # the 9 columns read from per-dataset statistics
+_SOURCE_COLUMNS = tuple(TABLE2_SOURCE)  # the 9 columns read from per-dataset statistics
 _RATE_NAMES = ("Acc", "F1", "TPR", "FPR", "FDR")
 
 
@@ -187,7 +187,7 @@ def _block_values(block: _Block, weights: np.ndarray) -> np.ndarray:
                     per[metric, "sigma"] = values.std(axis=1, ddof=1)
             stats.append(per)
         for j, column in enumerate(_SOURCE_COLUMNS):
-            source = _TABLE2_SOURCE[column]
+            source = TABLE2_SOURCE[column]
             out[reps, j] = np.stack([per[source] for per in stats], axis=1).mean(axis=1)
     return out
 
