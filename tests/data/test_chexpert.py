@@ -18,7 +18,7 @@ from PIL import Image
 
 from eqpo.data.datasets import chexpert
 from eqpo.data.prepare import main, prepare
-from eqpo.data.sources import MissingDataError
+from eqpo.data.sources import MissingDataError, train_val_fractions
 from eqpo.vocabularies import CHEXPERT_LABELS
 
 HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS]
@@ -211,4 +211,4 @@ def test_helpers():
     values = pd.DataFrame([{label: v for label, v in zip(CHEXPERT_LABELS, row)}
                            for row in ([1.0, -1.0, np.nan] + [0.0] * 11, [np.nan] * 13 + [1.0], [-1.0] * 14)])
     assert chexpert.positives(values) == [["No Finding"], ["Support Devices"], []]
-    assert chexpert.train_val_fractions((0.7, 0.15, 0.15)) == pytest.approx((0.7 / 0.85, 0.15 / 0.85, 0.0))
+    assert train_val_fractions((0.7, 0.15, 0.15), "CheXpert") == pytest.approx((0.7 / 0.85, 0.15 / 0.85, 0.0))

@@ -160,6 +160,16 @@ def patient_split(patients: Sequence[str], seed: int, fractions: tuple[float, fl
     return assignment
 
 
+def train_val_fractions(fractions, dataset: str) -> tuple[float, float, float]:
+    """(train, val, test) fractions for a dataset whose test split is official: train and val
+    renormalised over train+val, test 0 (the requested test share is not used)."""
+    train, val = float(fractions[0]), float(fractions[1])
+    if train + val <= 0:
+        raise ValueError(f"{dataset}: the train and val fractions are both 0 in {tuple(fractions)}; "
+                         "its test split is the official one, so train+val must be positive")
+    return train / (train + val), val / (train + val), 0.0
+
+
 def finish_table(rows: pd.DataFrame, spec: DatasetSpec, manifest: Manifest) -> pd.DataFrame:
     """Check a module's rows, add ``group``, order the columns and fill the manifest counts."""
     missing = [c for c in TABLE_COLUMNS if c not in rows.columns and c not in ("group", "dataset")]

@@ -37,7 +37,8 @@ from ...groups import normalize_sex
 from ...vocabularies import PAPER_DATASETS
 from ..fetch import sha256_of
 from ..media import CorruptMedia, resize_image
-from ..sources import Access, DatasetSource, Manifest, MissingDataError, normalise_header, patient_split
+from ..sources import (Access, DatasetSource, Manifest, MissingDataError, normalise_header, patient_split,
+                       train_val_fractions)
 
 SPEC = PAPER_DATASETS["CheXpert"]
 FOLDERS = ("CheXpert-v1.0-small", "CheXpert-v1.0")
@@ -122,16 +123,6 @@ def patient_of(path: str) -> str | None:
 # ----------------------------------------------------------------------------------------------
 
 
-def train_val_fractions(fractions) -> tuple[float, float, float]:
-    """(train, val, test) fractions -> train/val shares renormalised over train+val, test 0 (the
-    official valid.csv is the test split, so the requested test share is not used)."""
-    train, val = float(fractions[0]), float(fractions[1])
-    if train + val <= 0:
-        raise ValueError(f"{SPEC.name}: the train and val fractions are both 0 in {tuple(fractions)}; "
-                         "its test split is the official one, so train+val must be positive")
-    return train / (train + val), val / (train + val), 0.0
-
-
 def candidate_rows(folder: Path, out_dir: Path, manifest: Manifest) -> list[dict]:
     """One dict per CSV row with a positive label and a patient id; the rest go to the manifest."""
     rows = []
@@ -182,7 +173,7 @@ def preprocess(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int, frac
     rows = convert_images(candidate_rows(folder, out_dir, manifest), out_dir, manifest)
     table = pd.DataFrame(rows, columns=["sample_id", "patient_id", "official", "images", "labels", "age", "sex"])
     fixed = {p: "test" for p in table.loc[table["official"] == "test", "patient_id"]}
-    assignment = patient_split(table["patient_id"].tolist(), seed, train_val_fractions(fractions), fixed)
+    assignment = patient_split(table["patient_id"].tolist(), seed, train_val_fractions(fractions, SPEC.name), fixed)
     table["split"] = table["patient_id"].map(assignment)
     table["age"] = table["age"].astype(float)
     return table.drop(columns="official")

@@ -36,7 +36,8 @@ import pandas as pd
 from ...vocabularies import PAPER_DATASETS
 from ..fetch import download, sha256_of
 from ..media import CorruptMedia, dicom_to_png
-from ..sources import Access, DatasetSource, Manifest, MissingDataError, RemoteFile, normalise_header, patient_split
+from ..sources import (Access, DatasetSource, Manifest, MissingDataError, RemoteFile, normalise_header,
+                       patient_split, train_val_fractions)
 
 SPEC = PAPER_DATASETS["VinDr-Mammo"]
 BASE_URL = "https://physionet.org/files/vindr-mammo/1.0.0/"
@@ -186,15 +187,6 @@ def official_split(value: str) -> str | None:
 # ----------------------------------------------------------------------------------------------
 
 
-def train_val_fractions(fractions) -> tuple[float, float, float]:
-    """(train, val, test) -> train/val renormalised over train+val and test 0 (test is official)."""
-    train, val = float(fractions[0]), float(fractions[1])
-    if train + val <= 0:
-        raise ValueError(f"{SPEC.name}: the train and val fractions are both 0 in {tuple(fractions)}; "
-                         "its test split is the official one, so train+val must be positive")
-    return train / (train + val), val / (train + val), 0.0
-
-
 def candidate_rows(raw_dir: Path, out_dir: Path, manifest: Manifest) -> list[dict]:
     """One dict per annotated image with a valid label and split; the rest go to the manifest."""
     key, ages = read_ages(raw_dir / METADATA)
@@ -250,7 +242,7 @@ def preprocess(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int, frac
     rows = convert_images(candidate_rows(raw_dir, out_dir, manifest), out_dir, manifest)
     table = pd.DataFrame(rows, columns=["sample_id", "patient_id", "official", "images", "labels", "age"])
     fixed = {p: "test" for p in table.loc[table["official"] == "test", "patient_id"]}
-    assignment = patient_split(table["patient_id"].tolist(), seed, train_val_fractions(fractions), fixed)
+    assignment = patient_split(table["patient_id"].tolist(), seed, train_val_fractions(fractions, SPEC.name), fixed)
     table["split"] = table["patient_id"].map(assignment)
     table["age"] = table["age"].astype(float)
     table["sex"] = None
