@@ -87,7 +87,7 @@ class FakeRunner:
     def Popen(self, argv, env=None, **_):  # noqa: N802 (subprocess.Popen's name)
         self.commands.append(list(argv))
         self.envs.append(env)
-        self.procs.append(FakeProc(argv, self.worker_exit))
+        self.procs.append(FakeProc(argv, self.worker_exit if argv[0] == "srun" else None))
         return self.procs[-1]
 
 
@@ -107,8 +107,15 @@ ENV = {"SLURM_JOB_NODELIST": "gpu[01-03]", "PATH": "/bin", "VERL_USE_EXTERNAL_MO
 IPS = {"gpu01": "10.0.0.1", "gpu02": "10.0.0.2", "gpu03": "10.0.0.3"}
 
 
+def fixed_ports(*ports):
+    """Stands in for free_port: hands out these ports in order."""
+    it = iter(ports)
+    return lambda: next(it)
+
+
 def start(runner, clock=None, **kwargs):
     clock = clock or FakeClock()
+    kwargs.setdefault("ports", fixed_ports(41000, 41001, 41002))
     return start_ray_cluster(3, 4, ENV, runner, ray="ray", this_host="gpu01", resolve=IPS.__getitem__,
                              clock=clock, sleep=clock.sleep, poll_s=5, timeout_s=60, **kwargs)
 
@@ -120,41 +127,69 @@ def start(runner, clock=None, **kwargs):
 
 def test_three_nodes_start_head_here_and_one_worker_step_per_other_node():
     runner, clock = FakeRunner(["gpu01", "gpu02", "gpu03"], joined=[1, 2, 3]), FakeClock()
-    cluster = start(runner, clock)
-    assert cluster.address == "10.0.0.1:6379" and cluster.nodes == ["gpu01", "gpu02", "gpu03"]
-    worker = ["ray", "start", "--address=10.0.0.1:6379", "--num-gpus=4", "--block"]
-    status = ["ray", "status", "--address=10.0.0.1:6379"]
+    cluster = start(runner, clock, num_cpus=32)
+    assert cluster.address == "10.0.0.1:41000" and cluster.nodes == ["gpu01", "gpu02", "gpu03"]
+    resources = ["--num-gpus=4", "--num-cpus=32", "--dashboard-agent-listen-port=41002"]
+    worker = ["ray", "start", "--address=10.0.0.1:41000", *resources, "--block"]
+    status = ["ray", "status", "--address=10.0.0.1:41000"]
     assert runner.commands == [
         ["scontrol", "show", "hostnames", "gpu[01-03]"],
-        ["ray", "start", "--head", "--port=6379", "--num-gpus=4"],
+        ["ray", "start", "--head", "--port=41000", "--ray-client-server-port=41001", "--include-dashboard=false",
+         *resources, "--block"],
         ["srun", "--nodes=1", "--ntasks=1", "-w", "gpu02", *worker],
         ["srun", "--nodes=1", "--ntasks=1", "-w", "gpu03", *worker],
         status, status, status,
     ]
     assert clock.sleeps == [5, 5]  # polled until all 3 nodes were in `ray status`
     assert all(env["VERL_USE_EXTERNAL_MODULES"] == "eqpo.verl_ext" for env in runner.envs)  # Ray processes load us
-    assert [p.signals for p in runner.procs] == [[], []]
+    assert [p.signals for p in runner.procs] == [[], [], []]
 
-    stop_ray_cluster(cluster, ENV, runner)
-    assert [p.signals for p in runner.procs] == [[signal.SIGTERM], [signal.SIGTERM]]
-    assert runner.commands[-1] == ["ray", "stop"]
+    # Only this job's processes are stopped (no `ray stop`, which ends every Ray process of the node).
+    stop_ray_cluster(cluster)
+    assert [p.signals for p in runner.procs] == [[signal.SIGTERM]] * 3
+    assert not any(c[1:2] == ["stop"] for c in runner.commands)
+
+
+def test_ports_are_free_and_differ_between_jobs():
+    from eqpo.verl_ext.ray_cluster import free_port
+
+    first, second = free_port(), free_port()
+    assert first != 6379 and 0 < first < 65536
+    with socket.socket() as sock:
+        sock.bind(("", first))  # it was free
+    clusters = [start(FakeRunner(["gpu01", "gpu02", "gpu03"], joined=[3]), ports=free_port) for _ in range(2)]
+    assert clusters[0].address != clusters[1].address and not clusters[0].address.endswith(":6379")
+
+
+def test_a_head_that_exits_fails_at_once():
+    runner = FakeRunner(["gpu01", "gpu02", "gpu03"], joined=[1])
+    real_popen = runner.Popen
+
+    def popen(argv, env=None, **kw):
+        proc = real_popen(argv, env, **kw)
+        if "--head" in argv:
+            proc.returncode = 1
+        return proc
+
+    runner.Popen = popen
+    with pytest.raises(RayClusterError, match="Ray head on gpu01 exited with status 1"):
+        start(runner)
 
 
 def test_workers_that_never_join_time_out_with_a_clear_error_and_are_stopped():
     runner, clock = FakeRunner(["gpu01", "gpu02", "gpu03"], joined=[1]), FakeClock()
-    with pytest.raises(RayClusterError, match=r"only 1 of 3 Ray nodes joined 10\.0\.0\.1:6379 within 60 s") as err:
+    with pytest.raises(RayClusterError, match=r"only 1 of 3 Ray nodes joined 10\.0\.0\.1:41000 within 60 s") as err:
         start(runner, clock)
     assert "Active:" in str(err.value)  # the last `ray status` is in the message
     assert clock.now >= 60 and len(clock.sleeps) == 12
-    assert [p.signals for p in runner.procs] == [[signal.SIGTERM], [signal.SIGTERM]]
-    assert runner.commands[-1] == ["ray", "stop"]
+    assert [p.signals for p in runner.procs] == [[signal.SIGTERM]] * 3  # head and both workers
 
 
 def test_a_worker_step_that_exits_fails_at_once():
     runner = FakeRunner(["gpu01", "gpu02", "gpu03"], joined=[1], worker_exit=1)
     with pytest.raises(RayClusterError, match="worker step on gpu02 exited with status 1"):
         start(runner)
-    assert runner.commands[-1] == ["ray", "stop"]
+    assert runner.procs[0].signals == [signal.SIGTERM]  # the head was stopped
     assert not any(c[1:2] == ["status"] for c in runner.commands)
 
 
@@ -189,8 +224,10 @@ def nodes_config(nnodes):
 
 def test_the_address_is_added_only_for_multi_node_runs_and_composes_with_verls_config(tmp_path):
     paths = RunPaths.for_run(tmp_path)
-    single = build_overrides(nodes_config(1), "medgemma-4b", "eqpo", 0, paths, tmp_path)
-    assert not any("ray_kwargs" in o for o in single)
+    single = build_overrides(nodes_config(1), "medgemma-4b", "eqpo", 0, paths, tmp_path, num_cpus=32)
+    assert [o for o in single if "ray_kwargs" in o] == [
+        "+ray_kwargs.ray_init.address=local", "+ray_kwargs.ray_init.include_dashboard=false",
+        "ray_kwargs.ray_init.num_cpus=32"]
     with pytest.raises(ValueError, match="only for multi-node runs"):
         build_overrides(nodes_config(1), "medgemma-4b", "eqpo", 0, paths, tmp_path, ray_address="10.0.0.1:6379")
     with pytest.raises(ValueError, match="train.nnodes must be an integer >= 1"):
@@ -200,6 +237,7 @@ def test_the_address_is_added_only_for_multi_node_runs_and_composes_with_verls_c
     assert "+ray_kwargs.ray_init.address='10.0.0.1:6379'" in multi
     cfg = test_launch.compose_overrides(multi)
     assert cfg.ray_kwargs.ray_init.address == "10.0.0.1:6379" and cfg.trainer.nnodes == 2
+    assert "include_dashboard" not in cfg.ray_kwargs.ray_init
     assert cfg.ray_kwargs.ray_init.num_cpus is None  # ray.init(address=...) refuses num_cpus
     assert launch.resume_key(multi) == [o for o in multi if "ray_kwargs" not in o]
 
@@ -213,12 +251,15 @@ def test_run_training_joins_the_cluster_and_stops_it_even_when_verl_fails(tmp_pa
     verl = test_launch.FakeVerl(fail_after=1)
     with pytest.raises(RuntimeError, match="verl exited with status 1"):
         launch.run_training(config, "qwen2.5-vl-7b", "eqpo", 0, tmp_path / "run", data, runner=verl,
-                            check_env=False, ray_runner=runner)
-    address = f"{socket.gethostbyname(host)}:6379"
+                            check_env=False, ray_runner=runner, num_cpus=16)
+    head = runner.commands[1]
+    port = next(a.split("=")[1] for a in head if a.startswith("--port="))
+    address = f"{socket.gethostbyname(host)}:{port}"
     assert f"+ray_kwargs.ray_init.address='{address}'" in verl.calls[0]
+    assert not any("num_cpus" in a for a in verl.calls[0])  # given to `ray start` on each node instead
+    assert "--num-cpus=16" in head and "--num-cpus=16" in runner.commands[2]
     assert runner.commands[0] == ["scontrol", "show", "hostnames", "node[1-2]"]
-    assert runner.commands[-1][1:] == ["stop"]
-    assert runner.procs[0].signals == [signal.SIGTERM]
+    assert [p.signals for p in runner.procs] == [[signal.SIGTERM]] * 2  # the head and the worker step
     assert runner.envs[0]["VERL_USE_EXTERNAL_MODULES"].endswith("eqpo.verl_ext")
 
     # The next allocation (another address) resumes from the checkpoint of the first.
@@ -226,7 +267,7 @@ def test_run_training_joins_the_cluster_and_stops_it_even_when_verl_fails(tmp_pa
     launch.run_training(config, "qwen2.5-vl-7b", "eqpo", 0, tmp_path / "run", data, runner=verl,
                         check_env=False, ray_runner=runner)
     assert len(verl.calls) == 2 and (tmp_path / "run" / "checkpoint" / "global_step_2").is_dir()
-    assert runner.commands[-1][1:] == ["stop"]
+    assert [p.signals for p in runner.procs] == [[signal.SIGTERM]] * 2
 
 
 def test_a_single_node_run_starts_no_cluster(tmp_path):
@@ -234,7 +275,7 @@ def test_a_single_node_run_starts_no_cluster(tmp_path):
     runner, verl = FakeRunner([], [1]), test_launch.FakeVerl()
     launch.run_training(nodes_config(1), "qwen2.5-vl-7b", "eqpo", 0, tmp_path / "run", data, runner=verl,
                         check_env=False, ray_runner=runner)
-    assert runner.commands == [] and not any("ray_kwargs" in a for a in verl.calls[0])
+    assert runner.commands == [] and "+ray_kwargs.ray_init.address=local" in verl.calls[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,7 +287,7 @@ def test_a_two_node_config_asks_slurm_for_two_nodes_with_the_gpus_on_each(tmp_pa
     overlay = tmp_path / "nodes.yaml"
     overlay.write_text("train:\n  nnodes: 2\n")
     planned = test_slurm_profile.jobs(test_slurm_profile.dry_run("--configfile", str(overlay)), "train_verl")
-    assert len(planned) == 21
+    assert len(planned) == len(PAPER["base_models"]) * len(PAPER["methods"]) * len(PAPER["seeds"])
     for job in planned:
         res = job["resources"]
         assert res["nodes"] == "2" and res["gres"] == "gpu:4" and "gpu" not in res

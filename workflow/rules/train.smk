@@ -69,16 +69,18 @@ rule train_verl:
         f"{LOGS}/train/{{model}}/{{method}}/seed{{seed}}.log",
     wildcard_constraints:
         model=one_of(models_with("verl")),
+    # Ray gets exactly these CPUs (ray_init.num_cpus; on a multi-node run, --num-cpus on every node).
     threads: 32
-    # One node: gpu=N (sbatch --gpus=N). train.nnodes > 1: nodes=nnodes and gres=gpu:N, because
-    # SLURM plugin 2.8.0 maps gpu to --gpus (a job TOTAL that SLURM may split unevenly over the
-    # nodes) but gres to --gres (PER NODE); verl needs train.gpus on every node. mem_mb (--mem) is
-    # per node. The job then starts a Ray cluster over the nodes (eqpo.verl_ext.ray_cluster).
+    # One node: nodes=1 and gpu=N (sbatch --nodes=1 --gpus=N; without --nodes SLURM may split the N
+    # GPUs over two nodes). train.nnodes > 1: nodes=nnodes and gres=gpu:N, because SLURM plugin
+    # 2.8.0 maps gpu to --gpus (a job TOTAL that SLURM may split unevenly over the nodes) but gres
+    # to --gres (PER NODE); verl needs train.gpus on every node. mem_mb (--mem) is per node. The job
+    # then starts a Ray cluster over the nodes (eqpo.verl_ext.ray_cluster).
     resources:
         mem_mb=256000,
         runtime=2880,
         **(
-            {"gpu": config["train"].get("gpus", 4)}
+            {"nodes": 1, "gpu": config["train"].get("gpus", 4)}
             if config["train"].get("nnodes", 1) == 1
             else {
                 "nodes": config["train"]["nnodes"],

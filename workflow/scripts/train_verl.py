@@ -17,4 +17,5 @@ with logged(snakemake.log[0]):
         int(snakemake.wildcards.seed),
         run_dir=Path(snakemake.output.dynamics).parent,
         data_dir=Path(snakemake.input.val).parent,
+        num_cpus=snakemake.threads,
     )

@@ -77,17 +77,18 @@ import sys
 import warnings
 from typing import Any
 
+from eqpo.base_models import GEMMA3_MODEL_TYPES, attention_overrides
+
 GEMMA3_MODEL_TYPE = "gemma3"
 GEMMA3_PROCESSOR = "Gemma3Processor"
 TOKEN_TYPE_KEY = "token_type_ids"
 
 # Hydra overrides a MedGemma run needs on top of the usual ones (each key checked against verl
-# 0.9.1's ppo_trainer config; override_config is an empty dict there, hence the "+").
-GEMMA3_OVERRIDES: tuple[str, ...] = (
-    "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
-    "actor_rollout_ref.model.use_remove_padding=False",
-    "actor_rollout_ref.model.use_fused_kernels=False",
-)
+# 0.9.1's ppo_trainer config; override_config is an empty dict there, hence the "+"). The launcher
+# adds them to every Gemma3 run through eqpo.base_models.attention_overrides, their one source.
+GEMMA3_OVERRIDES: tuple[str, ...] = tuple(
+    f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+    for key, value in attention_overrides("sdpa", GEMMA3_MODEL_TYPES[0]).items())
 
 _MARK = "_eqpo_gemma3_patch"
 _original_hf_processor = None

@@ -39,14 +39,24 @@ from typing import Any, Callable, Mapping, Sequence
 
 # The extension's names (estimators, trainer mode, reward) come from eqpo.verl_ext.estimators, the
 # module verl imports in every process; launch.py keeps no copy of them.
+from eqpo import base_models
+
 from .estimators import EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, verl_overrides
+from ..run_settings import train_settings
 
 # Methods that train on the group-resampled export (GRPO+RS); every other one on train.parquet.
 RESAMPLED_METHODS = ("grpo_rs",)
 ENTRYPOINT = "verl.trainer.main_ppo"
-# Where verl's driver finds a running Ray cluster (multi-node runs): main_ppo passes ray_kwargs.ray_init
-# to ray.init; `address` is not in verl's schema, hence the `+`.
+# Where verl's driver finds its Ray cluster: main_ppo passes ray_kwargs.ray_init to ray.init; `address`
+# is not in verl's schema, hence the `+`. A single-node run starts its own Ray ("local": never joins
+# another job's cluster on a shared node; ports are chosen free), a multi-node run joins the cluster
+# started over its SLURM nodes.
 RAY_ADDRESS_KEY = "+ray_kwargs.ray_init.address"
+RAY_LOCAL = "local"
+# Experiment trackers verl's Tracking can add to its console and file loggers (train.loggers).
+TRACKERS = ("wandb", "tensorboard", "mlflow")
+# Set by train.restart_estimator_on_resume: read by eqpo.verl_ext.trainer on resume.
+RESTART_ESTIMATOR_KEY = "+trainer.eqpo_restart_estimator"
 
 # `train` block key -> verl key (values copied as they are).
 TRAIN_KEYS: dict[str, tuple[str, ...]] = {
@@ -237,16 +247,12 @@ def model_entry(config: Mapping[str, Any], model: str) -> Mapping[str, Any]:
 
 def resolve_model_path(path: str, model: str) -> str:
     """A hub id (``org/name``) as given; a local directory made absolute. A local path that does not
-    exist is an error naming the config key (a hub id is only resolved by verl on the cluster)."""
-    expanded = Path(path).expanduser()
-    if expanded.exists():
-        return str(expanded.resolve())
-    local = path.startswith(("/", "./", "../", "~", "file:")) or path.count("/") != 1
-    if local:
-        raise FileNotFoundError(
-            f"models.{model}.path = {path!r} is not a hub id (org/name) and no such local directory exists"
-        )
-    return path
+    exist (or holds no ``config.json``) is an error naming the config key."""
+    try:
+        weights = base_models.resolve_weights(path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"models.{model}.path = {path!r}: {err}") from None
+    return str(weights.directory) if weights.where == "local" else path
 
 
 def _experiment_names(config: Mapping[str, Any], model: str, method: str, seed: int) -> tuple[str, str]:
@@ -262,19 +268,24 @@ def train_nnodes(train: Mapping[str, Any]) -> int:
 
 
 def build_overrides(config: Mapping[str, Any], model: str, method: str, seed: int, paths: RunPaths,
-                    data_dir: str | Path | None = None, ray_address: str | None = None) -> list[str]:
+                    data_dir: str | Path | None = None, ray_address: str | None = None,
+                    num_cpus: int | None = None) -> list[str]:
     """Hydra overrides for ``python -m verl.trainer.main_ppo`` of one (model, method, seed) run.
 
     ``data_dir`` holds the verl export (train/val/train_rs.parquet); default
     ``<data.root>/<experiment>/verl``. Per-model ``models.<m>.overrides`` come last and replace any
     default of the same key. ``ray_address`` (``host:port`` of the Ray cluster over the SLURM nodes,
-    multi-node runs only) becomes ``+ray_kwargs.ray_init.address``.
+    multi-node runs only) becomes ``+ray_kwargs.ray_init.address``; a single-node run starts its own
+    local Ray instead, with ``num_cpus`` CPUs (the job's threads; verl asks for a fixed number under
+    SLURM). The attention implementation and its companions come from :mod:`eqpo.base_models`.
     """
     entry = model_entry(config, model)
+    kind = base_models.model_type(entry, model, _weights_if_resolvable(entry))
+    attention = base_models.attention(entry, model, kind)
     estimator = method_to_verl(method)
     if data_dir is None:
         data_dir = Path(config.get("data", {}).get("root", "data")) / str(config.get("experiment", "")) / "verl"
-    train = dict(config.get("train") or {})
+    train = train_settings(config, model, method)
     nnodes = train_nnodes(train)
     if ray_address is not None and nnodes == 1:
         raise ValueError(f"a Ray address ({ray_address!r}) is only for multi-node runs, but train.nnodes = 1")
@@ -296,7 +307,10 @@ def build_overrides(config: Mapping[str, Any], model: str, method: str, seed: in
         "actor_rollout_ref.actor.data_loader_seed": seed,
         "actor_rollout_ref.actor.fsdp_config.seed": seed,
         "actor_rollout_ref.actor.entropy_coeff": 0,
-        "actor_rollout_ref.actor.checkpoint.save_contents": ["model", "optimizer", "extra", "hf_model"],
+        # Evaluation merges the FSDP shards itself (verl's model merger); a full HF copy in every save
+        # (+2 bytes per parameter) only on request.
+        "actor_rollout_ref.actor.checkpoint.save_contents":
+            ["model", "optimizer", "extra", *(["hf_model"] if train.get("save_hf_model") else [])],
         "actor_rollout_ref.rollout.name": "vllm",
         "actor_rollout_ref.rollout.seed": seed,
         **GREEDY_VALIDATION,
@@ -313,21 +327,62 @@ def build_overrides(config: Mapping[str, Any], model: str, method: str, seed: in
         "trainer.nnodes": nnodes,
         "trainer.project_name": project,
         "trainer.experiment_name": experiment,
-        "trainer.logger": ["console", "file"],
+        "trainer.logger": ["console", "file", *trackers(train)],
         "trainer.val_before_train": True,
         "trainer.resume_mode": "auto",
         "trainer.default_local_dir": paths.checkpoints,
+        # verl deletes the oldest checkpoint after writing a new one (null would keep every save).
+        "trainer.max_actor_ckpt_to_keep": train.get("max_ckpt_to_keep", 1),
+        "trainer.max_critic_ckpt_to_keep": train.get("max_ckpt_to_keep", 1),
         "trainer.validation_data_dir": paths.validation_dir,
-        "trainer.rollout_data_dir": paths.rollout_dir,
     })
+    out.update(base_models.attention_overrides(attention, kind))
+    max_samples = (config.get("evaluation") or {}).get("max_samples")
+    if max_samples is not None:  # a seeded random subset of the validation split (verl's RLHFDataset)
+        out.set("data.val_max_samples", int(max_samples))
+    if train.get("rollout_data"):  # every rollout of every step (~80 MB a step at paper scale); opt-in
+        out.set("trainer.rollout_data_dir", paths.rollout_dir)
+    if train.get("restart_estimator_on_resume"):
+        out.set(RESTART_ESTIMATOR_KEY, True)
     # adv_estimator, trainer mode, external_lib, reward function, +algorithm.eqpo.<option>, cluster log
     options = (config.get("estimators") or {}).get(method) or {}
     for override in verl_overrides(method, options, cluster_log=str(paths.cluster_log)):
         out.set_rendered(override)
     if ray_address is not None:
         out.set(RAY_ADDRESS_KEY, ray_address)
+    else:
+        out.update(_local_ray_overrides(num_cpus))
     out.update(flatten_overrides(entry.get("overrides")))
     return out.render()
+
+
+def _local_ray_overrides(num_cpus: int | None) -> dict[str, Any]:
+    """A Ray instance of this job alone: ``address: local`` starts a new one even when another job on
+    the node runs Ray (``ray.init()`` would join the last cluster started there), on free ports; no
+    dashboard (its fixed port 8265 is shared by every job of a node)."""
+    out: dict[str, Any] = {RAY_ADDRESS_KEY: RAY_LOCAL, "+ray_kwargs.ray_init.include_dashboard": False}
+    if num_cpus is not None:
+        if isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1:
+            raise ValueError(f"Ray's num_cpus must be a positive integer (the job's threads), got {num_cpus!r}")
+        out["ray_kwargs.ray_init.num_cpus"] = num_cpus
+    return out
+
+
+def trackers(train: Mapping[str, Any]) -> list[str]:
+    """``train.loggers``: experiment trackers added to verl's console and file loggers."""
+    chosen = list(train.get("loggers") or [])
+    unknown = [name for name in chosen if name not in TRACKERS]
+    if unknown:
+        raise ValueError(f"train.loggers {unknown} are not trackers verl supports here; choose from {list(TRACKERS)}")
+    return list(dict.fromkeys(chosen))
+
+
+def _weights_if_resolvable(entry: Mapping[str, Any]) -> "base_models.Weights | None":
+    """The model's weights when they are on this machine (to read its config.json), else None."""
+    try:
+        return base_models.resolve_weights(str(entry["path"]))
+    except FileNotFoundError:
+        return None
 
 
 def _kl_overrides(kl_coef: float) -> dict[str, Any]:
@@ -366,44 +421,38 @@ def build_environment(paths: RunPaths, base: Mapping[str, str] | None = None) ->
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in (str(source_root()), env.get("PYTHONPATH", "")) if p))
     env["HYDRA_FULL_ERROR"] = "1"
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # Experiment trackers (train.loggers) write next to the run unless the user points them elsewhere:
+    # verl's defaults are ./tensorboard_log and sqlite:////tmp/mlruns.db (node-local on a cluster).
+    env.setdefault("TENSORBOARD_DIR", str(paths.work_dir / "tensorboard"))
+    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{paths.work_dir / 'mlruns.db'}")
+    env.setdefault("WANDB_DIR", str(paths.work_dir))
     return env
 
 
 def build_command(config: Mapping[str, Any], model: str, method: str, seed: int, paths: RunPaths,
                   data_dir: str | Path | None = None, python: str | None = None,
                   base_env: Mapping[str, str] | None = None,
-                  ray_address: str | None = None) -> tuple[list[str], dict[str, str]]:
+                  ray_address: str | None = None, num_cpus: int | None = None) -> tuple[list[str], dict[str, str]]:
     """``(argv, env)`` of the verl run: ``python -m verl.trainer.main_ppo <overrides>``, with
     Hydra's own run directory inside the work directory."""
-    overrides = build_overrides(config, model, method, seed, paths, data_dir, ray_address)
+    overrides = build_overrides(config, model, method, seed, paths, data_dir, ray_address, num_cpus)
     argv = [python or sys.executable, "-m", ENTRYPOINT, *overrides, f"hydra.run.dir={format_value(paths.hydra_dir)}"]
     return argv, build_environment(paths, base_env)
 
 
-def check_environment(n_gpus: int) -> None:
-    """Raise :class:`TrainingEnvironmentError` unless verl, vLLM and ``n_gpus`` CUDA GPUs are here."""
-    where = f"(Python: {sys.executable})"
-    if importlib.util.find_spec("verl") is None:
-        raise TrainingEnvironmentError(
-            f"verl is not installed in this environment {where}. GPU training needs verl[vllm]==0.9.1 "
-            "(envs/gpu.yaml); run with --sdm conda or install it.")
-    if importlib.util.find_spec("torch") is None:
-        raise TrainingEnvironmentError(f"torch is not installed in this environment {where}.")
-    import torch
+def check_environment(config: Mapping[str, Any], model: str, method: str, data_dir: str | Path, run_dir: str | Path,
+                      probe: Any = None) -> None:
+    """The preflight (:mod:`eqpo.preflight`) of one run on this node, printed into the log; raise
+    :class:`TrainingEnvironmentError` with one line per problem before Ray or verl start."""
+    from eqpo import preflight
 
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if available == 0:
+    checks = preflight.run_checks(config, [model], [method], data_dir, run_dir, probe, evaluation=False)
+    _say("preflight\n" + preflight.report(checks))
+    found = preflight.problems(checks)
+    if found:
         raise TrainingEnvironmentError(
-            f"no CUDA GPU is visible {where}; verl training needs {n_gpus} GPU(s) per node. Run it on a GPU "
-            "node, e.g. `snakemake --profile slurm`, or use the CPU demo: snakemake --cores 2 "
-            "--configfile config/demo.yaml")
-    if available < n_gpus:
-        raise TrainingEnvironmentError(
-            f"{available} CUDA GPU(s) visible but train.gpus = {n_gpus} (trainer.n_gpus_per_node); "
-            "request more GPUs or lower train.gpus")
-    if importlib.util.find_spec("vllm") is None:
-        raise TrainingEnvironmentError(
-            f"vLLM is not installed in this environment {where}; verl's rollouts need it (verl[vllm]==0.9.1).")
+            f"this node cannot train {model}/{method} ({len(found)} problem(s); Python: {sys.executable}):\n"
+            + "\n".join(found) + "\nFor the CPU demo instead: snakemake --cores 2 --configfile config/demo.yaml")
 
 
 def check_reward_ids(val_parquet: str | Path, compute_score: Callable[..., Any] | None = None) -> None:
@@ -491,11 +540,13 @@ def _say(message: str) -> None:
 
 def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, run_dir: str | Path,
                  data_dir: str | Path, *, runner: Runner | None = None, check_env: bool = True,
-                 compute_score: Callable[..., Any] | None = None, ray_runner: Any = None) -> RunPaths:
+                 compute_score: Callable[..., Any] | None = None, ray_runner: Any = None,
+                 num_cpus: int | None = None, probe: Any = None) -> RunPaths:
     """Train one (model, method, seed) with verl and write the run files.
 
     Checks the model path, the data files, that the reward function (``compute_score``, default
-    ours) identifies validation answers, and (``check_env``) the GPU/verl environment; runs verl
+    ours) identifies validation answers, and (``check_env``) runs the node's preflight
+    (:mod:`eqpo.preflight`: GPUs, driver, verl/vLLM, attention, weights, disk); runs verl
     (``runner(argv, env) -> exit status``; default: a streamed subprocess), then writes
     ``dynamics.jsonl``, ``steps.jsonl`` and ``clusters.parquet`` into ``run_dir`` and moves the
     checkpoints to ``run_dir/checkpoint``. Returns the run's paths.
@@ -514,9 +565,9 @@ def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, 
         if not path.exists():
             raise FileNotFoundError(f"verl data file {path} is missing; the export_verl rule writes it")
     check_reward_ids(val_file(data_dir), compute_score)
-    train = config.get("train") or {}
+    train = train_settings(config, model, method)
     if check_env:
-        check_environment(int(train.get("gpus", 1)))
+        check_environment(config, model, method, data_dir, run_dir, probe)
     paths = RunPaths.for_run(run_dir)
     nnodes = train_nnodes(train)
     cluster = None
@@ -525,11 +576,12 @@ def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, 
 
         _say(f"starting a Ray cluster over {nnodes} SLURM nodes")
         cluster = start_ray_cluster(nnodes, int(train.get("gpus", 1)), build_environment(paths),
-                                    ray_runner or subprocess)
+                                    ray_runner or subprocess, num_cpus=num_cpus)
         _say(f"Ray cluster up at {cluster.address}: {', '.join(cluster.nodes)}")
     try:
         argv, env = build_command(config, model, method, seed, paths, data_dir,
-                                  ray_address=cluster.address if cluster else None)
+                                  ray_address=cluster.address if cluster else None,
+                                  num_cpus=None if cluster else num_cpus)
         resumed = prepare_work_dir(paths, resume_key(argv[3:]))
         _say(("resuming from " + str(paths.checkpoints)) if resumed else f"starting {model}/{method}/seed{seed}")
         _say("command: " + " ".join(argv))
@@ -538,7 +590,7 @@ def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, 
         if cluster is not None:
             from .ray_cluster import stop_ray_cluster
 
-            stop_ray_cluster(cluster, build_environment(paths), ray_runner or subprocess)
+            stop_ray_cluster(cluster)
     if status != 0:
         raise RuntimeError(f"verl exited with status {status} ({model}/{method}/seed{seed}); its output is "
                            f"above in this log, its work files in {paths.work_dir}")

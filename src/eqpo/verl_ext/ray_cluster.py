@@ -6,15 +6,20 @@ Snakemake's SLURM job step runs the rule on one node of that allocation; :func:`
 then
 
 1. reads the allocation's nodes (``scontrol show hostnames $SLURM_JOB_NODELIST``), this host first;
-2. starts the Ray head here: ``ray start --head --port=<port> --num-gpus=<gpus>`` (daemonized);
+2. starts the Ray head here as a background process of this job:
+   ``ray start --head --port=<port> --ray-client-server-port=<port> --dashboard-agent-listen-port=<port>
+   --include-dashboard=false --num-gpus=<gpus> [--num-cpus=<threads>] --block``. The ports are
+   chosen free on this host (:func:`free_port`), so two jobs sharing a node never meet on Ray's
+   default 6379, 10001 or 52365, and ``--block`` keeps the head a child of this job, so stopping it
+   never touches another job's Ray (``ray stop`` would end every Ray process of the node);
 3. starts one worker per other node as a background job step:
-   ``srun --nodes=1 --ntasks=1 -w <node> ray start --address=<head>:<port> --num-gpus=<gpus> --block``
+   ``srun --nodes=1 --ntasks=1 -w <node> ray start --address=<head>:<port> --num-gpus=<gpus> ... --block``
    (the step gets that node's GPUs: a step is allocated the job's GRES by default);
 4. polls ``ray status --address=<head>:<port>`` until all nodes are up, else raises
    :class:`RayClusterError` after ``timeout_s`` (and stops what it started).
 
 verl's driver then joins with ``+ray_kwargs.ray_init.address=<head>:<port>`` (main_ppo passes
-``ray_kwargs.ray_init`` to ``ray.init``). :func:`stop_ray_cluster` ends the workers and the head.
+``ray_kwargs.ray_init`` to ``ray.init``). :func:`stop_ray_cluster` ends the workers, then the head.
 
 Every process call goes through ``runner`` (default: the :mod:`subprocess` module; it must provide
 ``run`` and ``Popen``), so the command sequence can be tested without SLURM or Ray.
@@ -33,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-DEFAULT_PORT = 6379
+DEFAULT_PORT = 6379  # Ray's default GCS port; never used here (see free_port)
 
 
 class RayClusterError(RuntimeError):
@@ -42,12 +47,21 @@ class RayClusterError(RuntimeError):
 
 @dataclass
 class RayCluster:
-    """A started cluster: its address (``host:port``), nodes (head first) and the worker steps."""
+    """A started cluster: its address (``host:port``), nodes (head first), the head process and the
+    worker steps."""
 
     address: str
     nodes: list[str]
     workers: list[Any] = field(default_factory=list)
     ray: str = "ray"
+    head: Any = None
+
+
+def free_port() -> int:
+    """A TCP port that is free on this host now (the kernel's choice for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
 
 
 def ray_executable() -> str:
@@ -98,7 +112,8 @@ def count_nodes(status: str) -> int:
 
 
 def start_ray_cluster(nnodes: int, gpus_per_node: int, env: Mapping[str, str] | None = None,
-                      runner: Any = subprocess, *, port: int = DEFAULT_PORT, timeout_s: float = 600.0,
+                      runner: Any = subprocess, *, num_cpus: int | None = None,
+                      ports: Callable[[], int] = free_port, timeout_s: float = 600.0,
                       poll_s: float = 5.0, ray: str | None = None, this_host: str | None = None,
                       resolve: Callable[[str], str] = socket.gethostbyname,
                       clock: Callable[[], float] = time.monotonic,
@@ -119,20 +134,21 @@ def start_ray_cluster(nnodes: int, gpus_per_node: int, env: Mapping[str, str] | 
         raise RayClusterError(f"train.nnodes = {nnodes} but the SLURM allocation has {len(nodes)} node(s) "
                               f"{nodes}; the rule must request nodes={nnodes}")
     nodes = head_first(nodes, this_host or socket.gethostname())
+    port, client_port, agent_port = ports(), ports(), ports()
     address = f"{resolve(nodes[0])}:{port}"
-    head = runner.run([ray, "start", "--head", f"--port={port}", f"--num-gpus={gpus_per_node}"],
-                      capture_output=True, text=True, env=env)
-    if head.returncode != 0:
-        raise RayClusterError(f"`ray start --head` failed on {nodes[0]} ({head.returncode}): {head.stderr}")
+    resources = [f"--num-gpus={gpus_per_node}", *([f"--num-cpus={num_cpus}"] if num_cpus else []),
+                 f"--dashboard-agent-listen-port={agent_port}"]
     cluster = RayCluster(address=address, nodes=list(nodes), ray=ray)
+    cluster.head = runner.Popen([ray, "start", "--head", f"--port={port}", f"--ray-client-server-port={client_port}",
+                                 "--include-dashboard=false", *resources, "--block"], env=env)
     try:
         for node in nodes[1:]:
             cluster.workers.append(runner.Popen(
                 ["srun", "--nodes=1", "--ntasks=1", "-w", node, ray, "start", f"--address={address}",
-                 f"--num-gpus={gpus_per_node}", "--block"], env=env))
+                 *resources, "--block"], env=env))
         wait_for_nodes(cluster, nnodes, env, runner, timeout_s=timeout_s, poll_s=poll_s, clock=clock, sleep=sleep)
     except BaseException:
-        stop_ray_cluster(cluster, env, runner)
+        stop_ray_cluster(cluster)
         raise
     return cluster
 
@@ -144,6 +160,9 @@ def wait_for_nodes(cluster: RayCluster, nnodes: int, env: Mapping[str, str], run
     when a worker step has exited."""
     deadline, seen, last = clock() + timeout_s, 0, ""
     while True:
+        if cluster.head is not None and cluster.head.poll() is not None:
+            raise RayClusterError(f"the Ray head on {cluster.nodes[0]} exited with status {cluster.head.returncode} "
+                                  "before the cluster was up; its output is above in this log")
         for node, worker in zip(cluster.nodes[1:], cluster.workers):
             if worker.poll() is not None:
                 raise RayClusterError(f"the Ray worker step on {node} exited with status {worker.returncode} "
@@ -161,18 +180,18 @@ def wait_for_nodes(cluster: RayCluster, nnodes: int, env: Mapping[str, str], run
         sleep(poll_s)
 
 
-def stop_ray_cluster(cluster: RayCluster, env: Mapping[str, str] | None = None, runner: Any = subprocess,
-                     grace_s: float = 30.0) -> None:
-    """Stop the worker steps (SIGTERM, which srun forwards to ``ray start --block``; killed after
-    ``grace_s``) and the head (``ray stop``). Never raises for a process that is already gone."""
-    for worker in cluster.workers:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-    for worker in cluster.workers:
-        try:
-            worker.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-    runner.run([cluster.ray, "stop"], capture_output=True, text=True,
-               env=dict(os.environ if env is None else env))
+def stop_ray_cluster(cluster: RayCluster, grace_s: float = 30.0) -> None:
+    """Stop the worker steps (SIGTERM, which srun forwards to ``ray start --block``), then the head
+    (SIGTERM to its ``--block`` process, which stops the Ray processes it started); each is killed
+    after ``grace_s``. Only this job's processes are signalled. Never raises for a process that is
+    already gone."""
+    for group in (cluster.workers, [cluster.head] if cluster.head is not None else []):
+        for proc in group:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in group:
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

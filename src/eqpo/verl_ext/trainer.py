@@ -258,6 +258,26 @@ def load_estimator_checkpoint(step_folder: str) -> bool:
     return True
 
 
+class MissingEstimatorStateError(RuntimeError):
+    """A checkpoint to resume from has no estimator state and no fresh start was asked for."""
+
+
+def restart_estimator_or_stop(folder: str, trainer_config: Any) -> None:
+    """Resuming from ``folder``, which has no ``eqpo_estimator.json``: stop, because EQPO's history
+    statistics and Group-DRO's weights would silently restart from nothing, unless
+    ``trainer.eqpo_restart_estimator`` (``train.restart_estimator_on_resume``) asks for exactly that."""
+    allowed = trainer_config.get("eqpo_restart_estimator", False) if hasattr(trainer_config, "get") else False
+    if allowed:
+        logger.warning("resuming from %s without %s: the estimators start afresh (train.restart_estimator_on_resume)",
+                       folder, ESTIMATOR_STATE_FILE)
+        return
+    raise MissingEstimatorStateError(
+        f"the checkpoint {folder} has no {ESTIMATOR_STATE_FILE}: resuming from it would restart the stateful "
+        "estimators (EQPO's history statistics, Group-DRO's weights) from nothing and change the run. Resume from "
+        "a checkpoint written by the eqpo_sync trainer, delete this checkpoint folder to start over, or set "
+        "train.restart_estimator_on_resume: true to accept a fresh estimator.")
+
+
 def base_trainer_mode(mode: str) -> str:
     """The mode verl's base-class branches should see: this trainer is the sync trainer."""
     return "sync" if mode == TRAINER_NAME else mode
@@ -337,8 +357,7 @@ if TRAINER_IMPORT_ERROR is None:
             if self.global_steps > 0:
                 folder = resume_folder(self.config.trainer)
                 if folder is not None and not load_estimator_checkpoint(folder):
-                    logger.warning("resuming from %s without %s: stateful eqpo estimators start fresh",
-                                   folder, ESTIMATOR_STATE_FILE)
+                    restart_estimator_or_stop(folder, self.config.trainer)
             if self.eqpo_cluster_log:
                 truncate_jsonl_after(self.eqpo_cluster_log, self.global_steps)
 

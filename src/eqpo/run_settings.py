@@ -1,0 +1,135 @@
+"""What one run is configured with: its training settings and the reproduction options.
+
+- :func:`train_settings`: the ``train`` block (paper Table 3) with the per-(model, method)
+  overrides of ``runs.<model>.<method>`` (and ``runs.<model>.all``) on top. The verl launcher and
+  the CPU backend both read a run's settings through this one function.
+- :class:`ReproductionOptions`: the choices where the paper text and the authors' released code
+  differ (metric class set, answer extraction at evaluation, group definition, reward), read from
+  the ``metrics``, ``groups`` and ``reward`` blocks of the config with a clear error for a bad value.
+
+Kept free of heavy imports: the verl launcher imports it in the driver process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+RUNS_KEY = "runs"
+ALL_METHODS = "all"
+
+CLASS_SETS = ("group_present", "dataset")
+EXTRACTIONS = ("first_box", "last_box")
+GROUP_DEFINITIONS = ("authors_code", "paper")
+REWARD_FUNCTIONS = ("authors_composite", "exact", "f1")
+MATCHINGS = ("strict", "lenient")
+
+
+def _overrides(config: Mapping[str, Any], model: str) -> Mapping[str, Any]:
+    runs = config.get(RUNS_KEY) or {}
+    if not isinstance(runs, Mapping):
+        raise ValueError(f"{RUNS_KEY} must map base models to methods to `train` overrides, got {runs!r}")
+    per_model = runs.get(model) or {}
+    if not isinstance(per_model, Mapping):
+        raise ValueError(f"{RUNS_KEY}.{model} must map methods (or '{ALL_METHODS}') to `train` overrides, "
+                         f"got {per_model!r}")
+    return per_model
+
+
+def run_overrides(config: Mapping[str, Any], model: str, method: str) -> dict[str, Any]:
+    """The ``train`` keys that ``runs`` changes for (model, method): ``runs.<model>.all`` first,
+    then ``runs.<model>.<method>`` (which wins)."""
+    per_model = _overrides(config, model)
+    out: dict[str, Any] = {}
+    for key in (ALL_METHODS, method):
+        block = per_model.get(key) or {}
+        if not isinstance(block, Mapping):
+            raise ValueError(f"{RUNS_KEY}.{model}.{key} must be a mapping of `train` keys, got {block!r}")
+        unknown = sorted(k for k in block if k not in _KNOWN_TRAIN_KEYS)
+        if unknown:
+            raise ValueError(f"{RUNS_KEY}.{model}.{key}: unknown `train` key(s) {unknown}; "
+                             f"known: {sorted(_KNOWN_TRAIN_KEYS)}")
+        out.update(block)
+    return out
+
+
+def train_settings(config: Mapping[str, Any], model: str, method: str) -> dict[str, Any]:
+    """The ``train`` block one (model, method) run uses: ``train`` with ``runs.<model>.all`` and
+    ``runs.<model>.<method>`` applied on top (a new dict; the config is not changed)."""
+    return {**dict(config.get("train") or {}), **run_overrides(config, model, method)}
+
+
+# The `train` keys the schema allows (workflow/schemas/config.schema.yaml, `train` block).
+_KNOWN_TRAIN_KEYS = frozenset({
+    "steps", "epochs", "batch_prompts", "rollouts", "lr", "ppo_mini_batch", "ppo_epochs", "clip", "kl_coef",
+    "temperature", "test_freq", "save_freq", "grad_clip", "max_prompt_length", "max_response_length",
+    "rollout_gpu_memory", "tensor_parallel", "gpus", "nnodes", "max_ckpt_to_keep", "save_hf_model", "rollout_data",
+    "loggers", "restart_estimator_on_resume",
+})
+
+
+def _choice(config: Mapping[str, Any], block: str, key: str, allowed: tuple[str, ...], default: str) -> str:
+    section = config.get(block) or {}
+    if not isinstance(section, Mapping):
+        raise ValueError(f"{block} must be a mapping, got {section!r}")
+    value = section.get(key, default)
+    if value not in allowed:
+        raise ValueError(f"{block}.{key} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ReproductionOptions:
+    """The options where the paper text and the authors' code differ (defaults: the authors' code,
+    as in config.yaml).
+
+    class_set: a group's per-class rates over the classes present in that group's ground truth
+        (``group_present``, the authors' evaluator) or over every class of the dataset (``dataset``).
+    extraction: the answer read at evaluation: the first non-nested ``\\boxed{}``, then a bracketed
+        list, then the whole text (``first_box``, the authors' evaluator) or the last balanced box
+        (``last_box``, the paper text and the training reward).
+    group_definition: explicit groups as the authors' loader builds them (``authors_code``: only
+        wholly unknown demographics are unlabeled, a missing part is "unk", sex is ignored for
+        Hemorrhage and PAD-UFES-20) or as paper Table 1 (``paper``: sex x age, any missing
+        attribute makes the prompt unlabeled).
+    reward: ``authors_composite`` (0.5 F1 + 0.3 IoU + 0.1 bbox-JSON format, IoU 0 here),
+        ``exact`` (1 when the whole label set is right, else 0) or ``f1`` (label-set F1).
+    matching: ``strict`` (case-sensitive, an item outside the label vocabulary is a false
+        positive, as the authors' parser) or ``lenient`` (case and punctuation folded, such items
+        dropped).
+    """
+
+    class_set: str = "group_present"
+    extraction: str = "first_box"
+    group_definition: str = "authors_code"
+    reward: str = "authors_composite"
+    matching: str = "strict"
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "ReproductionOptions":
+        d = cls()
+        return cls(
+            class_set=_choice(config, "metrics", "class_set", CLASS_SETS, d.class_set),
+            extraction=_choice(config, "metrics", "extraction", EXTRACTIONS, d.extraction),
+            group_definition=_choice(config, "groups", "definition", GROUP_DEFINITIONS, d.group_definition),
+            reward=_choice(config, "reward", "function", REWARD_FUNCTIONS, d.reward),
+            matching=_choice(config, "reward", "matching", MATCHINGS, d.matching),
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def reward_kwargs(self) -> dict[str, str]:
+        """The reward function's keyword arguments (eqpo.rewards.score_response, the verl reward)."""
+        return {"function": self.reward, "matching": self.matching}
+
+    def config_rows(self) -> dict[str, str]:
+        """config key -> value, for the tables that say which reading was used."""
+        return {"metrics.class_set": self.class_set, "metrics.extraction": self.extraction,
+                "groups.definition": self.group_definition, "reward.function": self.reward,
+                "reward.matching": self.matching}
+
+
+def reproduction_options(config: Mapping[str, Any]) -> ReproductionOptions:
+    """:meth:`ReproductionOptions.from_config`."""
+    return ReproductionOptions.from_config(config)
