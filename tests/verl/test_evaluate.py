@@ -175,6 +175,24 @@ def test_run_evaluation_with_a_fake_generator_feeds_score_predictions(export, tm
     assert set(metrics["summary"]) and json.loads((tmp_path / "run" / "metrics.json").read_text())["method"] == "grpo"
 
 
+def test_evaluation_on_a_seeded_subset_of_the_test_split(export, tmp_path):
+    """evaluation.max_samples: that many test rows, the same ones on every call, in export order."""
+    rows = ev.read_export(export)
+    generator = FakeGenerator(tmp_path / "data")
+    out = tmp_path / "run" / "predictions.parquet"
+    table = ev.run_evaluation(tmp_path, export, out, VERL_MODEL, generator=generator, log=lambda m: None,
+                              max_samples=3)
+    assert len(generator.requests) == len(table) == 3
+    chosen = list(table["sample_id"])
+    assert len(set(chosen)) == 3 and set(chosen) <= set(rows["extra_info"].map(lambda e: e["sample_id"]))
+    order = list(rows["extra_info"].map(lambda e: e["sample_id"]))
+    assert chosen == sorted(chosen, key=order.index)
+    assert list(ev.subsample(rows, 3)["extra_info"].map(lambda e: e["sample_id"])) == chosen
+    assert ev.subsample(rows, len(rows) + 5) is rows and ev.subsample(rows, None) is rows
+    with pytest.raises(ValueError, match="evaluation.max_samples must be >= 1"):
+        ev.subsample(rows, 0)
+
+
 def test_run_evaluation_rejects_a_non_verl_model(export, tmp_path):
     with pytest.raises(ValueError, match="verl-trained"):
         ev.run_evaluation(tmp_path, export, tmp_path / "p.parquet", {"backend": "cpu", "arch": "mlp"},

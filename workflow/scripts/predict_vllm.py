@@ -1,6 +1,7 @@
 from eqpo.pipeline import logged
 
 with logged(snakemake.log[0]):
+    from eqpo.run_settings import reproduction_options
     from eqpo.verl_ext.evaluate import run_evaluation
 
     train = snakemake.config.get("train", {})
@@ -14,4 +15,6 @@ with logged(snakemake.log[0]):
         max_tokens=max_tokens,
         max_model_len=int(prompt_tokens) + max_tokens if prompt_tokens else None,
         tensor_parallel=int(getattr(snakemake.resources, "gpu", 1)),
+        options=reproduction_options(snakemake.config),
+        max_samples=(snakemake.config.get("evaluation") or {}).get("max_samples"),
     )

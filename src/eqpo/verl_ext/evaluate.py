@@ -51,7 +51,8 @@ from ..rewards import LabelParser, as_label_list, score_response
 from ..vocabularies import get_spec
 
 TRACKER = "latest_checkpointed_iteration.txt"
-PREDICTION_COLUMNS = ("sample_id", "dataset", "labels", "prediction", "age", "sex", "response", "reward")
+PREDICTION_COLUMNS = ("sample_id", "dataset", "labels", "prediction", "age", "sex", "response", "reward", "items",
+                      "unparsed_items")
 EXPORT_COLUMNS = ("prompt", "images", "data_source", "reward_model", "extra_info")
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 # Files a multimodal model directory needs beyond the tokenizer (image processor, chat template).
@@ -171,6 +172,16 @@ def read_export(test: str | Path | pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         raise ValueError("the verl export has no rows")
     return rows.reset_index(drop=True)
+
+
+def subsample(rows: pd.DataFrame, max_samples: int | None, seed: int = 0) -> pd.DataFrame:
+    """At most ``max_samples`` rows, drawn at random with ``seed`` (kept in export order); all rows
+    when ``max_samples`` is None or not smaller than the table."""
+    if max_samples is None or max_samples >= len(rows):
+        return rows
+    if max_samples < 1:
+        raise ValueError(f"evaluation.max_samples must be >= 1, got {max_samples}")
+    return rows.sample(n=max_samples, random_state=seed).sort_index().reset_index(drop=True)
 
 
 def image_part(path: str) -> dict:
@@ -341,13 +352,18 @@ def _sex(value: Any) -> str | None:
     return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
 
 
-def predictions_from_outputs(rows: pd.DataFrame, outputs: Sequence[str | None]) -> pd.DataFrame:
+def predictions_from_outputs(rows: pd.DataFrame, outputs: Sequence[str | None], options: Any = None) -> pd.DataFrame:
     """Export rows + one answer each -> the predictions table (:data:`PREDICTION_COLUMNS`).
 
-    ``prediction``: the labels of the answer's last ``\\boxed{}`` (empty when there is none or it
-    names no label of the dataset); ``reward``: :func:`eqpo.rewards.score_response`'s default, the
-    paper's accuracy reward (label-set F1, 0 when unparseable).
+    ``options``: an :class:`eqpo.run_settings.ReproductionOptions` (config ``metrics.extraction``,
+    ``reward.function`` and ``reward.matching``); None: the last ``\\boxed{}``, lenient matching,
+    label-set F1. ``prediction``: the labels of the extracted answer (empty when there is none or it
+    names no label of the dataset); ``reward``: :func:`eqpo.rewards.score_response` with those
+    options; ``items`` / ``unparsed_items``: the answer's items, and those naming no label.
     """
+    function = "f1" if options is None else options.reward
+    matching = "lenient" if options is None else options.matching
+    extraction = "last_box" if options is None else options.extraction
     rows = read_export(rows)
     if len(outputs) != len(rows):
         raise ValueError(f"{len(outputs)} outputs for {len(rows)} rows")
@@ -357,15 +373,16 @@ def predictions_from_outputs(rows: pd.DataFrame, outputs: Sequence[str | None]) 
         info = row.extra_info
         dataset = info.get("dataset") or row.data_source
         if dataset not in parsers:
-            parsers[dataset] = LabelParser(get_spec(dataset).labels)
+            parsers[dataset] = LabelParser(get_spec(dataset).labels, matching)
         parser = parsers[dataset]
         truth = row.reward_model["ground_truth"]
         text = "" if response is None else str(response)
-        result = score_response(text, truth, parser)
+        result = score_response(text, truth, parser, function=function, extraction=extraction)
         records.append({
             "sample_id": info.get("sample_id"), "dataset": dataset, "labels": as_label_list(truth, parser),
             "prediction": list(result.prediction), "age": _age(info.get("age")), "sex": _sex(info.get("sex")),
-            "response": text, "reward": float(result.score),
+            "response": text, "reward": float(result.score), "items": result.n_items,
+            "unparsed_items": len(result.unknown),
         })
     table = pd.DataFrame.from_records(records, columns=list(PREDICTION_COLUMNS))
     table["age"] = table["age"].astype(np.float64)
@@ -381,18 +398,22 @@ def predictions_from_outputs(rows: pd.DataFrame, outputs: Sequence[str | None]) 
 def run_evaluation(checkpoint_dir: str | Path, test_parquet: str | Path, out_parquet: str | Path,
                    model_config: dict, generator: Generator | None = None, *, merged_dir: str | Path | None = None,
                    max_tokens: int = 4096, max_model_len: int | None = None, tensor_parallel: int = 1,
-                   log: Callable[[str], None] = print) -> pd.DataFrame:
+                   log: Callable[[str], None] = print, options: Any = None,
+                   max_samples: int | None = None) -> pd.DataFrame:
     """Checkpoint + test export -> ``out_parquet`` (the predictions table); returns the table.
+
+    ``max_samples`` (``evaluation.max_samples``, e.g. the smoke run's 64) answers a seeded random
+    subset of that many test rows instead of all of them.
 
     Without ``generator`` the latest checkpoint is merged (into ``merged_dir``, default
     ``<out_parquet's folder>/hf_model``) and answered by :class:`VLLMGenerator`; a given
     ``generator`` answers instead (no merge). ``model_config`` is the workflow's ``models`` entry
-    (``backend: verl``; ``path`` names the base model in messages).
+    (``backend: verl``; ``path`` names the base model in messages). ``options``: see :func:`predictions_from_outputs`.
     """
     if not isinstance(model_config, dict) or model_config.get("backend") != "verl":
         raise ValueError(f"run_evaluation evaluates verl-trained models; got model config {model_config!r}")
     out = Path(out_parquet)
-    rows = read_export(test_parquet)
+    rows = subsample(read_export(test_parquet), max_samples)
     requests = build_requests(rows)
     if generator is None:
         model_dir = merge_checkpoint(checkpoint_dir, merged_dir or out.parent / "hf_model")
@@ -402,7 +423,7 @@ def run_evaluation(checkpoint_dir: str | Path, test_parquet: str | Path, out_par
         generator = VLLMGenerator(model_dir, tensor_parallel=tensor_parallel, max_tokens=max_tokens,
                                   max_model_len=max_model_len)
     outputs = generator.generate(requests)
-    table = predictions_from_outputs(rows, outputs)
+    table = predictions_from_outputs(rows, outputs, options)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out, index=False)
     unparsed = float((table["prediction"].map(len) == 0).mean())
