@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 CORES  ?= 2
 
-.PHONY: demo test bench quickstart report clean
+.PHONY: demo test bench quickstart report clean gpu-lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,31 @@ quickstart: $(VENV)/.pipeline
 bench: $(VENV)/.pipeline
 	$(BIN)/python benchmarks/bench_advantages.py
 	$(BIN)/python benchmarks/bench_metrics.py
+
+# envs/gpu.lock.txt, the exact GPU environment: envs/gpu.yaml's pip requirements resolved by uv for
+# its Python on Linux x86_64 (manylinux_2_31 wheels: glibc >= 2.31), from PyPI as it was on
+# GPU_LOCK_DATE (raise it to take newer releases). Only resolves; installs nothing but uv in .venv.
+GPU_LOCK_DATE     ?= 2026-11-30
+GPU_LOCK_PLATFORM ?= x86_64-manylinux_2_31
+GPU_PYTHON        := $(shell sed -n 's/^ *- *python=\([0-9.]*\).*/\1/p' envs/gpu.yaml)
+
+$(BIN)/uv: | $(BIN)/python
+	$(BIN)/pip install --quiet uv
+
+gpu-lock: | $(BIN)/uv
+	awk '/^ *- pip: *$$/ {pip = 1; next} pip && /^ *- / {sub(/^ *- */, ""); print}' envs/gpu.yaml \
+	  | $(BIN)/uv pip compile - --quiet --python-version $(GPU_PYTHON) --python-platform $(GPU_LOCK_PLATFORM) \
+	      --exclude-newer $(GPU_LOCK_DATE) --annotation-style line --custom-compile-command "make gpu-lock" \
+	      -o envs/gpu.lock.txt.new
+	{ echo "# The exact GPU environment (rules train_verl, predict_vllm): envs/gpu.yaml's pip requirements"; \
+	  echo "# resolved by uv for Python $(GPU_PYTHON) on $(GPU_LOCK_PLATFORM), from PyPI as of $(GPU_LOCK_DATE):"; \
+	  echo "#   uv pip compile --python-version $(GPU_PYTHON) --python-platform $(GPU_LOCK_PLATFORM) --exclude-newer $(GPU_LOCK_DATE)"; \
+	  echo "# Do not edit. After changing envs/gpu.yaml run \`make gpu-lock\` (GPU_LOCK_DATE=YYYY-MM-DD for newer"; \
+	  echo "# releases); tests/verl/test_gpu_environment.py checks that the two agree. The CUDA wheels need the"; \
+	  echo "# NVIDIA driver named at the top of envs/gpu.yaml. Install exactly this set into a Python $(GPU_PYTHON)"; \
+	  echo "# environment: pip install -r envs/gpu.lock.txt (or uv pip sync envs/gpu.lock.txt)."; \
+	  cat envs/gpu.lock.txt.new; } > envs/gpu.lock.txt
+	rm envs/gpu.lock.txt.new
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .snakemake

@@ -96,7 +96,7 @@ def test_every_paper_run_composes_with_verls_config_and_passes_its_validation(co
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    assert len(composed) == len(PAPER["base_models"]) * len(PAPER["methods"]) * len(PAPER["seeds"]) == 21
+    assert len(composed) == len(PAPER["base_models"]) * len(PAPER["methods"]) * len(PAPER["seeds"]) == 24
     for cfg, *_ in composed.values():
         validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
         assert not need_critic(cfg) and not need_reference_policy(cfg)  # outcome rewards, KL off
@@ -133,12 +133,24 @@ def test_values_land_where_verl_reads_them(composed, run):
     assert cfg.data.val_files == str(Path(data).resolve() / "val.parquet")
     assert cfg.data.image_key == "images"
     assert cfg.data.seed == actor.data_loader_seed == actor.fsdp_config.seed == rollout.seed == seed
-    assert "hf_model" in actor.checkpoint.save_contents and cfg.trainer.resume_mode == "auto"
+    # Disk: no HF copy in a save, only the latest checkpoint kept, no rollout dump.
+    assert list(actor.checkpoint.save_contents) == ["model", "optimizer", "extra"] and cfg.trainer.resume_mode == "auto"
+    assert cfg.trainer.max_actor_ckpt_to_keep == cfg.trainer.max_critic_ckpt_to_keep == 1
+    assert cfg.trainer.rollout_data_dir is None
     assert cfg.trainer.default_local_dir == str(paths.checkpoints) and Path(cfg.trainer.default_local_dir).is_absolute()
     assert cfg.trainer.validation_data_dir == str(paths.validation_dir)
-    assert cfg.trainer.rollout_data_dir == str(paths.rollout_dir)
     assert cfg.trainer.eqpo_cluster_log == str(paths.cluster_log)
     assert list(cfg.trainer.logger) == ["console", "file"]
+    # Attention that the shipped environment supports: sdpa on the padded path (verl would load
+    # flash_attention_2 and, with remove-padding, call flash_attn_varlen_func for Qwen2.5-VL).
+    model_cfg = cfg.actor_rollout_ref.model
+    assert model_cfg.override_config.attn_implementation == "sdpa" and model_cfg.use_remove_padding is False
+    assert cfg.actor_rollout_ref.actor.use_remove_padding is False  # interpolated from the model's
+    if PAPER["models"][model]["model_type"] == "gemma3":  # every MedGemma run: Gemma3's three settings
+        assert model_cfg.use_fused_kernels is False
+    # Ray: this job's own local instance (never another job's cluster), no dashboard port.
+    assert cfg.ray_kwargs.ray_init.address == "local" and cfg.ray_kwargs.ray_init.include_dashboard is False
+    assert "eqpo_restart_estimator" not in cfg.trainer and cfg.data.val_max_samples == -1
     assert cfg.trainer.experiment_name == f"{model}_{method}_seed{seed}"
     eqpo = cfg.algorithm.get("eqpo")
     assert (OmegaConf.to_container(eqpo) if eqpo is not None else {}) == PAPER["estimators"].get(method, {})
@@ -152,7 +164,7 @@ def test_reward_path_loads_with_verls_own_loader(composed):
     fn = get_custom_reward_fn(cfg)
     out = fn(data_source="HAM10000", solution_str=render_answer(["Nevus"]), ground_truth="Nevus",
              extra_info={"dataset": "HAM10000", "sample_id": "s1"})
-    assert out["score"] == 1.0
+    assert out["score"] == 0.5  # config.yaml's authors_composite: 0.5 x F1 (1.0) + 0.1 x bbox format (0)
 
 
 def test_estimators_and_trainer_mode_are_registered_in_verl():
@@ -237,10 +249,93 @@ def test_options_for_a_verl_builtin_estimator_are_refused(tmp_path):
 def test_model_path_checks(tmp_path):
     assert launch.resolve_model_path("Qwen/Qwen2.5-VL-7B-Instruct", "q") == "Qwen/Qwen2.5-VL-7B-Instruct"
     (tmp_path / "weights").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"models\.q\.path.*no config\.json"):
+        launch.resolve_model_path(str(tmp_path / "weights"), "q")
+    (tmp_path / "weights" / "config.json").write_text('{"model_type": "gemma3"}')
     assert launch.resolve_model_path(str(tmp_path / "weights"), "q") == str(tmp_path / "weights")
     for missing in (str(tmp_path / "nope"), "./nope", "a/b/c"):
         with pytest.raises(FileNotFoundError, match=r"models\.q\.path"):
             launch.resolve_model_path(missing, "q")
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention, disk, trackers, Ray and resume settings
+# ----------------------------------------------------------------------------------------------
+
+
+def composed_run(config, model="qwen2.5-vl-7b", method="eqpo", tmp_path=Path("/tmp/eqpo-run"), **kwargs):
+    overrides = build_overrides(config, model, method, 0, RunPaths.for_run(tmp_path), tmp_path, **kwargs)
+    return compose_overrides(overrides), overrides
+
+
+def test_flash_attention_is_opt_in_and_packs_sequences(tmp_path):
+    config = copy.deepcopy(PAPER)
+    config["models"]["qwen2.5-vl-7b"]["attention"] = "flash_attention_2"
+    cfg, _ = composed_run(config, tmp_path=tmp_path)
+    assert cfg.actor_rollout_ref.model.override_config.attn_implementation == "flash_attention_2"
+    assert cfg.actor_rollout_ref.model.use_remove_padding is True
+    config["models"]["qwen2.5-vl-7b"]["attention"] = "xformers"
+    with pytest.raises(ValueError, match=r"models\.qwen2\.5-vl-7b\.attention = 'xformers'"):
+        composed_run(config, tmp_path=tmp_path)
+
+
+def test_gemma3_is_found_from_the_weights_and_keeps_sdpa(tmp_path):
+    """A local checkpoint whose config.json says gemma3 gets Gemma3's settings even when the config
+    does not declare it; FlashAttention-2 is refused for it; a declared type that contradicts the
+    weights is an error."""
+    weights = tmp_path / "my-medgemma"
+    weights.mkdir()
+    (weights / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
+    config = copy.deepcopy(PAPER)
+    config["models"]["mine"] = {"backend": "verl", "path": str(weights)}
+    cfg, overrides = composed_run(config, "mine", tmp_path=tmp_path)
+    model = cfg.actor_rollout_ref.model
+    assert (model.override_config.attn_implementation, model.use_remove_padding, model.use_fused_kernels) == \
+        ("sdpa", False, False)
+    from eqpo.verl_ext.gemma3 import GEMMA3_OVERRIDES
+
+    assert set(GEMMA3_OVERRIDES) <= set(overrides)
+    config["models"]["mine"]["attention"] = "flash_attention_2"
+    with pytest.raises(ValueError, match=r"Gemma3-based.*sdpa only"):
+        composed_run(config, "mine", tmp_path=tmp_path)
+    config["models"]["mine"] = {"backend": "verl", "path": str(weights), "model_type": "qwen2_5_vl"}
+    with pytest.raises(ValueError, match=r"model_type is 'qwen2_5_vl' but .*config\.json says 'gemma3'"):
+        composed_run(config, "mine", tmp_path=tmp_path)
+    # A Qwen checkpoint gets no Gemma3-only setting (verl's default for fused kernels stays).
+    (weights / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    _, overrides = composed_run(config, "mine", tmp_path=tmp_path)
+    assert not any(o.startswith("actor_rollout_ref.model.use_fused_kernels") for o in overrides)
+
+
+def test_disk_tracking_resume_and_evaluation_settings(tmp_path):
+    config = copy.deepcopy(PAPER)
+    config["train"].update(max_ckpt_to_keep=3, save_hf_model=True, rollout_data=True, loggers=["wandb", "tensorboard"],
+                           restart_estimator_on_resume=True)
+    config["evaluation"] = {"max_samples": 64}
+    cfg, _ = composed_run(config, tmp_path=tmp_path, num_cpus=16)
+    paths = RunPaths.for_run(tmp_path)
+    assert cfg.trainer.max_actor_ckpt_to_keep == 3 and "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents
+    assert cfg.trainer.rollout_data_dir == str(paths.rollout_dir)
+    assert list(cfg.trainer.logger) == ["console", "file", "wandb", "tensorboard"]
+    assert cfg.trainer.eqpo_restart_estimator is True
+    assert cfg.data.val_max_samples == 64
+    assert cfg.ray_kwargs.ray_init.num_cpus == 16 and cfg.ray_kwargs.ray_init.address == "local"
+    config["train"]["loggers"] = ["neptune"]
+    with pytest.raises(ValueError, match=r"train\.loggers \['neptune'\]"):
+        composed_run(config, tmp_path=tmp_path)
+    with pytest.raises(ValueError, match="num_cpus must be a positive integer"):
+        composed_run(PAPER, tmp_path=tmp_path, num_cpus=0)
+
+
+def test_trackers_write_next_to_the_run_unless_told_otherwise(tmp_path):
+    paths = RunPaths.for_run(tmp_path / "run")
+    _, env = build_command(PAPER, "medgemma-4b", "grpo", 0, paths, tmp_path, base_env={})
+    assert env["TENSORBOARD_DIR"] == str(paths.work_dir / "tensorboard")
+    assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{paths.work_dir / 'mlruns.db'}"
+    assert env["WANDB_DIR"] == str(paths.work_dir)
+    _, env = build_command(PAPER, "medgemma-4b", "grpo", 0, paths, tmp_path,
+                           base_env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -395,6 +490,8 @@ def test_a_failed_attempt_resumes_and_keeps_its_log(tmp_path):
     assert fake.calls[0] == fake.calls[1]
     assert (paths.work_dir / "metrics.1.jsonl").exists()  # verl's file logger truncates: the first is kept
     assert [json.loads(line)["step"] for line in paths.steps.read_text().splitlines()] == [1, 2]
+    # verl does not prune the checkpoint it resumed from; the run keeps max_ckpt_to_keep (1) of them
+    assert sorted(p.name for p in paths.checkpoint.iterdir() if p.is_dir()) == ["global_step_2"]
 
 
 def test_other_settings_start_afresh(tmp_path):
@@ -415,17 +512,32 @@ def test_no_gpu_is_a_clear_error_before_anything_runs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     fake = FakeVerl()
-    with pytest.raises(TrainingEnvironmentError, match="no CUDA GPU"):
+    with pytest.raises(TrainingEnvironmentError, match=r"GPUs: 0 visible, 4 needed"):
         launch.run_training(PAPER, "medgemma-4b", "grpo", 0, tmp_path / "run", export(tmp_path / "d"),
                             runner=fake)
     assert fake.calls == [] and not (tmp_path / "run").exists()
 
 
-def test_missing_verl_is_a_clear_error(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "verl" else real(name, *a))
-    with pytest.raises(TrainingEnvironmentError, match="verl is not installed"):
-        launch.check_environment(4)
+def test_missing_verl_or_flash_attn_is_a_clear_error_before_anything_runs(tmp_path):
+    """The preflight runs first: a node without verl, or without the flash_attn package that a model's
+    attention setting asks for, stops the job with one line per problem and starts nothing."""
+    from eqpo.preflight import Probe
+
+    config = copy.deepcopy(PAPER)
+    config["models"]["qwen2.5-vl-7b"]["attention"] = "flash_attention_2"
+    probe = Probe(find_spec=lambda name: None, version=lambda name: {"vllm": "0.24.0"}.get(name),
+                  torch_cuda=lambda: (4, "13.0", "2.11.0"),
+                  nvidia_smi=lambda: "| NVIDIA-SMI 580.65.06   Driver Version: 580.65.06   CUDA Version: 13.0 |",
+                  hub_access=lambda repo: None, disk_free=lambda path: 10**15, env={})
+    fake = FakeVerl()
+    with pytest.raises(TrainingEnvironmentError) as err:
+        launch.run_training(config, "qwen2.5-vl-7b", "grpo", 0, tmp_path / "run", export(tmp_path / "d"),
+                            runner=fake, probe=probe)
+    lines = str(err.value).splitlines()
+    assert "2 problem(s)" in lines[0]
+    assert lines[1].startswith("verl: not installed -> install verl[vllm]==0.9.1")
+    assert lines[2].startswith("attention qwen2.5-vl-7b: flash_attention_2 needs the flash_attn package")
+    assert fake.calls == []
 
 
 def test_missing_local_model_and_data_are_named(tmp_path):
@@ -520,10 +632,11 @@ def test_the_snakemake_script_hands_the_rule_to_run_training(tmp_path, monkeypat
         config=PAPER, wildcards=SimpleNamespace(model="medgemma-4b", method="grpo_rs", seed="3"),
         input=SimpleNamespace(train="data/paper/verl/train_rs.parquet", val="data/paper/verl/val.parquet"),
         output=SimpleNamespace(dynamics="results/paper/medgemma-4b/grpo_rs/seed3/dynamics.jsonl"),
-        log=[str(tmp_path / "train.log")])
+        log=[str(tmp_path / "train.log")], threads=24)
     runpy.run_path(str(REPO / "workflow" / "scripts" / "train_verl.py"), init_globals={"snakemake": rule})
     assert calls == [((PAPER, "medgemma-4b", "grpo_rs", 3), {"run_dir": Path("results/paper/medgemma-4b/grpo_rs/seed3"),
-                                                             "data_dir": Path("data/paper/verl")})]
+                                                             "data_dir": Path("data/paper/verl"),
+                                                             "num_cpus": 24})]
 
 
 def test_stream_subprocess_copies_output_and_returns_status(capsys):

@@ -51,8 +51,8 @@ def test_every_training_run_is_planned(paper_plan):
     planned = jobs(paper_plan, "train_verl")
     runs = {(j["wildcards"]["model"], j["wildcards"]["method"], int(j["wildcards"]["seed"])) for j in planned}
     expected = {(m, me, s) for m in PAPER["base_models"] for me in PAPER["methods"] for s in PAPER["seeds"]}
-    assert len(expected) == 21 and runs == expected and len(planned) == 21
-    assert re.search(r"^train_verl\s+21$", paper_plan, flags=re.M)
+    assert len(expected) == 24 and runs == expected and len(planned) == 24  # 8 methods x 3 base models
+    assert re.search(r"^train_verl\s+24$", paper_plan, flags=re.M)
 
 
 def test_training_jobs_ask_for_the_gpus_of_the_config_on_the_gpu_partition(paper_plan):
@@ -60,13 +60,14 @@ def test_training_jobs_ask_for_the_gpus_of_the_config_on_the_gpu_partition(paper
     for job in jobs(paper_plan, "train_verl"):
         res = job["resources"]
         assert res["gpu"] == str(PAPER["train"]["gpus"]) == "4"
+        assert res["nodes"] == "1"  # without --nodes SLURM may split the GPUs over two nodes
         assert res["slurm_partition"] == "gpu" and res["slurm_account"] == account
         assert res["mem_mb"] == "256000" and res["runtime"] == "2880"
 
 
 def test_evaluation_gets_one_gpu_and_cpu_jobs_none(paper_plan):
     predict = jobs(paper_plan, "predict_vllm")
-    assert len(predict) == 21
+    assert len(predict) == 24
     assert all(j["resources"]["gpu"] == "1" and j["resources"]["slurm_partition"] == "gpu" for j in predict)
     for rule in ("score", "export_verl", "prepare_dataset"):
         planned = jobs(paper_plan, rule)
@@ -78,7 +79,7 @@ def test_the_gpu_count_follows_the_config(tmp_path):
     overlay = tmp_path / "gpus.yaml"
     overlay.write_text("train:\n  gpus: 8\n")
     planned = jobs(dry_run("--configfile", str(overlay)), "train_verl")
-    assert len(planned) == 21 and {j["resources"]["gpu"] for j in planned} == {"8"}
+    assert len(planned) == 24 and {j["resources"]["gpu"] for j in planned} == {"8"}
 
 
 def test_the_plugin_submits_those_gpus(paper_plan):
@@ -88,9 +89,28 @@ def test_the_plugin_submits_those_gpus(paper_plan):
     class Resources(dict):
         __getattr__ = dict.__getitem__
 
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+
     res = jobs(paper_plan, "train_verl")[0]["resources"]
-    job = SimpleNamespace(resources=Resources(gpu=int(res["gpu"])))
+    job = SimpleNamespace(resources=Resources(gpu=int(res["gpu"]), nodes=int(res["nodes"]), mem_mb=256000,
+                                              runtime=2880), threads=32)
     assert set_gres_string(job).strip() == "--gpus=4"
+    params = dict(run_uuid="u", slurm_logfile="log", comment_str="c", account="-A a", partition="-p gpu", workdir="/w")
+    assert "--nodes=1" in get_submit_command(job, params)
+
+
+def test_the_smoke_run_plans_two_one_gpu_trainings_and_their_evaluation():
+    """`snakemake --profile slurm --configfile config/smoke.yaml`: the first run on a cluster."""
+    smoke = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    plan = dry_run("--configfile", "config/smoke.yaml")
+    train = jobs(plan, "train_verl")
+    assert {(j["wildcards"]["model"], j["wildcards"]["method"]) for j in train} == {
+        ("medgemma-4b", "grpo"), ("medgemma-4b", "eqpo")}
+    assert all(j["resources"]["gpu"] == "1" and j["resources"]["nodes"] == "1" for j in train)
+    assert len(jobs(plan, "predict_vllm")) == 2
+    assert [j["wildcards"]["dataset"] for j in jobs(plan, "prepare_dataset")] == ["PAD-UFES-20"]
+    assert "results/smoke/tables/table2.csv" in plan
+    assert smoke["train"]["steps"] == 2 and smoke["evaluation"]["max_samples"] == 64
 
 
 def test_cluster_values_live_in_one_place():

@@ -518,11 +518,18 @@ def prepare_work_dir(paths: RunPaths, overrides: list[str]) -> bool:
     return resume
 
 
-def finish_checkpoints(paths: RunPaths) -> None:
-    """Move verl's checkpoints to ``<run>/checkpoint`` (the rule's output) once the run is done."""
+def finish_checkpoints(paths: RunPaths, keep: int | None = None) -> None:
+    """Move verl's checkpoints to ``<run>/checkpoint`` (the rule's output) once the run is done,
+    keeping the newest ``keep`` ``global_step_N`` folders (None: all). verl prunes only the saves of
+    its own process, so a resumed run still holds the checkpoint it resumed from."""
     if not paths.checkpoints.exists():
         raise FileNotFoundError(f"verl finished but wrote no checkpoint under {paths.checkpoints} "
                                 "(trainer.save_freq and the last step save one)")
+    if keep is not None:
+        steps = sorted((p for p in paths.checkpoints.glob("global_step_*") if p.name[12:].isdigit()),
+                       key=lambda p: int(p.name[12:]))
+        for old in steps[:-keep]:
+            shutil.rmtree(old)
     if paths.checkpoint.exists():
         shutil.rmtree(paths.checkpoint)
     paths.checkpoints.rename(paths.checkpoint)
@@ -595,6 +602,6 @@ def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, 
         raise RuntimeError(f"verl exited with status {status} ({model}/{method}/seed{seed}); its output is "
                            f"above in this log, its work files in {paths.work_dir}")
     logs.convert_run(paths, val_file(data_dir))
-    finish_checkpoints(paths)
+    finish_checkpoints(paths, train.get("max_ckpt_to_keep", 1))
     _say(f"run files written to {paths.run_dir}")
     return paths
