@@ -9,7 +9,6 @@ import importlib.util
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -153,7 +152,7 @@ def test_three_nodes_start_head_here_and_one_worker_step_per_other_node():
 def test_ports_are_free_and_differ_between_jobs():
     from eqpo.verl_ext.ray_cluster import free_port
 
-    first, second = free_port(), free_port()
+    first = free_port()
     assert first != 6379 and 0 < first < 65536
     with socket.socket() as sock:
         sock.bind(("", first))  # it was free

@@ -26,7 +26,6 @@ environment gives :class:`TrainingEnvironmentError` before anything starts.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -536,9 +535,9 @@ def finish_checkpoints(paths: RunPaths, keep: int | None = None) -> None:
 
 
 def resume_key(overrides: Sequence[str]) -> list[str]:
-    """The overrides that decide whether a checkpoint belongs to this run: all but the Ray address,
-    which changes with every SLURM allocation."""
-    return [o for o in overrides if not o.startswith(RAY_ADDRESS_KEY + "=")]
+    """The overrides that decide whether a checkpoint belongs to this run: all but Ray's (its address
+    changes with every SLURM allocation, its CPUs with the job's threads)."""
+    return [o for o in overrides if not o.lstrip("+").startswith("ray_kwargs.")]
 
 
 def _say(message: str) -> None:
