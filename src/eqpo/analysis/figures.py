@@ -10,6 +10,10 @@ pipeline rule still gets its outputs).
 - :func:`plot_group_f1`: per-group F1, GRPO vs EQPO (paper Table 4 / Fig. 3).
 - :func:`plot_cluster_stability`: ARI / NMI of implicit clusters vs true groups, consecutive-step
   ARI and the chosen k over steps.
+- :func:`plot_runtime_split`: time per training step by phase (paper Fig. 2(d)).
+- :func:`plot_pareto`: F1 vs 1 - delta_F1 over validation checkpoints (paper Fig. 2(e)).
+
+The numbers behind the last two come from :mod:`eqpo.analysis.runtime`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..groups import AGE_BINS, SEXES
 from ..metrics import PAPER_SCALE
+from .runtime import pareto_points, runtime_split
 from .style import (
     EMPHASISED_METHODS,
     method_color,
@@ -406,25 +411,147 @@ def _draw_stability_panel(ax, frame: pd.DataFrame, column: str, methods: Sequenc
 
 
 # ----------------------------------------------------------------------------------------------
-# Runtime split and Pareto view (paper Fig. 2(d), 2(e)); drawn by eqpo.analysis.runtime
+# Runtime split and Pareto view (paper Fig. 2(d), 2(e)); the numbers come from eqpo.analysis.runtime
 # ----------------------------------------------------------------------------------------------
 
+# Phase -> (column of steps.jsonl, legend label, colour). Neutral greys for the big phases, yellow
+# for the (usually tiny) advantage segment; none of them is a method colour (those mark the ticks).
+PHASES: tuple[tuple[str, str, str], ...] = (
+    ("time_generate_s", "generation (rollouts)", "#BDBDBD"),
+    ("time_update_s", "policy update", "#6E6E6E"),
+    ("time_advantage_s", "advantage estimation", "#F0E442"),
+    ("time_other_s", "other (reward, logging)", "#FFFFFF"),
+)
+ANNOTATION_COLOR = "#222222"
 
+
+def _share_text(share: float) -> str:
+    """Advantage share (a fraction) as a short percentage: '0.083%', '12%', '<0.001%'."""
+    if not np.isfinite(share):
+        return "n/a"
+    percent = 100.0 * share
+    if percent == 0:
+        return "0%"
+    if percent < 0.001:
+        return "<0.001%"
+    return f"{percent:.2g}%" if percent < 10 else f"{percent:.0f}%"
+
+
+@_styled
 def plot_runtime_split(steps_df: pd.DataFrame, out_stem: str | Path,
                        methods: Sequence[str] | None = None) -> list[Path]:
-    """Paper Fig. 2(d): time per step split into generation, update and advantage estimation per
-    method (stacked bars per base model), advantage share annotated; see
-    :func:`eqpo.analysis.runtime.plot_runtime_split`. Returns [png, pdf] paths."""
-    from .runtime import plot_runtime_split as draw
+    """Paper Fig. 2(d): mean time per training step split into generation, policy update,
+    advantage estimation and the rest; one panel per base model, one stacked bar per method, the
+    advantage share of the step time written above each bar. Returns [png, pdf] paths.
+    """
+    if steps_df is None or steps_df.empty:
+        return _empty_figure(out_stem, "no per-step timings (steps.jsonl) to plot")
+    split = runtime_split(steps_df, methods)
+    models = list(dict.fromkeys(split.index.get_level_values("model")))
+    n_methods = max(len(split.loc[m]) for m in models)
+    fig = _new_figure(max(3.8, 0.62 * n_methods + 1.4) * len(models), 3.6)
+    axes = _grid(fig, 1, len(models))
+    shown_other = bool((split["time_other_s"] > 0.005 * split["time_step_s"]).any())
+    for c, model in enumerate(models):
+        ax = axes[0, c]
+        rows = split.loc[model]
+        rows = rows.loc[[m for m in order_methods(rows.index)]]
+        x = np.arange(len(rows))
+        bottom = np.zeros(len(rows))
+        for column, label, color in PHASES:
+            if column == "time_other_s" and not shown_other:
+                continue
+            values = rows[column].to_numpy(dtype=float)
+            ax.bar(x, values, bottom=bottom, width=0.7, color=color, edgecolor="#444444",
+                   linewidth=0.5, label=label, zorder=2)
+            bottom += values
+        top = float(np.nanmax(bottom)) if len(bottom) else 1.0
+        for xi, height, share in zip(x, bottom, rows["advantage_share"]):
+            ax.text(xi, height + 0.02 * top, _share_text(share), ha="center", va="bottom",
+                    fontsize=FONT_SIZE - 2, color=ANNOTATION_COLOR)
+        ax.set_ylim(0, top * 1.16 if top > 0 else 1.0)
+        ax.set_xticks(x, [method_label(m) for m in rows.index], rotation=35, ha="right",
+                      rotation_mode="anchor")
+        for tick, method in zip(ax.get_xticklabels(), rows.index):
+            tick.set_color(method_color(method))
+            tick.set_fontweight("bold")
+        ax.set_title(model_label(model))
+        ax.grid(axis="y", alpha=0.3, zorder=0)
+        ax.set_axisbelow(True)
+    axes[0, 0].set_ylabel("seconds per training step (mean)")
+    handles = [Patch(facecolor=color, edgecolor="#444444", linewidth=0.5, label=label)
+               for column, label, color in PHASES
+               if column != "time_other_s" or shown_other]
+    handles.append(Line2D([], [], ls="none", marker="$\\%$", color=ANNOTATION_COLOR, ms=7,
+                          label="above bar: advantage share of step time"))
+    _figure_legend(fig, handles, ncol=min(len(handles), 3))
+    return save_figure(fig, out_stem)
 
-    return draw(steps_df, out_stem, methods)
 
-
+@_styled
 def plot_pareto(dynamics_df: pd.DataFrame, out_stem: str | Path,
                 methods: Sequence[str] | None = None) -> list[Path]:
-    """Paper Fig. 2(e): F1 vs 1 - delta_F1 over validation checkpoints, Pareto frontier drawn,
-    each run's last checkpoint starred; see :func:`eqpo.analysis.runtime.plot_pareto`.
-    Returns [png, pdf] paths."""
-    from .runtime import plot_pareto as draw
+    """Paper Fig. 2(e): F1 against 1 - delta_F1 for every validation checkpoint (both higher is
+    better), one panel per base model. Each method's checkpoints in its colour and marker (a thin
+    line joins a run's checkpoints in step order), the last checkpoint of every run as a large
+    star, and the Pareto frontier over all checkpoints of the panel as a dashed staircase.
+    Returns [png, pdf] paths.
+    """
+    if dynamics_df is None or dynamics_df.empty:
+        return _empty_figure(out_stem, "no validation logs (dynamics.jsonl) to plot")
+    points = pareto_points(dynamics_df, methods)
+    if points.empty:
+        return _empty_figure(out_stem, "no checkpoint with both F1 and ΔF1 to plot")
+    models = _ordered_models(points)
+    method_order = list(methods) if methods is not None else order_methods(points["method"])
+    method_order = [m for m in method_order if m in set(points["method"])]
+    fig = _new_figure(4.4 * len(models), 4.0)
+    axes = _grid(fig, 1, len(models))
+    for c, model in enumerate(models):
+        ax = axes[0, c]
+        at = points[points["model"] == model]
+        for method in method_order:
+            runs = at[at["method"] == method]
+            color, marker = method_color(method), method_marker(method)
+            for _, run in runs.groupby("seed", sort=True):
+                run = run.sort_values("step")
+                ax.plot(run["F1"], run["equity"], color=color, lw=0.6, alpha=0.3, zorder=1)
+            ax.scatter(runs["F1"], runs["equity"], color=color, marker=marker, s=16, alpha=0.55,
+                       linewidths=0, zorder=2)
+            final = runs[runs["final"]]
+            ax.scatter(final["F1"], final["equity"], color=color, marker="*", s=150,
+                       edgecolors="black", linewidths=0.7, zorder=4)
+        front = at[at["on_front"]].sort_values("F1")
+        if len(front):
+            # boundary of the dominated region: at F1 = x the best equity among points with
+            # F1 >= x, so each step drops at a frontier point and runs right at the next level
+            ax.step(front["F1"], front["equity"], where="pre", color="black", ls="--", lw=1.1,
+                    zorder=3)
+            ax.scatter(front["F1"], front["equity"], facecolors="none", edgecolors="black",
+                       s=42, linewidths=0.8, zorder=3)
+        _pad_limits(ax, at["F1"].to_numpy(), at["equity"].to_numpy())
+        ax.set_title(model_label(model))
+        ax.set_xlabel("F1 ↑")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("1 − ΔF1 (equity) ↑")
+    handles = [Line2D([], [], color=method_color(m), marker=method_marker(m), ls="-", lw=0.7,
+                      ms=5, label=method_label(m)) for m in method_order]
+    handles += [
+        Line2D([], [], color="grey", marker="*", ms=12, mec="black", mew=0.7, ls="none",
+               label="last checkpoint of a run"),
+        Line2D([], [], color="black", ls="--", lw=1.1, marker="o", mfc="none", ms=5,
+               label="Pareto frontier (all checkpoints)"),
+    ]
+    _figure_legend(fig, handles, ncol=min(len(handles), 5))
+    return save_figure(fig, out_stem)
 
-    return draw(dynamics_df, out_stem, methods)
+
+def _pad_limits(ax, x: np.ndarray, y: np.ndarray, pad: float = 0.08) -> None:
+    """Axis limits around the data with a margin (room for the stars)."""
+    for values, setter in ((x, ax.set_xlim), (y, ax.set_ylim)):
+        finite = values[np.isfinite(values)]
+        if not len(finite):
+            continue
+        lo, hi = float(finite.min()), float(finite.max())
+        span = hi - lo if hi > lo else max(abs(hi), 1e-3) * 0.1
+        setter(lo - pad * span, hi + pad * span)
