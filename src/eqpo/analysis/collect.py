@@ -18,6 +18,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from .. import jsonl
 from ..metrics import TABLE2_COLUMNS
 
 RUN_KEYS = ("model", "method", "seed")
@@ -65,16 +66,9 @@ def _load_json(path: PathLike) -> dict:
 
 
 def _load_jsonl(path: PathLike) -> list[dict]:
-    """Records of a JSON-lines file (blank lines skipped); a bad line is reported by number."""
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}, line {number}: not valid JSON ({err})") from err
-    return records
+    """Records of a finished run's JSON-lines file (blank lines skipped); a bad line, the last one
+    included, is reported by number."""
+    return jsonl.read(path, complete=True)
 
 
 def _float(value: object) -> float:

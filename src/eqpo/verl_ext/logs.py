@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from .. import jsonl
 from ..metrics import fairness_summary
 from ..rewards import LabelParser, as_label_list, score_response
 from ..vocabularies import DatasetSpec, get_spec, register_dataset
@@ -57,16 +58,7 @@ TESTING_TIMER = "timing_s/testing"
 def read_jsonl(path: str | Path) -> list[dict]:
     """JSON lines of ``path``. A cut-off last line (a process killed mid-write) is dropped; a broken
     line elsewhere is an error naming the file and line."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):
-                break
-            raise ValueError(f"{path}: line {number} is not valid JSON ({err})") from None
-    return records
+    return jsonl.read(path, complete=False)
 
 
 def merge_file_logs(paths: Iterable[str | Path]) -> dict[int, dict]:
@@ -214,9 +206,10 @@ def validation_dumps(validation_dir: str | Path) -> dict[int, Path]:
 
 
 def dynamics_records(validation_dir: str | Path, val_parquet: str | Path | None,
-                     walls: Mapping[int, float] | None = None) -> list[dict]:
+                     walls: Mapping[int, float] | None = None, class_set: str = "dataset") -> list[dict]:
     """One dynamics.jsonl record per validation dump: step, wall_time_s, the Table 2 summary
-    (:func:`eqpo.metrics.fairness_summary`) and the share of unparseable answers."""
+    (:func:`eqpo.metrics.fairness_summary` with ``class_set``, config ``metrics.class_set``) and
+    the share of unparseable answers."""
     ref = read_val_reference(val_parquet) if val_parquet is not None else None
     walls = walls or {}
     records = []
@@ -224,7 +217,7 @@ def dynamics_records(validation_dir: str | Path, val_parquet: str | Path | None,
         preds = validation_predictions(read_jsonl(path), ref, where=str(path))
         if preds.empty:
             raise ValueError(f"{path}: the validation dump is empty")
-        records.append({"step": step, "wall_time_s": walls.get(step, 0.0), **fairness_summary(preds),
+        records.append({"step": step, "wall_time_s": walls.get(step, 0.0), **fairness_summary(preds, class_set),
                         "unparseable": float((preds["prediction"].map(len) == 0).mean())})
     return records
 
@@ -276,17 +269,18 @@ def register_custom_specs(data_dir: str | Path) -> None:
             register_dataset(DatasetSpec(d["name"], tuple(d["labels"]), d["multi_label"], tuple(d["attributes"])))
 
 
-def convert_run(paths: Any, val_parquet: str | Path) -> dict[str, int]:
+def convert_run(paths: Any, val_parquet: str | Path, class_set: str = "dataset") -> dict[str, int]:
     """Write ``dynamics.jsonl``, ``steps.jsonl`` and ``clusters.parquet`` of one verl run.
 
-    ``paths`` is a :class:`eqpo.verl_ext.launch.RunPaths`. Returns the number of records written.
+    ``paths`` is a :class:`eqpo.verl_ext.launch.RunPaths`; ``class_set`` as config
+    ``metrics.class_set``. Returns the number of records written.
     """
     register_custom_specs(Path(val_parquet).parent)
     metrics = merge_file_logs(paths.file_logs())
     steps = step_records(metrics)
     if not steps:
         raise ValueError(f"verl's file log ({paths.file_log}) holds no training step: did the run train?")
-    dynamics = dynamics_records(paths.validation_dir, val_parquet, wall_times(metrics))
+    dynamics = dynamics_records(paths.validation_dir, val_parquet, wall_times(metrics), class_set)
     if not dynamics:
         raise ValueError(f"no validation dump in {paths.validation_dir} (trainer.validation_data_dir)")
     clusters = read_cluster_log(paths.cluster_log)

@@ -35,6 +35,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from eqpo import jsonl
+
 from . import estimators
 from .estimators import TRAINER_NAME, BatchContext, make_batch_context, normalize_group
 
@@ -166,27 +168,13 @@ def _json_default(obj: Any) -> Any:
 
 def append_jsonl(path: str, rows: Sequence[Mapping]) -> None:
     """Append rows to a JSONL file (parent folders created)."""
-    if not rows:
-        return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=_json_default) + "\n")
+    jsonl.append(path, rows, default=_json_default)
 
 
 def truncate_jsonl_after(path: str, step: int) -> int:
-    """Drop rows with ``step`` > step (they are recomputed after a resume); returns rows dropped."""
-    if not os.path.exists(path):
-        return 0
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
-    keep = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    if len(keep) != len(lines):
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
-    return len(lines) - len(keep)
+    """Drop rows with ``step`` > step (they are recomputed after a resume) and a cut-off last line;
+    returns the lines dropped."""
+    return jsonl.truncate_after(path, step)
 
 
 def cluster_log_path(trainer_config: Any) -> str | None:

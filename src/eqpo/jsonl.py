@@ -1,0 +1,54 @@
+"""JSON-lines files that training runs append to and cut back on resume (``steps.jsonl``,
+``dynamics.jsonl``, the cluster log, verl's file log).
+
+A process killed mid-write can leave a cut-off last line. Readers of a log that is still being
+written (``complete=False``) drop it; readers of a finished run file (``complete=True``) treat it as
+the error it is there. A broken line before the last is always an error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+
+def read(path: str | Path, complete: bool = True) -> list[dict]:
+    """The records of ``path`` (blank lines skipped); ``complete=False`` drops a cut-off last line."""
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines) and not complete:
+                break
+            raise ValueError(f"{path}, line {number}: not valid JSON ({err})") from None
+    return records
+
+
+def append(path: str | Path, rows: Iterable[Mapping[str, Any]], default: Callable[[Any], Any] | None = None) -> None:
+    """Append rows, one JSON object per line (parent folders created)."""
+    rows = list(rows)
+    if not rows:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row, default=default) + "\n" for row in rows)
+
+
+def truncate_after(path: str | Path, step: int) -> int:
+    """Keep the records with ``step`` <= step (the steps a checkpoint covers; the others run again
+    after a resume) and drop a cut-off last line; returns how many lines went. Rewritten atomically."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = read(path, complete=False)  # the lines before a cut-off last one, in order
+    keep = [line for line, record in zip(lines, records) if record.get("step", 0) <= step]
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        os.replace(tmp, path)
+    return len(lines) - len(keep)
