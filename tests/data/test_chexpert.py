@@ -1,15 +1,18 @@
-"""CheXpert: a tiny copy of the release layout (CheXpert-v1.0-small/ with train.csv, valid.csv,
-train/, valid/) placed by hand, run through the real prepare() path.
+"""CheXpert: a tiny copy of the release placed by hand, run through the real prepare() path: as the
+four Stanford AIMI zips (``CheXpert-v1.0 batch 1 (validate & csv).zip`` with valid/, train.csv,
+valid.csv; ``batch 2/3/4 (train 1/2/3).zip`` with patientNNNNN/ folders and no train/ above them),
+zipped or unpacked, and as the assembled folders CheXpert-v1.0/ or CheXpert-v1.0-small/.
 
 Quirks reproduced: -1.0 (uncertain) and blank labels (U-Zeros), rows with no positive label,
 patient ids embedded in Path, "Unknown" sex, a blank age, frontal + lateral views of one patient,
-a corrupt (truncated) JPEG, the full-resolution folder name CheXpert-v1.0/ as an alternative."""
+a corrupt (truncated) JPEG."""
 
 import csv
 import dataclasses
 import io
 import json
 import math
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -212,3 +215,85 @@ def test_helpers():
                            for row in ([1.0, -1.0, np.nan] + [0.0] * 11, [np.nan] * 13 + [1.0], [-1.0] * 14)])
     assert chexpert.positives(values) == [["No Finding"], ["Support Devices"], []]
     assert train_val_fractions((0.7, 0.15, 0.15), "CheXpert") == pytest.approx((0.7 / 0.85, 0.15 / 0.85, 0.0))
+
+
+def _aimi_zips(tmp_path, raw, wrapper: bool):
+    """The four AIMI zips of the fixture release: batch 1 holds valid/, train.csv and valid.csv;
+    the training patients are spread over batches 2-4 as patientNNNNN/ folders (no train/ above
+    them). ``wrapper`` puts each zip's entries in a folder named after the zip."""
+    base = _write_release(tmp_path / "assembled", folder="CheXpert-v1.0")
+    raw.mkdir(parents=True, exist_ok=True)
+    patients = sorted(p.name for p in (base / "train").iterdir())
+    contents = {chexpert.AIMI_ZIPS[0]: [base / "train.csv", base / "valid.csv", base / "valid"]}
+    for i, name in enumerate(chexpert.AIMI_ZIPS[1:]):
+        contents[name] = [base / "train" / p for p in patients[i::3]]
+    for name, items in contents.items():
+        prefix = name[:-4] + "/" if wrapper else ""
+        with zipfile.ZipFile(raw / name, "w") as bundle:
+            for item in items:
+                files = [item] if item.is_file() else sorted(f for f in item.rglob("*") if f.is_file())
+                for f in files:
+                    bundle.write(f, prefix + f.relative_to(item.parent).as_posix())
+    return patients
+
+
+def test_the_four_aimi_zips_are_unpacked_and_arranged(tmp_path):
+    root = tmp_path / "data"
+    raw = root / "CheXpert" / "raw"
+    patients = _aimi_zips(tmp_path, raw, wrapper=False)
+    with zipfile.ZipFile(raw / chexpert.AIMI_ZIPS[1]) as bundle:  # the layout being accepted
+        assert all(n.startswith("patient") for n in bundle.namelist())
+    table = prepare(chexpert.SOURCE, root, seed=0)
+    assert sorted(table["sample_id"]) == sorted(EXPECTED)
+    assert sorted(p.name for p in (raw / "CheXpert-v1.0" / "train").iterdir()) == patients
+    assert (raw / "CheXpert-v1.0" / "valid" / "patient64541").is_dir()
+    manifest = json.loads((root / "CheXpert" / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"CheXpert-v1.0/train.csv", "CheXpert-v1.0/valid.csv"}
+    again = prepare(chexpert.SOURCE, root, seed=0)  # a second run finds the arranged folder
+    pd.testing.assert_frame_equal(table, again)
+
+
+def test_the_aimi_zips_unpacked_by_hand_are_arranged(tmp_path):
+    root = tmp_path / "data"
+    raw = root / "CheXpert" / "raw"
+    _aimi_zips(tmp_path, raw, wrapper=True)
+    for archive in sorted(raw.glob("*.zip")):  # unpacked where they lie, then removed
+        zipfile.ZipFile(archive).extractall(raw)
+        archive.unlink()
+    assert (raw / "CheXpert-v1.0 batch 3 (train 2)" / "patient00002").is_dir()
+    table = prepare(chexpert.SOURCE, root, seed=0)
+    assert sorted(table["sample_id"]) == sorted(EXPECTED)
+    assert not list(raw.glob("CheXpert-v1.0 batch */patient*"))  # every patient moved into train/
+
+
+def test_an_incomplete_aimi_download_names_the_four_zips(tmp_path):
+    root = tmp_path / "data"
+    raw = root / "CheXpert" / "raw"
+    _aimi_zips(tmp_path, raw, wrapper=False)
+    (raw / chexpert.AIMI_ZIPS[0]).unlink()  # batch 1 (the CSVs and valid/) not fetched
+    with pytest.raises(MissingDataError) as err:
+        prepare(chexpert.SOURCE, root)
+    text = str(err.value)
+    for name in chexpert.AIMI_ZIPS:
+        assert name in text
+    assert "- CheXpert-v1.0/train.csv" in text and "- CheXpert-v1.0/train/" not in text
+
+
+def test_full_resolution_is_preferred_over_small_when_both_are_there(tmp_path):
+    root = tmp_path / "data"
+    raw = root / "CheXpert" / "raw"
+    _write_release(raw, folder="CheXpert-v1.0-small")
+    _write_release(raw, folder="CheXpert-v1.0")
+    # make the two distinguishable: the full-resolution images are twice as large
+    for path in (raw / "CheXpert-v1.0").rglob("*.jpg"):
+        if path.stat().st_size > 1000:
+            with Image.open(path) as image:
+                big = image.resize((image.width * 2, image.height * 2))
+            big.save(path, format="JPEG")
+    table = prepare(chexpert.SOURCE, root)
+    manifest = json.loads((root / "CheXpert" / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"CheXpert-v1.0/train.csv", "CheXpert-v1.0/valid.csv"}
+    sample = "CheXpert-train-patient00002-study1-view1_frontal"
+    image = table.loc[table["sample_id"] == sample, "images"].iloc[0][0]
+    with Image.open(root / image) as png:
+        assert png.size == (420, 512)  # 640 x 780 shrunk to 512 on the longer side: 640 * 512 / 780 = 420.1

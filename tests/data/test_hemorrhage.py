@@ -1,5 +1,7 @@
-"""Hemorrhage (PhysioNet ct-ich 1.3.1): a tiny copy of the release served behind Basic auth, run
-through the real prepare() path (credentials -> download -> checksums -> preprocess).
+"""Hemorrhage, the NIfTI release (PhysioNet ct-ich 1.3.1, the data.hemorrhage_release option): a
+tiny copy of the release served behind Basic auth, run through the real prepare() path (credentials
+-> download -> checksums -> preprocess). The JPEG release (the default) is tested in
+test_hemorrhage_jpeg.py.
 
 Fixture quirks copied from the release: the demographics CSV with the embedded newline in
 ``Age\\n(years)`` and the two-row hemorrhage-type header (``...diagnosis `` + ``Unnamed: 4..7``), served
@@ -77,7 +79,7 @@ def build_release(directory: Path, checksums: bool = True) -> Path:
 
 
 def test_source(base: str, sha256: str | None = None):
-    return replace(hemorrhage.SOURCE, remote=(
+    return replace(hemorrhage.NIFTI_SOURCE, remote=(
         RemoteFile(f"{base}/hemorrhage_diagnosis_raw_ct.csv", "hemorrhage_diagnosis_raw_ct.csv", sha256),))
 
 
@@ -102,7 +104,7 @@ def test_prepare_end_to_end(tmp_path, served):
     root = tmp_path / "data"
     table = prepare(test_source(base), root, seed=3)
 
-    raw = root / "Hemorrhage" / "raw"
+    raw = root / "Hemorrhage" / "raw-1.3.1"
     assert (raw / "Patient_demographics.csv").read_bytes() == (directory / "patient_demographics.csv").read_bytes()
     assert sorted(p.name for p in (raw / "ct_scans").iterdir()) == ["049.nii", "050.nii", "051.nii", "052.nii",
                                                                     "054.nii", "055.nii"]
@@ -132,8 +134,10 @@ def test_prepare_end_to_end(tmp_path, served):
         x, y = SHAPES[int(patient)][:2]
         assert brain.size == ((512, round(y * 512 / x)) if x > 512 else (x, y)) and bone.size == brain.size
         if x <= 512:
-            assert brain.getpixel((1, 2)) == 127  # HU 40 is the brain window's centre
-            assert bone.getpixel((1, 2)) == media_bone_value(40.0)
+            # the JPEG release's windows: brain level 40 width 120 -> HU 40 maps to (40 + 20) / 120 * 255
+            # = 127.5 -> 127; bone level 700 width 3200 -> (40 + 900) / 3200 * 255 = 74.9 -> 74
+            assert brain.getpixel((1, 2)) == 127
+            assert bone.getpixel((1, 2)) == 74
 
     manifest = json.loads((root / "Hemorrhage" / "manifest.json").read_text())
     skipped = {s["sample_id"]: s["reason"] for s in manifest["skipped"]}
@@ -143,11 +147,6 @@ def test_prepare_end_to_end(tmp_path, served):
     assert manifest["files"]["Patient_demographics.csv"] != "missing"
     pd.testing.assert_frame_equal(pd.read_parquet(root / "Hemorrhage" / "table.parquet")[["sample_id", "split"]],
                                   table[["sample_id", "split"]])
-
-
-def media_bone_value(hu: float) -> int:
-    level, width = hemorrhage.media.BONE_WINDOW
-    return int(np.clip((hu - (level - width / 2)) / width * 255.0, 0, 255))
 
 
 def test_second_run_reuses_the_downloads(tmp_path, served):
@@ -172,7 +171,7 @@ def test_published_checksum_mismatch_raises(tmp_path, served):
                                              .hexdigest(), "f" * 64))
     with pytest.raises(IOError, match="checksum mismatch"):
         prepare(test_source(base), tmp_path / "data")
-    assert not (tmp_path / "data" / "Hemorrhage" / "raw" / "ct_scans").exists()  # not taken as complete
+    assert not (tmp_path / "data" / "Hemorrhage" / "raw-1.3.1" / "ct_scans").exists()  # not taken as complete
 
 
 def test_missing_credentials_stop_with_instructions_or_skip(tmp_path, served, monkeypatch):
@@ -183,14 +182,14 @@ def test_missing_credentials_stop_with_instructions_or_skip(tmp_path, served, mo
     with pytest.raises(MissingDataError) as err:
         prepare(test_source(base), root)
     text = str(err.value)
-    assert "no PhysioNet credentials" in text and hemorrhage.LANDING_PAGE in text
+    assert "no PhysioNet credentials" in text and hemorrhage.LANDING_PAGES["1.3.1"] in text
     for name in ("hemorrhage_diagnosis_raw_ct.csv", "Patient_demographics.csv", "ct_scans/"):
         assert f"- {name}" in text
 
     table = prepare(test_source(base), root, skip_unavailable=True)
     assert table.empty and pd.read_parquet(root / "Hemorrhage" / "table.parquet").empty
     manifest = json.loads((root / "Hemorrhage" / "manifest.json").read_text())
-    assert manifest["skipped"] is True and hemorrhage.LANDING_PAGE in manifest["reason"]
+    assert manifest["skipped"] is True and hemorrhage.LANDING_PAGES["1.3.1"] in manifest["reason"]
 
 
 def test_wrong_credentials_are_refused(tmp_path, served, monkeypatch):
@@ -231,7 +230,7 @@ def test_read_demographics_is_defensive(tmp_path):
 
 def test_demographics_placed_by_hand_under_the_other_spelling(tmp_path, file_server, credentials):
     directory = build_release(tmp_path / "srv", checksums=False)
-    raw = tmp_path / "data" / "Hemorrhage" / "raw"
+    raw = tmp_path / "data" / "Hemorrhage" / "raw-1.3.1"
     raw.mkdir(parents=True)
     (directory / "patient_demographics.csv").rename(raw / "patient_demographics.csv")  # not served at all
     table = prepare(test_source(file_server(directory, credentials=CREDENTIALS)), tmp_path / "data")

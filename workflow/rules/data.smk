@@ -32,6 +32,8 @@ else:
             seed=config["data"].get("seed", 0),
             split=config["data"].get("split", [0.7, 0.15, 0.15]),
             skip_unavailable=config["data"].get("skip_unavailable", False),
+            # only Hemorrhage has a choice of release (a change re-runs only its job)
+            release=lambda w: config["data"].get("hemorrhage_release", "1.2.0") if w.dataset == "Hemorrhage" else "",
         log:
             f"{LOGS}/prepare_dataset/{{dataset}}.log",
         wildcard_constraints:

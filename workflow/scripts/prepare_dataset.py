@@ -2,4 +2,6 @@ from eqpo.pipeline import logged, run_prepare_dataset
 
 p = snakemake.params
 with logged(snakemake.log[0]):
-    run_prepare_dataset(snakemake.wildcards.dataset, p.root, p.seed, p.split, p.skip_unavailable)
+    dataset = snakemake.wildcards.dataset
+    releases = {dataset: p.release} if p.release else None  # Hemorrhage: data.hemorrhage_release
+    run_prepare_dataset(dataset, p.root, p.seed, p.split, p.skip_unavailable, releases)

@@ -13,7 +13,9 @@ File columns: ``sample_id``, ``patient_id``, ``split`` (train/val/test), ``label
 ``labels`` (several, separated by "|" in a CSV), ``age`` (years, empty when unknown), ``sex``
 (F/M/female/male, empty when unknown), and either ``image`` / ``images`` (paths, "|"-separated,
 relative to the file; for the GPU path) or numeric feature columns ``f0, f1, ...`` (for the CPU
-backend). Every problem is reported at once, with the rows concerned.
+backend; datasets may have different numbers of them, each gets its own input width). A cohort may
+consist of custom datasets only (``data.datasets: []``). Every problem is reported at once, with
+the rows concerned.
 """
 
 from __future__ import annotations

@@ -1,4 +1,12 @@
-"""Downloading: resumable HTTP(S) and file:// transfers, checksums, credentials, git, archives.
+"""Downloading: resumable HTTP(S) and file:// transfers with progress bars, retries and checksums;
+credentials, git, archives.
+
+Every transfer goes through ``<dest>.part``: an interrupted one (a killed job, a dropped connection)
+resumes from the bytes already there with an HTTP Range request, on the next attempt or on the next
+run. Transient failures (reset or refused connections, timeouts, truncated bodies, HTTP 429 and 5xx)
+are retried with exponential backoff; a failure that remains raises :class:`DownloadError`, whose
+one-line message names the URL, what failed and that rerunning resumes. A progress bar (bytes, rate,
+time left) is written to stderr, i.e. to the rule's log under Snakemake.
 
 Credentials are never asked for interactively. PhysioNet: ``PHYSIONET_USERNAME`` /
 ``PHYSIONET_PASSWORD`` or a ``~/.netrc`` entry for the host. Kaggle: ``KAGGLE_USERNAME`` /
@@ -8,24 +16,59 @@ with the dataset's instructions.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import netrc
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
-import urllib.error
+import threading
+import time
 import urllib.parse
 import urllib.request
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Sequence
+
+import requests
+import urllib3
+from tqdm import tqdm
 
 from .sources import Access, DatasetSource, MissingDataError, RemoteFile
 
 CHUNK = 1 << 20
 KAGGLE_API = "https://www.kaggle.com/api/v1/datasets/download/{dataset}"
+RETRIES = 5  # attempts after the first one
+BACKOFF_S = 2.0  # wait before retry k (0-based): BACKOFF_S * 2**k seconds, at most MAX_WAIT_S
+MAX_WAIT_S = 60.0
+RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+USER_AGENT = "eqpo-data/2 (+https://github.com; resumable downloader)"
+
+
+class DownloadError(IOError):
+    """A download that failed for good: the message names the URL, what failed and what to do."""
+
+
+class RemoteFileNotFound(DownloadError, FileNotFoundError):
+    """The server has no such file (HTTP 404, or a missing file:// path); never retried."""
+
+
+class _Transient(Exception):
+    """One attempt failed in a way worth retrying (kept internal: callers see DownloadError)."""
+
+
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    """One keep-alive session per thread (requests sessions are not thread-safe)."""
+    if not hasattr(_local, "session"):
+        _local.session = requests.Session()
+        _local.session.headers["User-Agent"] = USER_AGENT
+    return _local.session
 
 
 def sha256_of(path: Path) -> str:
@@ -36,67 +79,162 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _auth_header(url: str, credentials: tuple[str, str] | None) -> dict[str, str]:
-    if credentials is None:
-        return {}
-    token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
+def _bar(name: str, total: int | None, initial: int, progress) -> tqdm:
+    """A bytes progress bar (size, rate, time left) on stderr; ``progress`` False hides it."""
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
+                file=sys.stderr, mininterval=1.0, disable=not progress, leave=True)
 
 
 def download(url: str, dest: Path, sha256: str | None = None, credentials: tuple[str, str] | None = None,
-             timeout: float = 60.0) -> Path:
+             timeout: float = 60.0, retries: int | None = None, progress: bool = True) -> Path:
     """Fetch ``url`` to ``dest`` through ``dest.part``, resuming a partial transfer with an HTTP
-    Range request; verify the SHA-256 when given; rename into place only when complete.
+    Range request and retrying transient failures (``retries`` extra attempts, default
+    :data:`RETRIES`, with exponential backoff); verify the SHA-256 when given; rename into place only
+    when complete.
 
-    An existing ``dest`` with the right checksum (or none to check) is kept as it is.
+    An existing ``dest`` with the right checksum (or none to check) is kept as it is. Raises
+    :class:`RemoteFileNotFound` (404), :class:`MissingDataError` (401/403: credentials or agreement)
+    or :class:`DownloadError` (anything else that did not go away).
     """
     dest = Path(dest)
     if dest.exists() and (sha256 is None or sha256_of(dest) == sha256):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    if urllib.parse.urlparse(url).scheme == "file":
-        _copy_resuming(Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path)), part)
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        _copy_resuming(Path(urllib.request.url2pathname(parsed.path)), part, progress)
     else:
-        _http_resuming(url, part, credentials, timeout)
+        _http_with_retries(url, part, credentials, timeout, RETRIES if retries is None else retries, progress)
     if sha256 is not None:
         got = sha256_of(part)
         if got != sha256:
             part.unlink()
-            raise IOError(f"checksum mismatch for {url}: expected {sha256}, got {got}; the partial file was removed, "
-                          "run again to download it afresh")
+            raise DownloadError(f"checksum mismatch for {url}: expected {sha256}, got {got}; the partial file was "
+                                "removed, run again to download it afresh")
     os.replace(part, dest)
     return dest
 
 
-def _copy_resuming(source: Path, part: Path) -> None:
+def _copy_resuming(source: Path, part: Path, progress: bool = True) -> None:
     if not source.exists():
-        raise FileNotFoundError(f"{source} does not exist")
+        raise RemoteFileNotFound(f"{source} does not exist")
     done = part.stat().st_size if part.exists() else 0
-    with open(source, "rb") as src, open(part, "ab") as out:
+    with open(source, "rb") as src, open(part, "ab") as out, \
+            _bar(part.name[:-5], source.stat().st_size, done, progress) as bar:
         src.seek(done)
-        shutil.copyfileobj(src, out, CHUNK)
+        for block in iter(lambda: src.read(CHUNK), b""):
+            out.write(block)
+            bar.update(len(block))
 
 
-def _http_resuming(url: str, part: Path, credentials: tuple[str, str] | None, timeout: float) -> None:
-    done = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": "eqpo-data/1", **_auth_header(url, credentials)}
-    if done:
-        headers["Range"] = f"bytes={done}-"
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        if err.code == 416:  # the part file is already complete
+def _http_with_retries(url: str, part: Path, credentials, timeout: float, retries: int, progress: bool) -> None:
+    for attempt in range(retries + 1):
+        try:
+            _http_attempt(url, part, credentials, timeout, progress)
             return
-        if err.code in (401, 403):
-            raise MissingDataError(f"{url} refused access ({err.code}): check the credentials and that the "
-                                   "data use agreement has been accepted on the landing page") from None
-        raise
+        except _Transient as err:
+            kept = part.stat().st_size if part.exists() else 0
+            if attempt == retries:
+                raise DownloadError(
+                    f"download of {url} failed after {retries + 1} attempts: {err}. {kept} bytes are kept in "
+                    f"{part}; run the same command again to resume from there") from None
+            wait = min(BACKOFF_S * 2 ** attempt, MAX_WAIT_S)
+            print(f"{url}: {err}; retry {attempt + 1} of {retries} in {wait:g} s, resuming at byte {kept}",
+                  file=sys.stderr, flush=True)
+            time.sleep(wait)
+
+
+def _http_attempt(url: str, part: Path, credentials, timeout: float, progress: bool) -> None:
+    """One GET, resumed from the part file; raises _Transient for what a retry may fix."""
+    done = part.stat().st_size if part.exists() else 0
+    # identity encoding: Range offsets and Content-Length then count the bytes written to the file
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={done}-"} if done else {})}
+    try:
+        response = _session().get(url, headers=headers, auth=credentials, stream=True, timeout=timeout)
+    except (requests.ConnectionError, requests.Timeout) as err:
+        if _unknown_host(err):  # no network, or a wrong host name: waiting will not help
+            raise DownloadError(f"download of {url} failed: {_reason(err)} (no network, or the host name is "
+                                "wrong); run the same command again once the host can be reached, it resumes "
+                                "from the part file") from None
+        raise _Transient(f"no connection ({_reason(err)})") from None
     with response:
-        resumed = response.status == 206
-        with open(part, "ab" if resumed else "wb") as out:
-            shutil.copyfileobj(response, out, CHUNK)
+        status = response.status_code
+        if status == 416:  # nothing after `done`: the part file is already complete
+            return
+        if status in (401, 403):
+            raise MissingDataError(f"{url} refused access ({status}): check the credentials and that the data use "
+                                   "agreement has been accepted on the landing page")
+        if status == 404:
+            raise RemoteFileNotFound(f"{url} is not on the server (HTTP 404)")
+        if status in RETRY_STATUS:
+            raise _Transient(f"the server answered HTTP {status} {response.reason}")
+        if status >= 400:
+            raise DownloadError(f"download of {url} failed: the server answered HTTP {status} {response.reason}")
+        resumed = status == 206
+        if not resumed:
+            done = 0
+        length = response.headers.get("Content-Length")
+        total = done + int(length) if length is not None and length.isdigit() else None
+        got = 0
+        try:
+            with open(part, "ab" if resumed else "wb") as out, _bar(part.name[:-5], total, done, progress) as bar:
+                # read1: whatever has arrived (up to CHUNK), so a broken connection loses no received byte
+                for block in iter(lambda: response.raw.read1(CHUNK), b""):
+                    out.write(block)
+                    got += len(block)
+                    bar.update(len(block))
+        except (urllib3.exceptions.HTTPError, requests.RequestException, ConnectionError, TimeoutError) as err:
+            raise _Transient(f"the connection broke after {done + got} bytes ({type(err).__name__})") from None
+        if total is not None and done + got < total:
+            raise _Transient(f"the connection closed after {done + got} of {total} bytes")
+
+
+def _cause(err: Exception) -> Exception:
+    """The urllib3 error behind a requests error (MaxRetryError.reason), else the error itself."""
+    inner = err.args[0] if err.args and isinstance(err.args[0], Exception) else err
+    return getattr(inner, "reason", None) or inner
+
+
+def _unknown_host(err: Exception) -> bool:
+    from urllib3.exceptions import NameResolutionError
+
+    return isinstance(_cause(err), NameResolutionError)
+
+
+def _reason(err: Exception) -> str:
+    """A short account of a requests/urllib3 error: its kind and its innermost message."""
+    cause = _cause(err)
+    text = str(cause)
+    if ": " in text and text.startswith(("<", "HTTP")):  # "<urllib3.connection...>: Failed to ..." -> the message
+        text = text.split(": ", 1)[1]
+    return f"{type(cause).__name__}: {text}"
+
+
+def download_all(jobs: Sequence[tuple[str, Path, str | None]], credentials=None, threads: int = 4,
+                 desc: str = "files", skip_not_served: bool = False) -> list[str]:
+    """Download many (url, dest, sha256) files with one progress bar over the files (count, rate,
+    time left) instead of one bar each. Returns the URLs the server does not have when
+    ``skip_not_served`` (else that is an error); the first other failure stops the rest."""
+    missing: list[str] = []
+    with tqdm(total=len(jobs), unit="file", desc=desc, file=sys.stderr, mininterval=1.0) as bar:
+        def one(job) -> None:
+            url, dest, sha = job
+            try:
+                download(url, dest, sha, credentials, progress=False)
+            except RemoteFileNotFound:
+                if not skip_not_served:
+                    raise
+                missing.append(url)
+            bar.update(1)
+
+        pool = ThreadPoolExecutor(max_workers=max(1, threads))
+        try:
+            for _ in pool.map(one, jobs):
+                pass
+        finally:  # on the first failure the queued downloads are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
+    return sorted(missing)
 
 
 def physionet_credentials(host: str = "physionet.org") -> tuple[str, str] | None:
@@ -130,9 +268,19 @@ def git_clone(url: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".clone")
     shutil.rmtree(tmp, ignore_errors=True)
-    result = subprocess.run(["git", "clone", "--depth", "1", url, str(tmp)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise IOError(f"git clone {url} failed: {result.stderr.strip()}")
+    # git's own progress (objects, bytes, rate) goes to stderr, i.e. the rule's log, as it comes
+    process = subprocess.Popen(["git", "clone", "--progress", "--depth", "1", url, str(tmp)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tail = b""
+    for chunk in iter(lambda: process.stderr.read1(4096), b""):
+        sys.stderr.write(chunk.decode(errors="replace"))
+        tail = (tail + chunk)[-4000:]
+    sys.stderr.flush()
+    if process.wait() != 0:
+        text = tail.decode(errors="replace").replace("\r", "\n")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith(("fatal:", "error:"))] or lines[-1:] or ["no message"]
+        raise IOError(f"git clone {url} failed: {'; '.join(errors)}")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
 
@@ -170,12 +318,30 @@ def obtain(source: DatasetSource, raw_dir: Path) -> None:
     """Make ``raw_dir`` hold the dataset's expected files: nothing to do when they are there,
     else download by the source's access type, else raise :class:`MissingDataError`."""
     raw_dir = Path(raw_dir)
+    if source.arrange is not None and raw_dir.exists():
+        source.arrange(raw_dir)
     missing = source.missing_files(raw_dir)
     if not missing:
         return
+    try:
+        _obtain_missing(source, raw_dir, missing)
+    except MissingDataError as err:  # a refused download: tell the person what to place, and why
+        if str(err).startswith(f"Dataset {source.name} is not available"):
+            raise
+        raise MissingDataError(source.instructions(raw_dir, missing, str(err))) from None
+    if source.arrange is not None:
+        source.arrange(raw_dir)
+    missing = source.missing_files(raw_dir)
+    if missing:
+        raise MissingDataError(source.instructions(raw_dir, missing, "the download did not produce them"))
+
+
+def _obtain_missing(source: DatasetSource, raw_dir: Path, missing: list[str]) -> None:
     if source.access is Access.MANUAL:
         raise MissingDataError(source.instructions(raw_dir, missing, "it must be downloaded by hand"))
     credentials = None
+    if source.optional_login is Access.PHYSIONET:
+        credentials = physionet_credentials()
     if source.access is Access.PHYSIONET:
         credentials = physionet_credentials()
         if credentials is None:
@@ -204,6 +370,3 @@ def obtain(source: DatasetSource, raw_dir: Path) -> None:
                 marker.touch()
     if source.fetch is not None:
         source.fetch(source, raw_dir, credentials)
-    missing = source.missing_files(raw_dir)
-    if missing:
-        raise MissingDataError(source.instructions(raw_dir, missing, "the download did not produce them"))

@@ -12,8 +12,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MAX_SIDE = 512  # pixels; large medical images are resized (Qwen-VL spends a token per 28x28 patch)
-BRAIN_WINDOW = (40.0, 80.0)  # (level, width) in Hounsfield units
-BONE_WINDOW = (600.0, 2800.0)
+# CT windows, (level, width) in Hounsfield units: those of the ct-ich JPEG release (its README), so
+# slices windowed from the NIfTI release look like the JPEG release's slices.
+BRAIN_WINDOW = (40.0, 120.0)
+BONE_WINDOW = (700.0, 3200.0)
 
 
 class CorruptMedia(IOError):
@@ -50,7 +52,8 @@ def to_uint8(values: np.ndarray, low: float | None = None, high: float | None = 
 
 
 def window(hu: np.ndarray, level_width: tuple[float, float]) -> np.ndarray:
-    """A CT window (level, width) in Hounsfield units -> uint8."""
+    """A CT window (level, width) in Hounsfield units -> uint8: level - width/2 -> 0 and
+    level + width/2 -> 255, linear in between (truncated to an integer), clipped outside."""
     level, width = level_width
     return to_uint8(hu, level - width / 2, level + width / 2)
 

@@ -72,6 +72,8 @@ class Manifest:
     missing_age: int = 0
     missing_sex: int = 0
     files: dict[str, str] = field(default_factory=dict)
+    release: str = ""  # which release of the dataset was read, where there is a choice
+    paper: dict = field(default_factory=dict)  # the sample count against paper Table 1 (paper_count_check)
 
     def skip(self, sample_id: str, reason: str) -> None:
         self.skipped.append({"sample_id": sample_id, "reason": reason})
@@ -104,6 +106,16 @@ class DatasetSource:
     # Custom download step for sources whose file list comes from the data itself (e.g. VinDr-Mammo
     # lists its DICOMs in a CSV): fetch(source, raw_dir, credentials) after `remote` is downloaded.
     fetch: Callable[..., None] | None = None
+    # Step run before the expected files are checked, to bring a layout a person placed by hand into
+    # the expected one (e.g. CheXpert's download zips from Stanford AIMI): arrange(raw_dir).
+    arrange: Callable[[Path], None] | None = None
+    # The folder under <root>/<name>/ the raw files live in (another one per release of a dataset).
+    raw_name: str = "raw"
+    # Open data whose server may nevertheless ask for a login: these credentials are sent when set.
+    optional_login: Access | None = None
+    # What a person fetches by hand when it differs from the expected files it turns into (e.g.
+    # CheXpert's four download zips): listed first in the instructions.
+    to_place: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -122,7 +134,12 @@ class DatasetSource:
         ]
         if self.agreement:
             lines.append(f"  Agreement:   {self.agreement}")
-        lines.append(f"  Put these under {raw_dir}/:")
+        if self.to_place:
+            lines.append(f"  Put these under {raw_dir}/ (zipped or unpacked):")
+            lines += [f"    - {p}" for p in self.to_place]
+            lines.append("  They provide (missing now):")
+        else:
+            lines.append(f"  Put these under {raw_dir}/:")
         lines += [f"    - {m}" for m in missing]
         if self.example_command:
             lines.append(f"  Example:     {self.example_command.format(raw_dir=raw_dir)}")
@@ -199,3 +216,47 @@ def finish_table(rows: pd.DataFrame, spec: DatasetSpec, manifest: Manifest) -> p
 def normalise_header(name: str) -> str:
     """'Age\\n(years)' -> 'age (years)': collapse whitespace, lower-case (for defensive CSV parsing)."""
     return " ".join(str(name).split()).lower()
+
+
+# ----------------------------------------------------------------------------------------------
+# Sample counts against paper Table 1
+# ----------------------------------------------------------------------------------------------
+
+PAPER_TABLE1 = Path(__file__).with_name("paper_table1.csv")
+
+
+def published_range(published_as: str) -> tuple[float, float]:
+    """The interval of counts that round to a published count: "2.5K" -> [2450, 2550), "212K" ->
+    [211500, 212500), "362" -> [361.5, 362.5) (half a unit of the last digit printed, either side)."""
+    text = str(published_as).strip().upper()
+    scale = 1000 if text.endswith("K") else 1
+    digits = text.rstrip("K")
+    try:
+        value = float(digits)
+    except ValueError:
+        raise ValueError(f"published count {published_as!r} is not a number with an optional K suffix") from None
+    decimals = len(digits.split(".")[1]) if "." in digits else 0
+    half = 0.5 * 10 ** -decimals * scale
+    return value * scale - half, value * scale + half
+
+
+def paper_count_check(dataset: str, samples: int) -> dict:
+    """Our sample count next to paper Table 1's: {"published_as", "low", "high", "samples",
+    "within_rounding"}; {} for a dataset the paper does not list."""
+    table = pd.read_csv(PAPER_TABLE1, dtype=str)
+    row = table[table["dataset"] == dataset]
+    if row.empty:
+        return {}
+    published = row.iloc[0]["published_as"]
+    low, high = published_range(published)
+    return {"published_as": published, "low": low, "high": high, "samples": int(samples),
+            "within_rounding": bool(low <= samples < high)}
+
+
+def count_warning(check: dict, dataset: str) -> str | None:
+    """The log line for a count outside the published rounding (None when inside or not listed)."""
+    if not check or check["within_rounding"]:
+        return None
+    return (f"{dataset}: {check['samples']} samples after preprocessing, but paper Table 1 reports "
+            f"{check['published_as']} (counts from {check['low']:g} to below {check['high']:g} round to that); "
+            "see manifest.json for the samples skipped and why")

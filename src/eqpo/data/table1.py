@@ -1,4 +1,5 @@
-"""Paper Table 1: the datasets, their size, modality, labels and demographics, from the cohort."""
+"""Paper Table 1: the datasets, their size, modality, labels and demographics, from the cohort,
+with the paper's published sample count next to ours."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pandas as pd
 
 from ..groups import AGE_BINS, age_bin
 from ..vocabularies import get_spec
+from .sources import paper_count_check
 
 MODALITY = {
     "CheXpert": "Chest X-ray",
@@ -21,7 +23,9 @@ MODALITY = {
 def table1(cohort: pd.DataFrame) -> pd.DataFrame:
     """One row per dataset: modality, task, classes, samples per split, patients, the demographic
     attributes used, share of female samples and of each age bin (fractions of samples with that
-    attribute recorded), and the share of samples with no explicit group."""
+    attribute recorded), the share of samples with no explicit group, and paper Table 1's count
+    (``paper_samples``, as published, e.g. "2.5K"; empty for datasets the paper does not list) with
+    ``within_paper_rounding`` (whether our count rounds to it; None when not listed)."""
     rows = []
     for name, part in cohort.groupby("dataset", sort=True):
         spec = get_spec(name)
@@ -41,5 +45,8 @@ def table1(cohort: pd.DataFrame) -> pd.DataFrame:
             **{f"age_{b}": float(bins.get(b, 0.0)) for b in AGE_BINS},
             "no_group_share": float(part["group"].isna().mean()),
         }
+        check = paper_count_check(name, len(part))
+        row["paper_samples"] = check.get("published_as", "")
+        row["within_paper_rounding"] = check.get("within_rounding")
         rows.append(row)
     return pd.DataFrame(rows)

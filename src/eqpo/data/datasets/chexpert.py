@@ -1,20 +1,22 @@
 """CheXpert (Stanford AIMI): chest radiographs, 14 observations (multi-label), age and sex.
 
 Access is manual: registration on Stanford AIMI plus the CheXpert Research Use Agreement, then a
-time-limited Azure link. The person places one of these folders under ``<root>/CheXpert/raw/``:
+time-limited Azure link. The dataset page offers four zips; fetch all four into
+``<root>/CheXpert/raw/`` (unpacked or not):
 
-- ``CheXpert-v1.0-small/`` (downsampled, about 11 GB), or
-- ``CheXpert-v1.0/`` (original resolution, about 439 GB),
+- ``CheXpert-v1.0 batch 1 (validate & csv).zip``: ``valid/``, ``train.csv``, ``valid.csv``;
+- ``CheXpert-v1.0 batch 2 (train 1).zip``, ``... batch 3 (train 2).zip``, ``... batch 4 (train 3).zip``:
+  the training images as ``patientNNNNN/studyN/viewN_*.jpg`` folders, with no ``train/`` above them.
 
-each holding ``train.csv``, ``valid.csv``, ``train/`` and ``valid/``. ``expected`` names the small
-version's four entries (what the instructions ask for); :class:`EitherFolderSource` also accepts
-the full-resolution folder with the same four entries, and preprocessing reads whichever is there
-(the small one first when both are).
+:func:`arrange_aimi` unpacks the zips it finds and moves the pieces into the layout the CSVs' Path
+column names (``CheXpert-v1.0/train/patientNNNNN/...``): ``CheXpert-v1.0/{train.csv, valid.csv,
+train/, valid/}``. The downsampled ``CheXpert-v1.0-small/`` folder (same four entries, e.g. from an
+older download) is accepted too; when both are complete the full-resolution one is used.
 
-CSV columns (``train.csv`` / ``valid.csv``): ``Path`` (``CheXpert-v1.0-small/train/patient00001/
-study1/view1_frontal.jpg``; the patient id is the ``patientNNNNN`` part), ``Sex`` (Male/Female/
-Unknown), ``Age`` (integer years), ``Frontal/Lateral``, ``AP/PA``, then the 14 observations with
-values 1.0 (positive), 0.0 (negative), -1.0 (uncertain) or blank (not mentioned).
+CSV columns (``train.csv`` / ``valid.csv``): ``Path`` (``CheXpert-v1.0/train/patient00001/study1/
+view1_frontal.jpg``; the patient id is the ``patientNNNNN`` part), ``Sex`` (Male/Female/Unknown),
+``Age`` (integer years), ``Frontal/Lateral``, ``AP/PA``, then the 14 observations with values 1.0
+(positive), 0.0 (negative), -1.0 (uncertain) or blank (not mentioned).
 
 Paper / CLIMB conventions followed here: U-Zeros (only 1.0 is positive; -1.0 and blank are
 negative); a row with no positive observation is skipped and listed in the manifest; every row
@@ -24,6 +26,7 @@ negative); a row with no positive observation is skipped and listed in the manif
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -35,13 +38,19 @@ import pandas as pd
 
 from ...groups import normalize_sex
 from ...vocabularies import PAPER_DATASETS
-from ..fetch import sha256_of
+from ..fetch import extract, sha256_of
 from ..media import CorruptMedia, resize_image
 from ..sources import (Access, DatasetSource, Manifest, MissingDataError, normalise_header, patient_split,
                        train_val_fractions)
 
 SPEC = PAPER_DATASETS["CheXpert"]
-FOLDERS = ("CheXpert-v1.0-small", "CheXpert-v1.0")
+FULL, SMALL = "CheXpert-v1.0", "CheXpert-v1.0-small"
+FOLDERS = (FULL, SMALL)  # in order of preference
+AIMI_ZIPS = ("CheXpert-v1.0 batch 1 (validate & csv).zip", "CheXpert-v1.0 batch 2 (train 1).zip",
+             "CheXpert-v1.0 batch 3 (train 2).zip", "CheXpert-v1.0 batch 4 (train 3).zip")
+AIMI_ZIP_GLOB = "CheXpert-v1.0 batch *.zip"
+PATIENT_DIR_RE = re.compile(r"^patient\d+$", re.IGNORECASE)
+log = logging.getLogger("eqpo")
 MARKERS = ("train.csv", "valid.csv", "train/", "valid/")
 CSV_FILES = {"train": "train.csv", "test": "valid.csv"}  # official split -> file
 LANDING_PAGE = "https://stanfordaimi.azurewebsites.net/datasets/8cbd9ed4-2eb9-4565-affc-111cf4f7ebe2"
@@ -68,6 +77,72 @@ class EitherFolderSource(DatasetSource):
 
     def missing_files(self, raw_dir: Path) -> list[str]:
         return [] if self.found_folder(raw_dir) else super().missing_files(raw_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Stanford AIMI download layout
+# ----------------------------------------------------------------------------------------------
+
+
+def _scan(raw_dir: Path, max_depth: int = 3) -> tuple[list[Path], list[Path]]:
+    """Folders below raw_dir (at most ``max_depth`` deep) holding train.csv and valid.csv, and
+    ``patientNNNNN`` training folders; the small release, the assembled train/ and every valid/
+    folder are not searched (their patients are where they belong)."""
+    target = raw_dir / FULL
+    homes, patients = [], []
+    stack = [(raw_dir, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        if folder != target and (folder / "train.csv").is_file() and (folder / "valid.csv").is_file():
+            homes.append(folder)
+        if depth >= max_depth:
+            continue
+        for child in sorted(p for p in folder.iterdir() if p.is_dir()):
+            if child.name == SMALL or child == target / "train" or child.name.lower() == "valid":
+                continue
+            if PATIENT_DIR_RE.match(child.name):
+                patients.append(child)
+            else:
+                stack.append((child, depth + 1))
+    return sorted(homes), sorted(patients)
+
+
+def arrange_aimi(raw_dir: Path) -> None:
+    """Bring the Stanford AIMI download into ``CheXpert-v1.0/{train.csv, valid.csv, train/, valid/}``:
+    unpack the ``CheXpert-v1.0 batch *.zip`` files found in raw_dir (once each), move the CSVs and
+    ``valid/`` of batch 1 into ``CheXpert-v1.0/`` and every ``patientNNNNN/`` folder of batches 2-4
+    into ``CheXpert-v1.0/train/``. Moves are renames within raw_dir (no copy); nothing is done when
+    the layout is already complete, and a rerun after an interruption finishes the job."""
+    raw_dir = Path(raw_dir)
+    target = raw_dir / FULL
+    if all((target / marker).exists() for marker in MARKERS):
+        return
+    for archive in sorted(raw_dir.glob(AIMI_ZIP_GLOB)):
+        done = raw_dir / f".{archive.name}.extracted"
+        if not done.exists():
+            log.info(f"CheXpert: unpacking {archive.name}")
+            extract(archive, raw_dir / ".unpacked" / archive.stem, nested=False)
+            done.touch()
+    homes, patients = _scan(raw_dir)
+    if not homes and not patients:
+        return
+    target.mkdir(exist_ok=True)
+    for home in homes[:1]:
+        for name in ("train.csv", "valid.csv", "valid"):
+            if (home / name).exists() and not (target / name).exists():
+                os.replace(home / name, target / name)
+    (target / "train").mkdir(exist_ok=True)
+    moved = 0
+    for folder in patients:
+        dest = target / "train" / folder.name
+        if dest.exists():  # the same patient in two places: keep what is there, add what is not
+            for study in sorted(folder.iterdir()):
+                if not (dest / study.name).exists():
+                    os.replace(study, dest / study.name)
+            continue
+        os.replace(folder, dest)
+        moved += 1
+    log.info(f"CheXpert: arranged the AIMI download into {target} ({moved} patient folders moved into train/)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,14 +259,17 @@ SOURCE = EitherFolderSource(
     access=Access.MANUAL,
     landing_page=LANDING_PAGE,
     license="Stanford University School of Medicine CheXpert Dataset Research Use Agreement (non-commercial research)",
-    agreement="register on Stanford AIMI and accept the CheXpert Research Use Agreement, then download "
-              "CheXpert-v1.0-small (or CheXpert-v1.0) from the time-limited Azure link",
+    agreement="register on Stanford AIMI and accept the CheXpert Research Use Agreement, then download the four "
+              "zips listed below from the time-limited Azure link",
     expected=tuple(f"{FOLDERS[0]}/{marker}" for marker in MARKERS),
     preprocess=preprocess,
     example_command="azcopy copy '<the SAS link from the AIMI page>' {raw_dir} --recursive  "
-                    "(or unzip CheXpert-v1.0-small.zip -d {raw_dir})",
-    notes="The full-resolution folder CheXpert-v1.0/ with the same train.csv, valid.csv, train/ and valid/ "
-          "is accepted instead of CheXpert-v1.0-small/. Also linked from "
-          "https://stanfordmlgroup.github.io/competitions/chexpert/.",
+                    "(the four zips may stay zipped: they are unpacked and arranged on the next run)",
+    notes="The batch zips unpack without a train/ folder above the patient folders; the next run moves them into "
+          "CheXpert-v1.0/train/ as the CSVs' Path column expects. A complete CheXpert-v1.0-small/ (same four "
+          "entries) is accepted instead; the full-resolution folder is preferred when both are there. Also linked "
+          "from https://stanfordmlgroup.github.io/competitions/chexpert/.",
     folders=FOLDERS,
+    arrange=arrange_aimi,
+    to_place=AIMI_ZIPS,
 )

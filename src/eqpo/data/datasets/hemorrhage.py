@@ -1,27 +1,43 @@
 """Hemorrhage: "Computed Tomography Images for Intracranial Hemorrhage Detection and Segmentation"
-(Hssayeni et al., PhysioNet ``ct-ich`` version 1.3.1, restricted access).
+(Hssayeni et al., PhysioNet ``ct-ich``). Two releases can be used (config ``data.hemorrhage_release``):
 
-Files used (under ``<root>/Hemorrhage/raw/``, the layout of the PhysioNet release):
+``1.2.0`` (default): the JPEG release the paper and CLIMB used. Open access on PhysioNet under CC BY
+4.0 (no account needed); the same files are mirrored on Kaggle as
+``vbookshelf/computed-tomography-ct-images`` (that one needs a Kaggle token, so it is the hand-placed
+alternative). Files used, under ``<root>/Hemorrhage/raw/`` (or one or two folders below it, as the
+PhysioNet and Kaggle zips unpack):
 
-- ``hemorrhage_diagnosis_raw_ct.csv``: one row per CT slice of the NIfTI scans. Columns
-  ``PatientNumber``, ``SliceNumber`` (1-based index along the volume's last axis),
-  ``Intraventricular``, ``Intraparenchymal``, ``Subarachnoid``, ``Epidural``, ``Subdural``,
-  ``No_Hemorrhage``, ``Fracture_Yes_No`` (all 0/1).
-- ``Patient_demographics.csv`` (the case of the name differs between releases): one row per
-  patient. Header quirks: ``Age\\n(years)`` has an embedded newline, and the hemorrhage-type block is
-  a two-row header (``Hemorrhage type based on the radiologists diagnosis `` with a trailing space,
-  then ``Unnamed: 4..7``, with the subtype names on a second header row). Only ``Patient Number``,
-  age and ``Gender`` are used.
+- ``hemorrhage_diagnosis.csv``: one row per slice, 2,501 rows. Columns ``PatientNumber``,
+  ``SliceNumber``, ``Intraventricular``, ``Intraparenchymal``, ``Subarachnoid``, ``Epidural``,
+  ``Subdural``, ``No_Hemorrhage``, ``Fracture_Yes_No`` (all 0/1).
+- ``Patients_CT/<NNN>/brain/<SliceNumber>.jpg`` and ``.../bone/<SliceNumber>.jpg``: the slice in the
+  brain window (level 40, width 120) and the bone window (level 700, width 3200), as the release
+  README states. Masks (``<N>_HGE_Seg.jpg``) are not used.
+- ``Patient_demographics.csv`` (see below).
+
+``1.3.1``: the NIfTI release (restricted access: PhysioNet account plus data use agreement), 2,814
+slices of 75 patients, faces blurred. Files under ``<root>/Hemorrhage/raw-1.3.1/``:
+
+- ``hemorrhage_diagnosis_raw_ct.csv``: the same columns for the NIfTI slices (``SliceNumber`` is the
+  1-based index along the volume's last axis).
 - ``ct_scans/<NNN>.nii``: one CT volume per patient in Hounsfield units, shape (X, Y, slices); the
-  release has no scans for patients 59-65.
+  release has no scans for patients 59-65. Each slice is windowed exactly as the JPEG release was
+  (:data:`eqpo.data.media.BRAIN_WINDOW`, :data:`eqpo.data.media.BONE_WINDOW`), so both releases give
+  the same kind of image.
+
+``Patient_demographics.csv`` (the case of the name differs between releases): one row per patient.
+Header quirks: ``Age\\n(years)`` has an embedded newline, and the hemorrhage-type block is a two-row
+header (``Hemorrhage type based on the radiologists diagnosis `` with a trailing space, then
+``Unnamed: 4..7``, with the subtype names on a second header row). Only ``Patient Number``, age and
+``Gender`` are used.
 
 One sample per CT slice (as CLIMB and the paper): label "Has Hemorrhage" when ``No_Hemorrhage`` is 0,
-else "No Hemorrhage"; two PNG images per sample, the slice in the brain window and in the bone window.
-There is no official split: patients are split with :func:`patient_split`.
+else "No Hemorrhage"; two PNG images per sample, the brain window and the bone window. There is no
+official split: patients are split with :func:`patient_split`.
 
-Download: the diagnosis CSV is the ``remote`` file; :func:`fetch_ct_ich` then fetches the
-demographics and every ``ct_scans/<NNN>.nii`` the diagnosis CSV lists, with PhysioNet credentials
-(environment or ``~/.netrc``), verified against the release's ``SHA256SUMS.txt`` when it is served.
+Download: the diagnosis CSV is the ``remote`` file; the ``fetch`` step then fetches the release's
+``SHA256SUMS.txt`` (checked when served), the demographics and every image or volume the diagnosis
+CSV lists, one progress bar over the files.
 """
 
 from __future__ import annotations
@@ -30,7 +46,7 @@ import csv
 import io
 import os
 import shutil
-import urllib.error
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,17 +55,25 @@ import pandas as pd
 from ...groups import normalize_sex
 from ...vocabularies import PAPER_DATASETS
 from .. import media
-from ..sources import Access, DatasetSource, Manifest, RemoteFile, normalise_header, patient_split
+from ..sources import Access, DatasetSource, Manifest, MissingDataError, RemoteFile, normalise_header, patient_split
 
 SPEC = PAPER_DATASETS["Hemorrhage"]
-BASE_URL = "https://physionet.org/files/ct-ich/1.3.1/"
-LANDING_PAGE = "https://physionet.org/content/ct-ich/1.3.1/"
+JPEG_RELEASE, NIFTI_RELEASE = "1.2.0", "1.3.1"
+DEFAULT_RELEASE = JPEG_RELEASE  # the release the paper (and CLIMB) used
+RELEASES = (JPEG_RELEASE, NIFTI_RELEASE)
+BASE_URLS = {release: f"https://physionet.org/files/ct-ich/{release}/" for release in RELEASES}
+LANDING_PAGES = {release: f"https://physionet.org/content/ct-ich/{release}/" for release in RELEASES}
+KAGGLE_MIRROR = "vbookshelf/computed-tomography-ct-images"
+JPEG_DIAGNOSIS = "hemorrhage_diagnosis.csv"
 DIAGNOSIS = "hemorrhage_diagnosis_raw_ct.csv"
 DEMOGRAPHICS = "Patient_demographics.csv"
 DEMOGRAPHICS_NAMES = (DEMOGRAPHICS, "patient_demographics.csv")  # served name, then the v1.0 spelling
 SCANS = "ct_scans"
+PATIENTS = "Patients_CT"
+WINDOWS = ("brain", "bone")
 CHECKSUMS = "SHA256SUMS.txt"
 HAS, NO = "Has Hemorrhage", "No Hemorrhage"
+DOWNLOAD_THREADS = 4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,17 +86,18 @@ def scan_name(patient: int) -> str:
     return f"{patient:03d}.nii"
 
 
-def _base_url(source: DatasetSource) -> str:
+def slice_jpeg(patient: int, slice_number: int, window: str) -> str:
+    """A slice's JPEG in the 1.2.0 release, relative to the release folder:
+    (49, 7, "brain") -> "Patients_CT/049/brain/7.jpg"."""
+    return f"{PATIENTS}/{patient:03d}/{window}/{slice_number}.jpg"
+
+
+def _base_url(source: DatasetSource, diagnosis: str) -> str:
     """The release's folder URL: where the remote diagnosis CSV lives (a test server in tests)."""
     for item in source.remote:
-        if item.name == DIAGNOSIS:
+        if item.name == diagnosis:
             return item.url.rsplit("/", 1)[0] + "/"
-    return BASE_URL
-
-
-def _not_served(err: Exception) -> bool:
-    """True for 'no such file' (HTTP 404, or a missing file:// path), the only error tolerated."""
-    return isinstance(err, FileNotFoundError) or (isinstance(err, urllib.error.HTTPError) and err.code == 404)
+    return BASE_URLS[NIFTI_RELEASE if diagnosis == DIAGNOSIS else JPEG_RELEASE]
 
 
 def _published_checksums(base: str, raw_dir: Path, credentials) -> dict[str, str]:
@@ -81,10 +106,8 @@ def _published_checksums(base: str, raw_dir: Path, credentials) -> dict[str, str
 
     try:
         path = download(base + CHECKSUMS, raw_dir / CHECKSUMS, credentials=credentials)
-    except (urllib.error.HTTPError, FileNotFoundError) as err:
-        if _not_served(err):
-            return {}
-        raise
+    except FileNotFoundError:
+        return {}
     sums = {}
     for line in path.read_text(errors="replace").splitlines():
         parts = line.split(maxsplit=1)
@@ -95,12 +118,12 @@ def _published_checksums(base: str, raw_dir: Path, credentials) -> dict[str, str
 
 def _verify(path: Path, expected: str | None) -> None:
     """Check an already downloaded file against its published checksum; remove it when wrong."""
-    from ..fetch import sha256_of
+    from ..fetch import DownloadError, sha256_of
 
     if expected is not None and path.exists() and sha256_of(path) != expected:
         path.unlink()
-        raise IOError(f"checksum mismatch for {path.name} (SHA256SUMS.txt says {expected}); the file was removed, "
-                      "run again to download it afresh")
+        raise DownloadError(f"checksum mismatch for {path.name} (SHA256SUMS.txt says {expected}); the file was "
+                            "removed, run again to download it afresh")
 
 
 def _fetch_demographics(base: str, raw_dir: Path, credentials, sums: dict[str, str]) -> None:
@@ -116,40 +139,79 @@ def _fetch_demographics(base: str, raw_dir: Path, credentials, sums: dict[str, s
         try:
             download(base + name, raw_dir / DEMOGRAPHICS, sums.get(name), credentials)
             return
-        except (urllib.error.HTTPError, FileNotFoundError) as err:
-            if not _not_served(err):
-                raise
+        except FileNotFoundError:
+            continue
 
 
-def _fetch_scans(base: str, raw_dir: Path, credentials, sums: dict[str, str]) -> None:
-    """Download every ``ct_scans/<NNN>.nii`` the diagnosis CSV lists. Into ``ct_scans.part/`` first,
-    renamed to ``ct_scans/`` once complete, so an interrupted run is resumed rather than taken as done.
-    A scan the server does not have (patients 59-65) is left out; preprocessing records its slices."""
-    from ..fetch import download
+def _fetch_listed(base: str, raw_dir: Path, folder: str, files: list[str], credentials, sums: dict[str, str]) -> None:
+    """Download ``files`` (paths relative to the release, under ``folder``/) into ``folder.part/``
+    first, renamed to ``folder/`` once complete, so an interrupted run is resumed rather than taken
+    as done. A file the server does not have (the scans of patients 59-65) is left out;
+    preprocessing records the slices concerned in the manifest."""
+    from ..fetch import download_all
 
-    final = raw_dir / SCANS
-    target = final if final.exists() else raw_dir / (SCANS + ".part")
-    got = 0
-    for patient in sorted(read_diagnosis(raw_dir / DIAGNOSIS)["patient"].unique()):
-        name = scan_name(int(patient))
-        try:
-            download(base + f"{SCANS}/{name}", target / name, sums.get(f"{SCANS}/{name}"), credentials)
-            got += 1
-        except (urllib.error.HTTPError, FileNotFoundError) as err:
-            if not _not_served(err):
-                raise
-    if target != final and got:
+    final = raw_dir / folder
+    target = final if final.exists() else raw_dir / (folder + ".part")
+    jobs = [(base + rel, target / rel.split("/", 1)[1], sums.get(rel)) for rel in files]
+    not_served = download_all(jobs, credentials, DOWNLOAD_THREADS, desc=f"{SPEC.name} {folder}", skip_not_served=True)
+    if target != final and len(not_served) < len(jobs):
         os.replace(target, final)
 
 
 def fetch_ct_ich(source: DatasetSource, raw_dir: Path, credentials) -> None:
-    """Custom download step (after the diagnosis CSV): checksums, demographics, CT volumes."""
+    """Custom download step of the NIfTI release (after the diagnosis CSV): checksums, demographics, volumes."""
     raw_dir = Path(raw_dir)
-    base = _base_url(source)
+    base = _base_url(source, DIAGNOSIS)
     sums = _published_checksums(base, raw_dir, credentials)
     _verify(raw_dir / DIAGNOSIS, sums.get(DIAGNOSIS))
     _fetch_demographics(base, raw_dir, credentials, sums)
-    _fetch_scans(base, raw_dir, credentials, sums)
+    patients = sorted(read_diagnosis(raw_dir / DIAGNOSIS)["patient"].unique())
+    _fetch_listed(base, raw_dir, SCANS, [f"{SCANS}/{scan_name(int(p))}" for p in patients], credentials, sums)
+
+
+def fetch_jpeg_release(source: DatasetSource, raw_dir: Path, credentials) -> None:
+    """Custom download step of the JPEG release (after the diagnosis CSV): checksums, demographics,
+    the brain- and bone-window JPEG of every slice the diagnosis CSV lists."""
+    raw_dir = Path(raw_dir)
+    if release_folder(raw_dir) not in (None, raw_dir):
+        return  # a mirror unpacked by hand one level down: nothing to fetch
+    base = _base_url(source, JPEG_DIAGNOSIS)
+    sums = _published_checksums(base, raw_dir, credentials)
+    _verify(raw_dir / JPEG_DIAGNOSIS, sums.get(JPEG_DIAGNOSIS))
+    _fetch_demographics(base, raw_dir, credentials, sums)
+    diagnosis = read_diagnosis(raw_dir / JPEG_DIAGNOSIS).drop_duplicates(["patient", "slice"])
+    files = [slice_jpeg(int(p), int(s), w) for p, s in zip(diagnosis["patient"], diagnosis["slice"]) for w in WINDOWS]
+    _fetch_listed(base, raw_dir, PATIENTS, files, credentials, sums)
+
+
+def release_folder(raw_dir: Path) -> Path | None:
+    """The folder holding the JPEG release's ``hemorrhage_diagnosis.csv``: raw_dir itself, or a
+    folder one or two levels below it (the PhysioNet zip unpacks into
+    ``computed-tomography-images-for-intracranial-hemorrhage-detection-and-segmentation-1.2.0/``,
+    the Kaggle mirror into a similar folder); None when there is none."""
+    raw_dir = Path(raw_dir)
+    if (raw_dir / JPEG_DIAGNOSIS).is_file():
+        return raw_dir
+    for pattern in (f"*/{JPEG_DIAGNOSIS}", f"*/*/{JPEG_DIAGNOSIS}"):
+        found = sorted(p.parent for p in raw_dir.glob(pattern) if p.is_file() and ".part" not in p.parent.name)
+        if found:
+            return found[0]
+    return None
+
+
+@dataclass(frozen=True)
+class JpegReleaseSource(DatasetSource):
+    """The JPEG release: its expected files may sit in raw/ (downloaded) or in the folder a zip of
+    the release unpacks into (placed by hand)."""
+
+    def missing_files(self, raw_dir: Path) -> list[str]:
+        folder = release_folder(raw_dir)
+        if folder is None or folder == Path(raw_dir):
+            return super().missing_files(raw_dir)
+        missing = [p for p in self.expected if not (folder / p).exists()]
+        if DEMOGRAPHICS in missing and find_demographics(folder) is not None:
+            missing.remove(DEMOGRAPHICS)
+        return missing
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,7 +251,7 @@ def _read_rows(path: Path) -> list[list[str]]:
 
 
 def read_diagnosis(path: Path) -> pd.DataFrame:
-    """hemorrhage_diagnosis_raw_ct.csv -> columns patient (int), slice (int, 1-based), no_hemorrhage
+    """hemorrhage_diagnosis[_raw_ct].csv -> columns patient (int), slice (int), no_hemorrhage
     (float 0/1, NaN when blank). Rows without a patient or slice number are dropped."""
     table = _read_csv(path)
     columns = {"patient": _column(table.columns, "patientnumber", "patient"),
@@ -269,8 +331,13 @@ def label_of(no_hemorrhage: float) -> str | None:
     return None
 
 
+def _stem(patient: int, slice_number: int) -> str:
+    return f"{patient:03d}/{patient:03d}_{slice_number:03d}"
+
+
 def write_slice_images(hu: np.ndarray, stem: str, out_dir: Path) -> list[str]:
-    """One axial slice (Y, X) in HU -> brain- and bone-window PNGs; paths relative to out_dir.parent."""
+    """One axial slice (Y, X) in HU -> brain- and bone-window PNGs (the JPEG release's windows);
+    paths relative to out_dir.parent."""
     paths = []
     for tag, level_width in (("brain", media.BRAIN_WINDOW), ("bone", media.BONE_WINDOW)):
         dest = media.save_png(media.window(hu, level_width), out_dir / "images" / f"{stem}_{tag}.png")
@@ -279,7 +346,7 @@ def write_slice_images(hu: np.ndarray, stem: str, out_dir: Path) -> list[str]:
 
 
 def _patient_rows(patient: int, slices: pd.DataFrame, raw_dir: Path, out_dir: Path, manifest: Manifest) -> list[dict]:
-    """The samples of one patient: load its volume once, write both windows of every labelled slice."""
+    """The samples of one patient (NIfTI release): load its volume once, write both windows of every labelled slice."""
     sample_ids = {int(s): f"{SPEC.name}-{patient:03d}-{int(s):03d}" for s in slices["slice"]}
     path = raw_dir / SCANS / scan_name(patient)
     try:
@@ -300,31 +367,47 @@ def _patient_rows(patient: int, slices: pd.DataFrame, raw_dir: Path, out_dir: Pa
         elif not 1 <= row.slice <= volume.shape[2]:
             manifest.skip(sample_id, f"slice {row.slice} is outside {path.name} ({volume.shape[2]} slices)")
         else:
-            stem = f"{patient:03d}/{patient:03d}_{int(row.slice):03d}"
-            images = write_slice_images(volume[:, :, row.slice - 1].T, stem, out_dir)
+            images = write_slice_images(volume[:, :, row.slice - 1].T, _stem(patient, int(row.slice)), out_dir)
             rows.append({"sample_id": sample_id, "patient_id": f"{patient:03d}", "images": images, "labels": [label]})
     return rows
 
 
-def _record_files(raw_dir: Path, demographics: Path | None, manifest: Manifest) -> None:
+def _jpeg_row(row, folder: Path, out_dir: Path, manifest: Manifest) -> dict | None:
+    """One slice of the JPEG release: its brain- and bone-window JPEGs -> PNGs; None when skipped."""
+    patient, slice_number = int(row.patient), int(row.slice)
+    sample_id, label = f"{SPEC.name}-{patient:03d}-{slice_number:03d}", label_of(row.no_hemorrhage)
+    if label is None:
+        manifest.skip(sample_id, f"No_Hemorrhage is {row.no_hemorrhage!r}, not 0/1")
+        return None
+    images = []
+    for window in WINDOWS:
+        rel = slice_jpeg(patient, slice_number, window)
+        dest = out_dir / "images" / f"{_stem(patient, slice_number)}_{window}.png"
+        try:
+            if not (folder / rel).is_file():
+                raise media.CorruptMedia(f"no image {rel}")
+            media.resize_image(folder / rel, dest)
+        except media.CorruptMedia as err:
+            manifest.skip(sample_id, str(err))
+            return None
+        images.append(dest.relative_to(out_dir.parent).as_posix())
+    return {"sample_id": sample_id, "patient_id": f"{patient:03d}", "images": images, "labels": [label]}
+
+
+def _record_files(folder: Path, diagnosis: str, demographics: Path | None, manifest: Manifest, what: str) -> None:
+    """Hashes of the CSVs read, and how many volumes (NIfTI) or slice JPEGs (masks not counted) were there."""
     from ..fetch import sha256_of
 
-    manifest.files[DIAGNOSIS] = sha256_of(raw_dir / DIAGNOSIS)
+    manifest.files[diagnosis] = sha256_of(folder / diagnosis)
     manifest.files[DEMOGRAPHICS] = sha256_of(demographics) if demographics is not None else "missing"
-    manifest.files[SCANS] = f"{len(list((raw_dir / SCANS).glob('*.nii')))} volumes"
+    if what == SCANS:
+        manifest.files[SCANS] = f"{len(list((folder / SCANS).glob('*.nii')))} volumes"
+    else:
+        slices = [p for p in (folder / PATIENTS).glob("*/*/*.jpg") if "_HGE_Seg" not in p.name]
+        manifest.files[PATIENTS] = f"{len(slices)} JPEG files"
 
 
-def preprocess(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int,
-               fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> pd.DataFrame:
-    """ct-ich 1.3.1 -> one row per labelled CT slice with its brain- and bone-window PNGs."""
-    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    diagnosis = read_diagnosis(raw_dir / DIAGNOSIS).drop_duplicates(["patient", "slice"])
-    demographics_path = find_demographics(raw_dir)
-    demographics = read_demographics(demographics_path)
-    _record_files(raw_dir, demographics_path, manifest)
-    rows = []
-    for patient, slices in diagnosis.groupby("patient", sort=True):
-        rows += _patient_rows(int(patient), slices.sort_values("slice"), raw_dir, out_dir, manifest)
+def _finish(rows: list[dict], demographics: dict, seed: int, fractions) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=["sample_id", "patient_id", "images", "labels"])
     numbers = table["patient_id"].astype(int)
     table["age"] = [demographics.get(n, (np.nan, None))[0] for n in numbers]
@@ -334,19 +417,74 @@ def preprocess(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int,
     return table
 
 
-SOURCE = DatasetSource(
+def preprocess_nifti(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int,
+                     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> pd.DataFrame:
+    """ct-ich 1.3.1 -> one row per labelled CT slice with its brain- and bone-window PNGs."""
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    diagnosis = read_diagnosis(raw_dir / DIAGNOSIS).drop_duplicates(["patient", "slice"])
+    demographics_path = find_demographics(raw_dir)
+    _record_files(raw_dir, DIAGNOSIS, demographics_path, manifest, SCANS)
+    manifest.release = f"ct-ich {NIFTI_RELEASE} (NIfTI)"
+    rows = []
+    for patient, slices in diagnosis.groupby("patient", sort=True):
+        rows += _patient_rows(int(patient), slices.sort_values("slice"), raw_dir, out_dir, manifest)
+    return _finish(rows, read_demographics(demographics_path), seed, fractions)
+
+
+def preprocess_jpeg(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int,
+                    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> pd.DataFrame:
+    """ct-ich 1.2.0 (JPEG, the paper's release) -> one row per labelled slice with its two PNGs."""
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    folder = release_folder(raw_dir)
+    if folder is None:
+        raise MissingDataError(JPEG_SOURCE.instructions(raw_dir, list(JPEG_SOURCE.expected)))
+    diagnosis = read_diagnosis(folder / JPEG_DIAGNOSIS).drop_duplicates(["patient", "slice"])
+    diagnosis = diagnosis.sort_values(["patient", "slice"])
+    demographics_path = find_demographics(folder)
+    _record_files(folder, JPEG_DIAGNOSIS, demographics_path, manifest, PATIENTS)
+    manifest.release = f"ct-ich {JPEG_RELEASE} (JPEG)"
+    rows = [r for r in (_jpeg_row(row, folder, out_dir, manifest) for row in diagnosis.itertuples(index=False))
+            if r is not None]
+    return _finish(rows, read_demographics(demographics_path), seed, fractions)
+
+
+JPEG_SOURCE = JpegReleaseSource(
+    spec=SPEC,
+    access=Access.OPEN_URL,
+    landing_page=LANDING_PAGES[JPEG_RELEASE],
+    license="Creative Commons Attribution 4.0 International (CC BY 4.0), open access",
+    expected=(JPEG_DIAGNOSIS, DEMOGRAPHICS, f"{PATIENTS}/"),
+    remote=(RemoteFile(BASE_URLS[JPEG_RELEASE] + JPEG_DIAGNOSIS, JPEG_DIAGNOSIS),),
+    preprocess=preprocess_jpeg,
+    fetch=fetch_jpeg_release,
+    optional_login=Access.PHYSIONET,
+    example_command=("wget -r -N -c -np -nH --cut-dirs=3 -P {raw_dir} " + BASE_URLS[JPEG_RELEASE]
+                     + "   (or: kaggle datasets download " + KAGGLE_MIRROR + " and unzip it into {raw_dir})"),
+    notes=("The JPEG release the paper and CLIMB used (2,501 slices of 82 patients). It is downloaded without an "
+           "account from PhysioNet; the Kaggle mirror " + KAGGLE_MIRROR + " holds the same files (its zip may be "
+           "unpacked as it comes, one folder below raw/). PhysioNet credentials (PHYSIONET_USERNAME / "
+           "PHYSIONET_PASSWORD or ~/.netrc) are sent when set. The NIfTI release 1.3.1 is the alternative: "
+           "data.hemorrhage_release: \"1.3.1\"."),
+)
+
+NIFTI_SOURCE = DatasetSource(
     spec=SPEC,
     access=Access.PHYSIONET,
-    landing_page=LANDING_PAGE,
+    landing_page=LANDING_PAGES[NIFTI_RELEASE],
     license="PhysioNet Restricted Health Data License 1.5.0 (restricted access)",
     agreement="Sign in to PhysioNet and sign the data use agreement for ct-ich 1.3.1 on the landing page",
     expected=(DIAGNOSIS, DEMOGRAPHICS, f"{SCANS}/"),
-    remote=(RemoteFile(BASE_URL + DIAGNOSIS, DIAGNOSIS),),
-    preprocess=preprocess,
+    remote=(RemoteFile(BASE_URLS[NIFTI_RELEASE] + DIAGNOSIS, DIAGNOSIS),),
+    preprocess=preprocess_nifti,
     fetch=fetch_ct_ich,
     example_command=("wget -r -N -c -np -nH --cut-dirs=3 -P {raw_dir} --user $PHYSIONET_USERNAME --ask-password "
-                     + BASE_URL),
+                     + BASE_URLS[NIFTI_RELEASE]),
     notes=("Only ct_scans/, the diagnosis CSV and the demographics CSV are used (masks/ is not needed). "
            "Scans of patients 59-65 are not in the release. Credentials: PHYSIONET_USERNAME and "
-           "PHYSIONET_PASSWORD, or a ~/.netrc entry for physionet.org."),
+           "PHYSIONET_PASSWORD, or a ~/.netrc entry for physionet.org. The slices are windowed as the "
+           "JPEG release's (brain 40/120, bone 700/3200)."),
+    raw_name=f"raw-{NIFTI_RELEASE}",
 )
+
+SOURCES = {JPEG_RELEASE: JPEG_SOURCE, NIFTI_RELEASE: NIFTI_SOURCE}
+SOURCE = SOURCES[DEFAULT_RELEASE]

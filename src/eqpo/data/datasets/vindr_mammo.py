@@ -34,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...vocabularies import PAPER_DATASETS
-from ..fetch import download, sha256_of
+from ..fetch import download_all, sha256_of
 from ..media import CorruptMedia, dicom_to_png
 from ..sources import (Access, DatasetSource, Manifest, MissingDataError, RemoteFile, normalise_header,
                        patient_split, train_val_fractions)
@@ -110,18 +110,12 @@ def fetch_images(source: DatasetSource, raw_dir: Path, credentials: tuple[str, s
     target = final if final.is_dir() else raw_dir / STAGING
     url = base_url(source)
 
-    def one(pair: tuple[str, str]) -> None:
-        rel = f"images/{pair[0]}/{pair[1]}.dicom"
-        download(url + rel, target / pair[0] / f"{pair[1]}.dicom", sums.get(rel), credentials)
-
-    pool = ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS)
-    try:
-        for _ in pool.map(one, listed_images(raw_dir / ANNOTATIONS)):
-            pass
+    jobs = [(url + f"images/{study}/{image}.dicom", target / study / f"{image}.dicom",
+             sums.get(f"images/{study}/{image}.dicom")) for study, image in listed_images(raw_dir / ANNOTATIONS)]
+    try:  # one progress bar over the files; the first failure (a 401, a checksum mismatch) stops the rest
+        download_all(jobs, credentials, DOWNLOAD_THREADS, desc=f"{SPEC.name} images")
     except MissingDataError as err:
         raise MissingDataError(source.instructions(raw_dir, ["images/<study_id>/<image_id>.dicom"], str(err))) from None
-    finally:  # on the first failure (a 401, a checksum mismatch) the queued downloads are dropped
-        pool.shutdown(wait=True, cancel_futures=True)
     if target != final:
         os.replace(target, final)
 
