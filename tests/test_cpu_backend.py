@@ -103,14 +103,41 @@ def test_grpo_rs_trains_on_the_oversampled_set(workspace, capsys):
     assert (cells.groupby(level=0).nunique() == 1).all()  # every cell at its dataset's largest size
 
 
+def _checkpoint_step(run: Path) -> int:
+    assert (run / "ckpt" / "last.pt").exists(), f"no checkpoint was written under {run / 'ckpt'}"
+    return int(torch.load(run / "ckpt" / "last.pt", weights_only=False)["step"])
+
+
+def _step_lines(path: Path) -> dict[int, str]:
+    """steps.jsonl as written, by step: the lines carry wall-clock timings, so a step that ran
+    again never gives the same line."""
+    return {json.loads(line)["step"]: line for line in path.read_text().splitlines() if line.strip()}
+
+
+def assert_resumed_at_the_checkpoint(run: Path, interrupted: dict[int, str], checkpoint_step: int) -> None:
+    """The finished run kept the steps its checkpoint covered (not run again) and ran the rest again."""
+    final = _step_lines(run / "steps.jsonl")
+    assert checkpoint_step > 0 and sorted(final) == list(range(1, max(final) + 1))
+    for step in range(1, checkpoint_step + 1):
+        assert final[step] == interrupted[step], f"step {step} ran again after the resume"
+    redone = [s for s in interrupted if s > checkpoint_step]
+    assert all(final[s] != interrupted[s] for s in redone)
+
+
 @pytest.mark.parametrize("method", ["eqpo", "grpo_dro"])
-def test_resume_after_interruption_gives_the_same_run(workspace, method):
+def test_resume_after_interruption_gives_the_same_run(workspace, method, caplog):
     straight, resumed = workspace / f"straight_{method}", workspace / f"resumed_{method}"
     args = (workspace / "cohort.parquet", workspace / "pretrained.pt", method, {}, TRAIN, 1)
     run_train_cpu(*args, straight)
     run_train_cpu(*args, resumed, stop_after=10)  # last checkpoint at step 8; steps 9-10 are redone
     assert not (resumed / "final.pt").exists()
-    run_train_cpu(*args, resumed)
+    assert _checkpoint_step(resumed) == 8
+    interrupted = _step_lines(resumed / "ckpt" / "steps.jsonl")
+    assert sorted(interrupted) == list(range(1, 11))
+    with caplog.at_level("INFO"):
+        run_train_cpu(*args, resumed)
+    assert f"resumed from {resumed / 'ckpt' / 'last.pt'} at step 8" in caplog.text
+    assert_resumed_at_the_checkpoint(resumed, interrupted, 8)
     for name in ("dynamics.jsonl", "steps.jsonl"):
         assert _strip_times(straight / name) == _strip_times(resumed / name)
     a, b = torch.load(straight / "final.pt"), torch.load(resumed / "final.pt")
@@ -155,7 +182,10 @@ def test_killed_process_resumes(workspace):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "final.pt").exists(), "the run finished before it could be killed"
+    checkpoint_step = _checkpoint_step(run)  # fails when no checkpoint appeared before the kill
+    interrupted = _step_lines(run / "ckpt" / "steps.jsonl")
     subprocess.run([sys.executable, "-c", code], check=True, stderr=subprocess.DEVNULL)
+    assert_resumed_at_the_checkpoint(run, interrupted, checkpoint_step)
     reference = workspace / "killed_reference"
     run_train_cpu(workspace / "cohort.parquet", workspace / "pretrained.pt", "eqpo_nd", {}, train, 2, reference)
     assert _strip_times(run / "dynamics.jsonl") == _strip_times(reference / "dynamics.jsonl")
