@@ -187,6 +187,21 @@ def train_val_fractions(fractions, dataset: str) -> tuple[float, float, float]:
     return train / (train + val), val / (train + val), 0.0
 
 
+def assign_splits(table: pd.DataFrame, seed: int, fractions, official: str | None = None,
+                  dataset: str = "") -> pd.DataFrame:
+    """``table`` with a ``split`` column, assigned by patient (:func:`patient_split`). With
+    ``official`` (the column holding each row's official split), the patients of the official test
+    split stay in test, the others are split into train/val by :func:`train_val_fractions`, and that
+    column is dropped."""
+    if official is None:
+        assignment = patient_split(table["patient_id"].tolist(), seed, fractions)
+    else:
+        fixed = {p: "test" for p in table.loc[table[official] == "test", "patient_id"]}
+        assignment = patient_split(table["patient_id"].tolist(), seed, train_val_fractions(fractions, dataset), fixed)
+        table = table.drop(columns=official)
+    return table.assign(split=table["patient_id"].map(assignment))
+
+
 def finish_table(rows: pd.DataFrame, spec: DatasetSpec, manifest: Manifest) -> pd.DataFrame:
     """Check a module's rows, add ``group``, order the columns and fill the manifest counts."""
     missing = [c for c in TABLE_COLUMNS if c not in rows.columns and c not in ("group", "dataset")]

@@ -40,8 +40,7 @@ from ...groups import normalize_sex
 from ...vocabularies import PAPER_DATASETS
 from ..fetch import extract, sha256_of
 from ..media import CorruptMedia, resize_image
-from ..sources import (Access, DatasetSource, Manifest, MissingDataError, normalise_header, patient_split,
-                       train_val_fractions)
+from ..sources import Access, DatasetSource, Manifest, MissingDataError, assign_splits, normalise_header
 
 SPEC = PAPER_DATASETS["CheXpert"]
 FULL, SMALL = "CheXpert-v1.0", "CheXpert-v1.0-small"
@@ -247,11 +246,9 @@ def preprocess(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int, frac
     manifest.files = {f"{found}/{name}": sha256_of(folder / name) for name in CSV_FILES.values()}
     rows = convert_images(candidate_rows(folder, out_dir, manifest), out_dir, manifest)
     table = pd.DataFrame(rows, columns=["sample_id", "patient_id", "official", "images", "labels", "age", "sex"])
-    fixed = {p: "test" for p in table.loc[table["official"] == "test", "patient_id"]}
-    assignment = patient_split(table["patient_id"].tolist(), seed, train_val_fractions(fractions, SPEC.name), fixed)
-    table["split"] = table["patient_id"].map(assignment)
+    table = assign_splits(table, seed, fractions, official="official", dataset=SPEC.name)
     table["age"] = table["age"].astype(float)
-    return table.drop(columns="official")
+    return table
 
 
 SOURCE = EitherFolderSource(

@@ -25,7 +25,7 @@ import pandas as pd
 
 from ...vocabularies import PAPER_DATASETS
 from .. import media
-from ..sources import Access, DatasetSource, Manifest, normalise_header, patient_split
+from ..sources import Access, DatasetSource, Manifest, assign_splits, normalise_header
 
 SPEC = PAPER_DATASETS["COVID-BLUES"]
 GIT_URL = "https://github.com/NinaWie/COVID-BLUES.git"
@@ -117,9 +117,7 @@ def preprocess(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int,
     rows = [row for video in list_videos(raw_dir / VIDEOS)
             if (row := _video_row(video, clinical, out_dir, manifest)) is not None]
     table = pd.DataFrame(rows, columns=["sample_id", "patient_id", "images", "labels", "age", "sex"])
-    splits = patient_split(table["patient_id"].unique().tolist(), seed, fractions)
-    table["split"] = table["patient_id"].map(splits)
-    return table
+    return assign_splits(table, seed, fractions)
 
 
 SOURCE = DatasetSource(

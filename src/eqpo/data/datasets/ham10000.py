@@ -28,8 +28,8 @@ import pandas as pd
 
 from ...vocabularies import PAPER_DATASETS
 from ..fetch import sha256_of
+from ..records import build_rows, column, drop_unusable, index_images, read_table, records_frame, require, sex_codes
 from ..sources import Access, DatasetSource, Manifest, RemoteFile
-from .isic2020 import build_rows, column, drop_unusable, index_images, read_table, require, sex_codes
 
 NAME = "HAM10000"
 METADATA = "HAM10000_metadata"
@@ -61,16 +61,10 @@ def read_metadata(path: Path) -> pd.DataFrame:
     """HAM10000_metadata (CSV or TSV) -> records (native, sample_id, patient_id, labels, age, sex)."""
     meta = read_table(path, sep=separator(path))
     require(meta, ["image_id", "dx"], path)
-    native = column(meta, "image_id")
-    dx = column(meta, "dx")
-    return pd.DataFrame({
-        "native": native,
-        "sample_id": f"{NAME}-" + native,
-        "patient_id": column(meta, "lesion_id").fillna(native),
-        "labels": [DX.get(d.strip().lower()) if isinstance(d, str) else None for d in dx],
-        "age": pd.to_numeric(column(meta, "age"), errors="coerce").astype(float),
-        "sex": sex_codes(column(meta, "sex"), SEX),
-    })
+    return records_frame(
+        NAME, column(meta, "image_id"), column(meta, "lesion_id"),
+        [DX.get(d.strip().lower()) if isinstance(d, str) else None for d in column(meta, "dx")],
+        column(meta, "age"), sex_codes(column(meta, "sex"), SEX))
 
 
 def preprocess(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int, fractions) -> pd.DataFrame:

@@ -55,7 +55,8 @@ import pandas as pd
 from ...groups import normalize_sex
 from ...vocabularies import PAPER_DATASETS
 from .. import media
-from ..sources import Access, DatasetSource, Manifest, MissingDataError, RemoteFile, normalise_header, patient_split
+from ..sources import (Access, DatasetSource, Manifest, MissingDataError, RemoteFile, assign_splits,
+                       normalise_header)
 
 SPEC = PAPER_DATASETS["Hemorrhage"]
 JPEG_RELEASE, NIFTI_RELEASE = "1.2.0", "1.3.1"
@@ -412,9 +413,7 @@ def _finish(rows: list[dict], demographics: dict, seed: int, fractions) -> pd.Da
     numbers = table["patient_id"].astype(int)
     table["age"] = [demographics.get(n, (np.nan, None))[0] for n in numbers]
     table["sex"] = [demographics.get(n, (np.nan, None))[1] for n in numbers]
-    splits = patient_split(table["patient_id"].unique().tolist(), seed, fractions)
-    table["split"] = table["patient_id"].map(splits)
-    return table
+    return assign_splits(table, seed, fractions)
 
 
 def preprocess_nifti(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int,

@@ -14,138 +14,24 @@ Labels: ``target`` 1 -> "Malignant", 0 -> "Benign" (``benign_malignant`` when ``
 There is no labelled official test set, so the split is a seeded patient-level split on
 ``patient_id``.
 
-The helpers below (:func:`read_table`, :func:`sex_codes`, :func:`index_images`,
-:func:`build_rows`) are shared with the HAM10000 and PAD-UFES-20 modules.
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
 from ...vocabularies import PAPER_DATASETS
 from ..fetch import sha256_of
-from ..media import CorruptMedia, resize_image
-from ..sources import Access, DatasetSource, Manifest, RemoteFile, normalise_header, patient_split
+from ..records import build_rows, column, drop_unusable, index_images, read_table, records_frame, require, sex_codes
+from ..sources import Access, DatasetSource, Manifest, RemoteFile
 
 NAME = "ISIC-2020"
 S3 = "https://isic-challenge-data.s3.amazonaws.com/2020/"
 GROUND_TRUTH = "ISIC_2020_Training_GroundTruth.csv"
 IMAGES_ZIP = "ISIC_2020_Training_JPEG.zip"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SEX = {"male": "M", "female": "F"}
-ROW_COLUMNS = ["sample_id", "patient_id", "split", "images", "labels", "age", "sex"]
-
-
-# ----------------------------------------------------------------------------------------------
-# Shared helpers (also used by ham10000 and pad_ufes_20)
-# ----------------------------------------------------------------------------------------------
-
-
-def read_table(path: Path, sep: str = ",") -> pd.DataFrame:
-    """A metadata CSV read as text: headers normalised (``normalise_header``), cells stripped,
-    blank cells NaN, a UTF-8 byte-order mark ignored."""
-    table = pd.read_csv(path, sep=sep, dtype=str, encoding="utf-8-sig")
-    table.columns = [normalise_header(c) for c in table.columns]
-    for name in table.columns:
-        table[name] = table[name].str.strip().replace("", np.nan)
-    return table
-
-
-def column(table: pd.DataFrame, name: str) -> pd.Series:
-    """The column ``name``, or all-NaN when the file lacks it (a missing demographic, not a crash)."""
-    if name in table.columns:
-        return table[name]
-    return pd.Series(np.nan, index=table.index, dtype=object)
-
-
-def require(table: pd.DataFrame, names: Sequence[str], path: Path) -> None:
-    """Fail with a clear message when a metadata file lacks an identifier or label column."""
-    missing = [n for n in names if n not in table.columns]
-    if missing:
-        raise ValueError(f"{path} has no column(s) {missing}; its columns are {list(table.columns)}")
-
-
-def sex_codes(values: Sequence[object], mapping: Mapping[str, str]) -> list[str | None]:
-    """Sex words -> "F"/"M" by ``mapping`` (lower-case keys); blank, "unknown" and the like -> None."""
-    return [mapping.get(v.strip().lower()) if isinstance(v, str) else None for v in values]
-
-
-def index_images(root: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> dict[str, Path]:
-    """Every image file under ``root`` by its stem (file name without suffix), wherever it lies;
-    hidden files and macOS ``__MACOSX`` copies are ignored; the first path in sorted order wins."""
-    found: dict[str, Path] = {}
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() not in suffixes or path.name.startswith(".") or "__MACOSX" in path.parts:
-            continue
-        if path.is_file():
-            found.setdefault(path.stem, path)
-    return found
-
-
-def to_png(src: Path | None, dest: Path) -> str | None:
-    """Resize ``src`` to the PNG ``dest`` (written through a temporary file, reused when it exists);
-    returns None on success, else why the sample must be skipped."""
-    if src is None:
-        return "image file not found under raw/"
-    if dest.exists():
-        return None
-    tmp = dest.with_name(dest.name + ".tmp")
-    try:
-        resize_image(src, tmp)
-    except CorruptMedia as err:
-        tmp.unlink(missing_ok=True)
-        return f"corrupt image: {err}"
-    os.replace(tmp, dest)
-    return None
-
-
-def convert_images(jobs: list[tuple[Path | None, Path]]) -> list[str | None]:
-    """Run :func:`to_png` over (source, dest) pairs in threads (PIL releases the GIL while decoding)."""
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda job: to_png(*job), jobs))
-
-
-def build_rows(records: pd.DataFrame, images: Mapping[str, Path], out_dir: Path, manifest: Manifest,
-               seed: int, fractions) -> pd.DataFrame:
-    """Split patients, convert images and return the standard rows.
-
-    records: one row per labelled sample with ``native`` (the image id, also the PNG's name),
-    ``sample_id``, ``patient_id``, ``labels``, ``age``, ``sex``. The split covers every patient in
-    ``records``, so a corrupt image never moves a patient to another split. A sample whose image
-    is missing or corrupt is skipped and recorded in the manifest.
-    """
-    split = patient_split(records["patient_id"].tolist(), seed, fractions)
-    dests = [out_dir / "images" / f"{native}.png" for native in records["native"]]
-    reasons = convert_images([(images.get(native), dest) for native, dest in zip(records["native"], dests)])
-    for sample_id, reason in zip(records["sample_id"], reasons):
-        if reason is not None:
-            manifest.skip(sample_id, reason)
-    rows = records.assign(
-        split=records["patient_id"].map(split),
-        images=[[dest.relative_to(out_dir.parent).as_posix()] for dest in dests],
-    )
-    rows = rows[[reason is None for reason in reasons]]
-    return rows.sort_values("sample_id")[ROW_COLUMNS].reset_index(drop=True)
-
-
-def drop_unusable(records: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
-    """Drop rows without an image id or a label (recorded in the manifest) and repeated image ids."""
-    no_id = records["native"].isna()
-    for i in np.flatnonzero(no_id.to_numpy()):
-        manifest.skip(f"{manifest.dataset}-row{i + 2}", "no image id in the metadata")
-    records = records[~no_id].drop_duplicates("native")
-    no_label = records["labels"].isna()
-    for sample_id in records.loc[no_label, "sample_id"]:
-        manifest.skip(sample_id, "no recognised label in the metadata")
-    records = records[~no_label].copy()
-    records["labels"] = [[label] for label in records["labels"]]
-    return records
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,15 +55,10 @@ def read_ground_truth(path: Path) -> pd.DataFrame:
     """The ground-truth CSV -> records (native, sample_id, patient_id, labels, age, sex)."""
     gt = read_table(path)
     require(gt, ["image_name"], path)
-    native = column(gt, "image_name")
-    return pd.DataFrame({
-        "native": native,
-        "sample_id": f"{NAME}-" + native,
-        "patient_id": column(gt, "patient_id").fillna(native),
-        "labels": [label_of(t, b) for t, b in zip(column(gt, "target"), column(gt, "benign_malignant"))],
-        "age": pd.to_numeric(column(gt, "age_approx"), errors="coerce").astype(float),
-        "sex": sex_codes(column(gt, "sex"), SEX),
-    })
+    return records_frame(
+        NAME, column(gt, "image_name"), column(gt, "patient_id"),
+        [label_of(t, b) for t, b in zip(column(gt, "target"), column(gt, "benign_malignant"))],
+        column(gt, "age_approx"), sex_codes(column(gt, "sex"), SEX))
 
 
 def preprocess(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int, fractions) -> pd.DataFrame:

@@ -24,8 +24,8 @@ import pandas as pd
 
 from ...vocabularies import PAPER_DATASETS
 from ..fetch import extract, sha256_of
+from ..records import build_rows, column, drop_unusable, index_images, read_table, records_frame, require, sex_codes
 from ..sources import Access, DatasetSource, Manifest, RemoteFile
-from .isic2020 import build_rows, column, drop_unusable, index_images, read_table, require, sex_codes
 
 NAME = "PAD-UFES-20"
 METADATA = "metadata.csv"
@@ -59,16 +59,10 @@ def read_metadata(path: Path) -> pd.DataFrame:
     """metadata.csv -> records (native, sample_id, patient_id, labels, age, sex)."""
     meta = read_table(path)
     require(meta, ["img_id", "diagnostic"], path)
-    native = column(meta, "img_id").str.replace(r"\.png$", "", case=False, regex=True)
-    diagnostic = column(meta, "diagnostic")
-    return pd.DataFrame({
-        "native": native,
-        "sample_id": f"{NAME}-" + native,
-        "patient_id": column(meta, "patient_id").fillna(native),
-        "labels": [DIAGNOSTIC.get(d.strip().upper()) if isinstance(d, str) else None for d in diagnostic],
-        "age": pd.to_numeric(column(meta, "age"), errors="coerce").astype(float),
-        "sex": sex_codes(column(meta, "gender"), SEX),
-    })
+    return records_frame(
+        NAME, column(meta, "img_id").str.replace(r"\.png$", "", case=False, regex=True), column(meta, "patient_id"),
+        [DIAGNOSTIC.get(d.strip().upper()) if isinstance(d, str) else None for d in column(meta, "diagnostic")],
+        column(meta, "age"), sex_codes(column(meta, "gender"), SEX))
 
 
 def preprocess(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int, fractions) -> pd.DataFrame:

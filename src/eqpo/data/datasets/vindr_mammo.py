@@ -36,8 +36,8 @@ import pandas as pd
 from ...vocabularies import PAPER_DATASETS
 from ..fetch import download_all, sha256_of
 from ..media import CorruptMedia, dicom_to_png
-from ..sources import (Access, DatasetSource, Manifest, MissingDataError, RemoteFile, normalise_header,
-                       patient_split, train_val_fractions)
+from ..sources import (Access, DatasetSource, Manifest, MissingDataError, RemoteFile, assign_splits,
+                       normalise_header)
 
 SPEC = PAPER_DATASETS["VinDr-Mammo"]
 BASE_URL = "https://physionet.org/files/vindr-mammo/1.0.0/"
@@ -235,12 +235,10 @@ def preprocess(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int, frac
     manifest.files = {name: sha256_of(raw_dir / name) for name in (ANNOTATIONS, METADATA) if (raw_dir / name).exists()}
     rows = convert_images(candidate_rows(raw_dir, out_dir, manifest), out_dir, manifest)
     table = pd.DataFrame(rows, columns=["sample_id", "patient_id", "official", "images", "labels", "age"])
-    fixed = {p: "test" for p in table.loc[table["official"] == "test", "patient_id"]}
-    assignment = patient_split(table["patient_id"].tolist(), seed, train_val_fractions(fractions, SPEC.name), fixed)
-    table["split"] = table["patient_id"].map(assignment)
+    table = assign_splits(table, seed, fractions, official="official", dataset=SPEC.name)
     table["age"] = table["age"].astype(float)
     table["sex"] = None
-    return table.drop(columns="official")
+    return table
 
 
 SOURCE = DatasetSource(
