@@ -104,7 +104,3 @@ def video_frames(src: Path, n: int = 4) -> list[np.ndarray]:
     return [frames[i] for i in evenly_spaced(len(frames), n)]
 
 
-def volume_frames(volume: np.ndarray, n: int = 4, level_width: tuple[float, float] | None = None) -> list[np.ndarray]:
-    """n evenly spaced axial slices of an (X, Y, Z) volume as uint8 images."""
-    picks = evenly_spaced(volume.shape[2], n)
-    return [window(volume[:, :, z].T, level_width) if level_width else to_uint8(volume[:, :, z].T) for z in picks]
