@@ -20,8 +20,8 @@ from eqpo.demo.cohort import (
     main,
     majority_group,
     make_cohort,
-    read_cohort,
 )
+from eqpo.cohort_table import read_cohort
 from eqpo.groups import age_bin, explicit_group
 from eqpo.vocabularies import PAPER_DATASETS, DatasetSpec
 

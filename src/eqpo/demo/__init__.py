@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["CohortConfig", "describe_cohort", "feature_columns", "make_cohort", "read_cohort", "write_cohort"]
+__all__ = ["CohortConfig", "describe_cohort", "feature_columns", "make_cohort"]
 
 
 def __getattr__(name: str) -> Any:

@@ -107,8 +107,8 @@ CLI::
     python -m eqpo.demo.cohort --config-json '{"n_samples": 3000}' --out cohort.parquet \
         --summary summary.csv
 
-Parquet needs pyarrow (or fastparquet); :func:`read_cohort` restores the exact table (label lists,
-None for missing strings).
+Parquet needs pyarrow (or fastparquet); :func:`eqpo.cohort_table.read_cohort` restores the exact
+table (label lists, None for missing strings).
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..cohort_table import STR_COLUMNS, write_cohort
 from ..groups import AGE_BINS, AGE_EDGES, SEXES, explicit_group
 from ..vocabularies import PAPER_DATASETS, DatasetSpec
 
@@ -134,8 +135,6 @@ META_COLUMNS = (
     "sample_id", "patient_id", "dataset", "split", "labels",
     "true_age", "true_sex", "age", "sex", "group", "true_group",
 )
-_STR_COLUMNS = ("sample_id", "patient_id", "dataset", "split", "true_group")
-_NULLABLE_STR_COLUMNS = ("true_sex", "sex", "group")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -568,7 +567,7 @@ def make_cohort(
             columns[name] = pd.Series(np.concatenate([part[name] for part in parts]), dtype=np.float64)
         else:
             values = np.concatenate([np.asarray(part[name], dtype=object) for part in parts])
-            columns[name] = pd.Series(values, dtype="str" if name in _STR_COLUMNS else object)
+            columns[name] = pd.Series(values, dtype="str" if name in STR_COLUMNS else object)
     x = np.concatenate([part["x"] for part in parts])
     for j in range(config.n_features):
         columns[f"f{j}"] = pd.Series(x[:, j], dtype=np.float32)
@@ -633,27 +632,6 @@ def describe_cohort(table: pd.DataFrame) -> pd.DataFrame:
         row["smallest_group_share"] = float(groups.iloc[-1] / n) if len(groups) else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def write_cohort(table: pd.DataFrame, path: str) -> None:
-    """Write a cohort table to parquet (needs pyarrow or fastparquet)."""
-    table.to_parquet(path, index=False)
-
-
-def read_cohort(path: str) -> pd.DataFrame:
-    """Read a parquet written by :func:`write_cohort`: label lists as Python lists, None for missing
-    sex/group, so the result equals the table that was written."""
-    table = pd.read_parquet(path)
-    if "labels" in table.columns:
-        table["labels"] = pd.Series([list(v) for v in table["labels"]], index=table.index, dtype=object)
-    for name in _NULLABLE_STR_COLUMNS:
-        if name in table.columns:
-            values = table[name].astype(object)
-            table[name] = values.where(values.notna(), None).astype(object)
-    for name in _STR_COLUMNS:
-        if name in table.columns:
-            table[name] = table[name].astype("str")
-    return table
 
 
 # ----------------------------------------------------------------------------------------------
