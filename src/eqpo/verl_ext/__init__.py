@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 
-from . import estimators, trainer
+from . import estimators, trainer  # noqa: F401  (importing them registers the estimators and the trainer)
 from .estimators import (
     EXTERNAL_MODULE,
     METHOD_TO_VERL,
