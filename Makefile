@@ -39,6 +39,7 @@ quickstart: $(VENV)/.pipeline
 bench: $(VENV)/.pipeline
 	$(BIN)/python benchmarks/bench_advantages.py
 	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_cohort.py
 
 # envs/gpu.lock.txt, the exact GPU environment: envs/gpu.yaml's pip requirements resolved by uv for
 # its Python on Linux x86_64 (manylinux_2_31 wheels: glibc >= 2.31), from PyPI as it was on

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -84,12 +83,6 @@ def test_same_config_gives_the_same_table_and_another_seed_another(cohort):
     assert not np.allclose(other[feature_columns(other)].to_numpy(), cohort[feature_columns(cohort)].to_numpy())
     assert not other["true_age"].equals(cohort["true_age"])
     assert not other["split"].equals(cohort["split"])
-
-
-def test_generation_is_fast():
-    start = time.perf_counter()
-    make_cohort(CohortConfig())
-    assert time.perf_counter() - start < 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,14 +304,24 @@ def test_from_dict_accepts_json_values_and_rejects_unknown_keys():
 
 
 @pytest.mark.parametrize(
-    "bad",
-    [{"n_samples": 0}, {"n_samples": 2.5}, {"n_samples": True}, {"seed": -1}, {"missing_demographics": 1.5},
-     {"split": [0.7, 0.2, 0.2]}, {"split": [0.5, 0.5]}, {"samples_per_patient": [3, 1]},
-     {"samples_per_patient": [0, 2]}, {"minority_signal": 0.0}, {"noise_sd": 0.0}, {"age_shift": -1},
-     {"dataset_shares": {"CheXpert": -1}}, {"class_separation": float("nan")}],
+    "bad, message",
+    [({"n_samples": 0}, r"n_samples must be >= 1, got 0"),
+     ({"n_samples": 2.5}, r"n_samples must be an integer, got 2\.5"),
+     ({"n_samples": True}, r"n_samples must be an integer, got True"),
+     ({"seed": -1}, r"seed must be >= 0, got -1"),
+     ({"missing_demographics": 1.5}, r"missing_demographics must be in \[0\.0, 1\.0\], got 1\.5"),
+     ({"split": [0.7, 0.2, 0.2]}, r"split shares must sum to 1"),
+     ({"split": [0.5, 0.5]}, r"split must be a list of 3 numbers"),
+     ({"samples_per_patient": [3, 1]}, r"samples_per_patient must be \(min, max\) with min <= max"),
+     ({"samples_per_patient": [0, 2]}, r"samples_per_patient must be >= 1, got 0"),
+     ({"minority_signal": 0.0}, r"minority_signal must be in \(0\.0, 1\.0\], got 0\.0"),
+     ({"noise_sd": 0.0}, r"noise_sd must be in \(0\.0, inf\], got 0\.0"),
+     ({"age_shift": -1}, r"age_shift must be in \[0\.0, inf\], got -1"),
+     ({"dataset_shares": {"CheXpert": -1}}, r"dataset_shares\['CheXpert'\] must be in \[0\.0, inf\]"),
+     ({"class_separation": float("nan")}, r"class_separation must be a finite number, got nan")],
 )
-def test_invalid_settings_are_rejected(bad):
-    with pytest.raises(ValueError):
+def test_invalid_settings_are_rejected(bad, message):
+    with pytest.raises(ValueError, match=message):
         CohortConfig.from_dict(bad)
 
 

@@ -213,7 +213,7 @@ def test_vllm_generator_settings_are_greedy_and_cover_the_images(export, tmp_pat
     assert kwargs["allowed_local_media_path"] == str((tmp_path / "data").resolve())
     assert kwargs["max_model_len"] == 4096 and kwargs["enforce_eager"] is True
     assert generator.sampling_kwargs() == {"n": 1, "temperature": 0.0, "max_tokens": 512}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tensor_parallel and max_tokens must be >= 1, got 0, 4096"):
         ev.VLLMGenerator(tmp_path, tensor_parallel=0)
 
 
