@@ -7,9 +7,9 @@ if config["data"]["source"] == "demo":
             summary=f"{RESULTS}/data/cohort_summary.csv",
             table1=report(f"{RESULTS}/tables/table1.csv", caption="../report/table1.rst", category="Tables"),
         params:
-            settings=config["data"].get("demo", {}),
+            settings=config["data"]["demo"],
             datasets=config["data"]["datasets"],
-            custom=config["data"].get("custom", []),
+            custom=config["data"]["custom"],
         log:
             f"{LOGS}/demo_cohort.log",
         conda:
@@ -29,11 +29,11 @@ else:
             f"{DATA}/{{dataset}}/table.parquet",
         params:
             root=DATA,
-            seed=config["data"].get("seed", 0),
-            split=config["data"].get("split", [0.7, 0.15, 0.15]),
-            skip_unavailable=config["data"].get("skip_unavailable", False),
+            seed=config["data"]["seed"],
+            split=config["data"]["split"],
+            skip_unavailable=config["data"]["skip_unavailable"],
             # only Hemorrhage has a choice of release (a change re-runs only its job)
-            release=lambda w: config["data"].get("hemorrhage_release", "1.2.0") if w.dataset == "Hemorrhage" else "",
+            release=lambda w: config["data"]["hemorrhage_release"] if w.dataset == "Hemorrhage" else "",
         log:
             f"{LOGS}/prepare_dataset/{{dataset}}.log",
         wildcard_constraints:
@@ -54,7 +54,7 @@ else:
             cohort=COHORT,
             table1=report(f"{RESULTS}/tables/table1.csv", caption="../report/table1.rst", category="Tables"),
         params:
-            custom=config["data"].get("custom", []),
+            custom=config["data"]["custom"],
         log:
             f"{LOGS}/paper_cohort.log",
         conda:
@@ -75,8 +75,8 @@ rule export_verl:
     params:
         root=DATA,
         out_dir=f"{DATA}/verl",
-        seed=config["data"].get("seed", 0),
-        custom=config["data"].get("custom", []),
+        seed=config["data"]["seed"],
+        custom=config["data"]["custom"],
     log:
         f"{LOGS}/export_verl.log",
     conda:

@@ -28,8 +28,8 @@ rule uncertainty:
         tests=report(f"{RESULTS}/tables/paired_tests.csv", caption="../report/paired_tests.rst", category="Tables"),
         p=f"{RESULTS}/tables/paired_tests_p.csv",
     params:
-        n_boot=config.get("report", {}).get("n_boot", 1000),
-        level=config.get("report", {}).get("level", 0.95),
+        n_boot=config["report"]["n_boot"],
+        level=config["report"]["level"],
     log:
         f"{LOGS}/uncertainty.log",
     resources:

@@ -6,7 +6,7 @@ rule pretrain_cpu:
         f"{RESULTS}/{{model}}/pretrained.pt",
     params:
         model=model_config,
-        settings=config.get("pretrain", {}),
+        settings=config["pretrain"],
     log:
         f"{LOGS}/pretrain/{{model}}.log",
     wildcard_constraints:
@@ -80,11 +80,11 @@ rule train_verl:
         mem_mb=256000,
         runtime=2880,
         **(
-            {"nodes": 1, "gpu": config["train"].get("gpus", 4)}
-            if config["train"].get("nnodes", 1) == 1
+            {"nodes": 1, "gpu": config["train"]["gpus"]}
+            if config["train"]["nnodes"] == 1
             else {
                 "nodes": config["train"]["nnodes"],
-                "gres": f"gpu:{config['train'].get('gpus', 4)}",
+                "gres": f"gpu:{config['train']['gpus']}",
             }
         ),
     conda:
