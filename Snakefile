@@ -1,11 +1,12 @@
 # EQPO (FairGRPO) reproduction workflow.
-#   paper:  snakemake --profile slurm                      (GPU backend: issues 4-5)
+#   paper:  snakemake --profile slurm                      (GPU backend, the seven datasets)
 #   demo:   snakemake --cores 2 --configfile config/demo.yaml
 # Rules live in workflow/rules/*.smk; helpers in workflow/rules/common.smk.
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/trl.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/report.smk"
 

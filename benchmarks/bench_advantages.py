@@ -1,4 +1,4 @@
-"""Advantage-estimator speed at paper scale; prints figures (targets from issue 2, not a test).
+"""Advantage-estimator speed at paper scale; prints figures (targets: see RESULTS.md; not a test).
 
 Batch: 512 prompts x 10 rollouts over the 7 paper datasets (CheXpert-dominant mix), 30% of prompts
 without demographics, binary rewards drawn per prompt from a Beta(1, 1) success rate.

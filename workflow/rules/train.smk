@@ -52,7 +52,7 @@ rule train_cpu:
 
 
 rule train_verl:
-    """RL training with verl + vLLM rollouts on GPUs (backend arrives with issue 5)."""
+    """RL training with verl + vLLM rollouts on GPUs (one node, or train.nnodes nodes over Ray)."""
     input:
         train=verl_train_file,
         val=f"{DATA}/verl/val.parquet",
