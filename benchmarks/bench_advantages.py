@@ -1,4 +1,5 @@
-"""Advantage-estimator speed at paper scale; prints figures (targets: see RESULTS.md; not a test).
+"""Advantage-estimator speed at paper scale against its targets (batch scope <= 50 ms a call,
+history scope <= 100 ms a call and flat over 500 steps); prints figures, not a test.
 
 Batch: 512 prompts x 10 rollouts over the 7 paper datasets (CheXpert-dominant mix), 30% of prompts
 without demographics, binary rewards drawn per prompt from a Beta(1, 1) success rate.
@@ -37,7 +38,8 @@ def make_batch(rng: np.random.Generator, step: int):
     p = rng.beta(1, 1, PROMPTS)
     rewards = (rng.random((PROMPTS, ROLLOUTS)) < p[:, None]).astype(float).ravel()
     pids = np.repeat(np.array([f"{step}-{i}" for i in range(PROMPTS)], dtype=object), ROLLOUTS)
-    return rewards, pids, np.repeat(np.asarray(ds, dtype=object), ROLLOUTS), np.repeat(np.asarray(groups, dtype=object), ROLLOUTS)
+    return (rewards, pids, np.repeat(np.asarray(ds, dtype=object), ROLLOUTS),
+            np.repeat(np.asarray(groups, dtype=object), ROLLOUTS))
 
 
 def time_call(est, batch, repeats: int = 1) -> float:
