@@ -1,17 +1,18 @@
 """Paper figures from the collected run frames (METHOD.md Section 5).
 
-Every function draws with matplotlib's object-oriented API on a fresh ``Figure`` (Agg canvas; no
-pyplot state, no global backend switch), writes ``<out_stem>.png`` (150 dpi) and
-``<out_stem>.pdf``, and returns the two paths. Methods use :data:`METHOD_COLORS` and
-:data:`METHOD_LABELS` everywhere; a frame with nothing to plot gives a figure that says so (so a
-pipeline rule still gets its outputs).
+Every ``draw_*`` function draws with matplotlib's object-oriented API on a fresh ``Figure`` (Agg
+canvas; no pyplot state, no global backend switch) and returns it; its ``plot_*`` twin takes the
+same arguments plus ``out_stem``, writes ``<out_stem>.png`` (150 dpi) and ``<out_stem>.pdf`` and
+returns the two paths. Methods use the colours and names of :mod:`eqpo.analysis.style` everywhere;
+a frame with nothing to plot gives a figure that says so (so a pipeline rule still gets its outputs).
 
-- :func:`plot_training_dynamics`: F1, Acc and delta_F1 over training steps (rows = base models).
-- :func:`plot_group_f1`: per-group F1, GRPO vs EQPO (paper Table 4 / Fig. 3).
-- :func:`plot_cluster_stability`: ARI / NMI of implicit clusters vs true groups, consecutive-step
+- :func:`draw_training_dynamics`: F1, Acc and delta_F1 over training steps (rows = base models).
+- :func:`draw_group_f1`: per-group F1, GRPO vs EQPO (paper Table 4 / Fig. 3), drawn with seaborn:
+  bars are means over seeds with 95% bootstrap intervals, dots the seeds.
+- :func:`draw_cluster_stability`: ARI / NMI of implicit clusters vs true groups, consecutive-step
   ARI and the chosen k over steps.
-- :func:`plot_runtime_split`: time per training step by phase (paper Fig. 2(d)).
-- :func:`plot_pareto`: F1 vs 1 - delta_F1 over validation checkpoints (paper Fig. 2(e)).
+- :func:`draw_runtime_split`: time per training step by phase (paper Fig. 2(d)).
+- :func:`draw_pareto`: F1 vs 1 - delta_F1 over validation checkpoints (paper Fig. 2(e)).
 
 The numbers behind the last two come from :mod:`eqpo.analysis.runtime`.
 """
@@ -26,6 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import matplotlib
+import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -112,14 +114,27 @@ def save_figure(fig: Figure, out_stem: str | Path) -> list[Path]:
     return paths
 
 
-@_styled
-def _empty_figure(out_stem: str | Path, message: str) -> list[Path]:
-    """A small figure that only states ``message``, saved like any other."""
+def _message_figure(message: str) -> Figure:
+    """A small figure that only states ``message`` (a figure rule still gets its outputs)."""
     fig = _new_figure(5, 1.6)
     ax = fig.add_subplot()
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=FONT_SIZE + 1)
-    return save_figure(fig, out_stem)
+    return fig
+
+
+def _writer(draw):
+    """``plot_<name>(frame, out_stem, ...)`` from ``draw_<name>(frame, ...)``: draws under the
+    module's font sizes, writes ``<out_stem>.png`` and ``.pdf`` and returns the two paths."""
+
+    @functools.wraps(draw)
+    def plot(frame: pd.DataFrame, out_stem: str | Path, *args, **kwargs) -> list[Path]:
+        return save_figure(draw(frame, *args, **kwargs), out_stem)
+
+    plot.__name__ = plot.__qualname__ = draw.__name__.replace("draw_", "plot_", 1)
+    plot.__doc__ = (f"Draw :func:`{draw.__name__}` and write it to ``<out_stem>.png`` and ``.pdf``; "
+                    "returns the [png, pdf] paths.")
+    return plot
 
 
 def _grid(fig: Figure, rows: int, cols: int, **kwargs) -> np.ndarray:
@@ -167,22 +182,21 @@ def _ordered_models(frame: pd.DataFrame) -> list[str]:
 
 
 @_styled
-def plot_training_dynamics(
+def draw_training_dynamics(
     dynamics_df: pd.DataFrame,
-    out_stem: str | Path,
     metrics: Sequence[str] = ("F1", "Acc", "delta_F1"),
     methods: Sequence[str] | None = None,
     scale: Mapping[str, float] = PAPER_SCALE,
-) -> list[Path]:
+) -> Figure:
     """Validation metrics over training steps: rows = base models, columns = ``metrics``.
 
     dynamics_df: :func:`eqpo.analysis.collect.read_dynamics` output (model, method, seed, step,
     metric columns as raw fractions). Each method is one line, the mean over seeds at each logged
     step, with a shaded min-max band where several seeds logged that step. Values are drawn at the
-    paper's print scale (Acc in %). One legend for the figure. Returns [png, pdf] paths.
+    paper's print scale (Acc in %). One legend for the figure. Returns the figure.
     """
     if dynamics_df.empty:
-        return _empty_figure(out_stem, "no validation logs (dynamics.jsonl) to plot")
+        return _message_figure("no validation logs (dynamics.jsonl) to plot")
     frame = dynamics_df if methods is None else dynamics_df[dynamics_df["method"].isin(methods)]
     models = _ordered_models(frame)
     method_order = list(methods) if methods is not None else order_methods(frame["method"])
@@ -198,7 +212,7 @@ def plot_training_dynamics(
             ax.set_xlabel("training step")
         axes[r, 0].set_ylabel(model_label(model), fontweight="bold")
     _figure_legend(fig, _method_handles(method_order))
-    return save_figure(fig, out_stem)
+    return fig
 
 
 def _draw_dynamics_panel(ax, frame: pd.DataFrame, metric: str, methods: Sequence[str],
@@ -231,37 +245,25 @@ def _group_order(groups: Sequence[str]) -> list[str]:
     return [g for g in known if g in present] + sorted(present - set(known), key=str)
 
 
-def _group_positions(groups: Sequence[str], attributes: Mapping[str, str]) -> np.ndarray:
-    """x position per group, with an extra 0.6 gap where the attribute changes (age | sex)."""
-    positions, x, previous = [], 0.0, None
-    for group in groups:
-        if previous is not None and attributes[group] != previous:
-            x += 0.6
-        positions.append(x)
-        previous = attributes[group]
-        x += 1.0
-    return np.asarray(positions)
-
-
 @_styled
-def plot_group_f1(
+def draw_group_f1(
     group_df: pd.DataFrame,
-    out_stem: str | Path,
     methods: Sequence[str] = ("grpo", "eqpo"),
     metric: str = "F1",
     max_cols: int = 4,
-) -> list[Path]:
+) -> Figure:
     """Per-group ``metric`` (default F1) per dataset, methods side by side (paper Table 4 / Fig. 3).
 
     group_df: :func:`eqpo.analysis.collect.read_group_tables` output. One subplot per dataset
     (at most ``max_cols`` per figure row, wrapping), the datasets of each base model on their own
     row(s); x = demographic groups (age bins a1..a4, then sex F, M), one bar per method: the mean
-    over seeds, with a min-max error bar where several seeds exist. Raw values (F1 in [0, 1]),
-    shared y axis. Returns [png, pdf] paths.
+    over seeds with its 95% bootstrap interval over seeds (seaborn, 1000 resamples, seeded; none
+    with a single seed), and one dot per seed. Raw values (F1 in [0, 1]), shared y axis. Returns the
+    figure.
     """
     frame = group_df[group_df["method"].isin(methods)] if not group_df.empty else group_df
     if frame.empty:
-        return _empty_figure(out_stem, f"no per-group results for {', '.join(methods)}")
+        return _message_figure(f"no per-group results for {', '.join(methods)}")
     method_order = [m for m in methods if m in set(frame["method"])]
     models = _ordered_models(frame)
     layout = []  # (model, [datasets]) per figure row
@@ -286,40 +288,31 @@ def plot_group_f1(
     axes[0, 0].set_ylim(0, min(1.0, top * 1.15) if np.isfinite(top) and top > 0 else 1.0)
     handles = [Patch(facecolor=method_color(m), label=method_label(m)) for m in method_order]
     if frame.groupby(["model", "method"])["seed"].nunique().max() > 1:
-        handles.append(Line2D([], [], color="black", lw=0.8, marker="_", ms=6,
-                              label="whiskers: min–max over seeds"))
+        handles += [Line2D([], [], color="black", lw=0.8, marker="_", ms=6, label="95% bootstrap interval over seeds"),
+                    Line2D([], [], color="grey", ls="none", marker="o", ms=3, label="one seed")]
     _figure_legend(fig, handles)
-    return save_figure(fig, out_stem)
+    return fig
 
 
 def _draw_group_bars(ax, frame: pd.DataFrame, methods: Sequence[str], metric: str) -> None:
-    """Bars of one dataset: groups on x, one bar per method (mean over seeds, min-max whisker)."""
-    groups = _group_order(frame["group"].astype(str).unique())
-    labelled = frame.assign(group=frame["group"].astype(str))
-    attributes = labelled.groupby("group")["attribute"].first()
-    x = _group_positions(groups, attributes.to_dict())
-    width = 0.8 / len(methods)
-    for i, method in enumerate(methods):
-        runs = frame[frame["method"] == method]
-        if runs.empty:
-            continue
-        stats = runs.groupby(runs["group"].astype(str))[metric].agg(["mean", "min", "max", "count"])
-        stats = stats.reindex(groups)
-        offset = x + (i - (len(methods) - 1) / 2) * width
-        ax.bar(offset, stats["mean"], width=width * 0.95, color=method_color(method),
-               label=method_label(method), zorder=2)
-        several = stats["count"].fillna(0).to_numpy() > 1
-        if several.any():
-            mean = stats["mean"].to_numpy()[several]
-            err = np.vstack([mean - stats["min"].to_numpy()[several],
-                             stats["max"].to_numpy()[several] - mean])
-            err = np.clip(err, 0.0, None)  # equal values across seeds: the mean can round past the min
-            ax.errorbar(offset[several], mean, yerr=err, fmt="none", ecolor="black",
-                        elinewidth=0.8, capsize=2, zorder=3)
-    for left, right, g_left, g_right in zip(x[:-1], x[1:], groups[:-1], groups[1:]):
+    """Bars of one dataset: groups on x, one bar per method (mean over seeds with a 95% bootstrap
+    interval over seeds), one dot per seed; a dotted line between the age and sex groups."""
+    data = frame.assign(group=frame["group"].astype(str), **{metric: frame[metric].astype(float)})
+    groups = _group_order(data["group"].unique())
+    attributes = data.groupby("group")["attribute"].first()
+    palette = {m: method_color(m) for m in methods}
+    common = dict(data=data, x="group", y=metric, hue="method", order=groups, hue_order=list(methods),
+                  palette=palette, ax=ax, legend=False)
+    sns.barplot(**common, saturation=1.0, errorbar=("ci", 95), n_boot=1000, seed=0, capsize=0.15,
+                err_kws={"linewidth": 0.8, "color": "black"}, zorder=2)
+    if data.groupby(["method", "group"])["seed"].nunique().max() > 1:
+        sns.stripplot(**common, dodge=True, jitter=False, size=3, edgecolor="black", linewidth=0.4, zorder=3)
+    for left, (g_left, g_right) in enumerate(zip(groups[:-1], groups[1:])):
         if attributes[g_left] != attributes[g_right]:
-            ax.axvline((left + right) / 2, color="grey", lw=0.8, ls=":")
-    ax.set_xticks(x, [GROUP_TICKS.get(g, g) for g in groups])
+            ax.axvline(left + 0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(range(len(groups)), [GROUP_TICKS.get(g, g) for g in groups])
+    ax.set_xlabel("")
+    ax.set_ylabel("")
     ax.grid(axis="y", alpha=0.3, zorder=0)
 
 
@@ -329,25 +322,24 @@ def _draw_group_bars(ax, frame: pd.DataFrame, methods: Sequence[str], metric: st
 
 
 @_styled
-def plot_cluster_stability(
+def draw_cluster_stability(
     stability_df: pd.DataFrame,
-    out_stem: str | Path,
     methods: Sequence[str] = ("eqpo_nd", "eqpo"),
     max_datasets: int | None = None,
-) -> list[Path]:
+) -> Figure:
     """Implicit-cluster quality over training: rows = ARI and NMI vs the masked true groups, ARI
     with the previous logged step, chosen k; columns = datasets.
 
     stability_df: :func:`eqpo.analysis.tables.cluster_stability` output. Colour = method, line
     style = base model; each line is the mean over seeds with a min-max band where several seeds
     logged that step. A panel whose values are all NaN (e.g. no labeled prompts) says so.
-    Returns [png, pdf] paths.
+    Returns the figure.
     """
     frame = stability_df
     if not frame.empty and "method" in frame.columns:
         frame = frame[frame["method"].isin(methods)]
     if frame.empty:
-        return _empty_figure(out_stem, "no cluster logs (clusters.parquet) to plot")
+        return _message_figure("no cluster logs (clusters.parquet) to plot")
     frame = frame.copy()
     for column in ("model", "method"):
         if column not in frame.columns:
@@ -372,7 +364,7 @@ def plot_cluster_stability(
         handles += [Line2D([], [], color="black", ls=MODEL_LINESTYLES[i % len(MODEL_LINESTYLES)],
                            label=model_label(m)) for i, m in enumerate(models)]
     _figure_legend(fig, handles)
-    return save_figure(fig, out_stem)
+    return fig
 
 
 def _draw_stability_panel(ax, frame: pd.DataFrame, column: str, methods: Sequence[str],
@@ -438,14 +430,14 @@ def _share_text(share: float) -> str:
 
 
 @_styled
-def plot_runtime_split(steps_df: pd.DataFrame, out_stem: str | Path,
-                       methods: Sequence[str] | None = None) -> list[Path]:
+def draw_runtime_split(steps_df: pd.DataFrame,
+                       methods: Sequence[str] | None = None) -> Figure:
     """Paper Fig. 2(d): mean time per training step split into generation, policy update,
     advantage estimation and the rest; one panel per base model, one stacked bar per method, the
-    advantage share of the step time written above each bar. Returns [png, pdf] paths.
+    advantage share of the step time written above each bar. Returns the figure.
     """
     if steps_df is None or steps_df.empty:
-        return _empty_figure(out_stem, "no per-step timings (steps.jsonl) to plot")
+        return _message_figure("no per-step timings (steps.jsonl) to plot")
     split = runtime_split(steps_df, methods)
     models = list(dict.fromkeys(split.index.get_level_values("model")))
     n_methods = max(len(split.loc[m]) for m in models)
@@ -485,23 +477,23 @@ def plot_runtime_split(steps_df: pd.DataFrame, out_stem: str | Path,
     handles.append(Line2D([], [], ls="none", marker="$\\%$", color=ANNOTATION_COLOR, ms=7,
                           label="above bar: advantage share of step time"))
     _figure_legend(fig, handles, ncol=min(len(handles), 3))
-    return save_figure(fig, out_stem)
+    return fig
 
 
 @_styled
-def plot_pareto(dynamics_df: pd.DataFrame, out_stem: str | Path,
-                methods: Sequence[str] | None = None) -> list[Path]:
+def draw_pareto(dynamics_df: pd.DataFrame,
+                methods: Sequence[str] | None = None) -> Figure:
     """Paper Fig. 2(e): F1 against 1 - delta_F1 for every validation checkpoint (both higher is
     better), one panel per base model. Each method's checkpoints in its colour and marker (a thin
     line joins a run's checkpoints in step order), the last checkpoint of every run as a large
     star, and the Pareto frontier over all checkpoints of the panel as a dashed staircase.
-    Returns [png, pdf] paths.
+    Returns the figure.
     """
     if dynamics_df is None or dynamics_df.empty:
-        return _empty_figure(out_stem, "no validation logs (dynamics.jsonl) to plot")
+        return _message_figure("no validation logs (dynamics.jsonl) to plot")
     points = pareto_points(dynamics_df, methods)
     if points.empty:
-        return _empty_figure(out_stem, "no checkpoint with both F1 and ΔF1 to plot")
+        return _message_figure("no checkpoint with both F1 and ΔF1 to plot")
     models = _ordered_models(points)
     method_order = list(methods) if methods is not None else order_methods(points["method"])
     method_order = [m for m in method_order if m in set(points["method"])]
@@ -543,7 +535,7 @@ def plot_pareto(dynamics_df: pd.DataFrame, out_stem: str | Path,
                label="Pareto frontier (all checkpoints)"),
     ]
     _figure_legend(fig, handles, ncol=min(len(handles), 5))
-    return save_figure(fig, out_stem)
+    return fig
 
 
 def _pad_limits(ax, x: np.ndarray, y: np.ndarray, pad: float = 0.08) -> None:
@@ -555,3 +547,10 @@ def _pad_limits(ax, x: np.ndarray, y: np.ndarray, pad: float = 0.08) -> None:
         lo, hi = float(finite.min()), float(finite.max())
         span = hi - lo if hi > lo else max(abs(hi), 1e-3) * 0.1
         setter(lo - pad * span, hi + pad * span)
+
+
+plot_training_dynamics = _writer(draw_training_dynamics)
+plot_group_f1 = _writer(draw_group_f1)
+plot_cluster_stability = _writer(draw_cluster_stability)
+plot_runtime_split = _writer(draw_runtime_split)
+plot_pareto = _writer(draw_pareto)
