@@ -92,8 +92,8 @@ def test_a_failing_rule_script_ends_its_log_with_the_error(tmp_path):
     log = tmp_path / "logs" / "prepare_dataset" / "CheXpert.log"
     fake = SimpleNamespace(
         log=[str(log)], wildcards=SimpleNamespace(dataset="CheXpert"),
-        params=SimpleNamespace(root=str(tmp_path / "data"), seed=0, split=[0.7, 0.15, 0.15], skip_unavailable=False,
-                               release=""))
+        output=[str(tmp_path / "data" / "CheXpert" / "table.parquet")],
+        params=SimpleNamespace(seed=0, split=[0.7, 0.15, 0.15], skip_unavailable=False, release=""))
     with pytest.raises(SystemExit) as stop:
         runpy.run_path(str(ROOT / "workflow" / "scripts" / "prepare_dataset.py"), init_globals={"snakemake": fake})
     assert stop.value.code == 3

@@ -12,21 +12,26 @@ configfile: "config.yaml"
 
 validate(config, "../schemas/config.schema.yaml")
 
-# Scripts import the eqpo library from this checkout, also inside per-rule environments.
+# Scripts import the eqpo library from this checkout, also inside per-rule environments. PYTHONPATH
+# is set here, not required from the user (so no envvars directive).
 SRC = str(Path(workflow.basedir) / "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.getenv("PYTHONPATH", "")) if p)
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.getenv("PYTHONPATH", "")) if p))
 sys.path.insert(0, SRC)
 
 from eqpo.pipeline import cpu_train_config
+from eqpo.run_settings import reproduction_options, train_settings
+
+# Reproduction options (metrics, groups, reward), checked once with errors that name the key.
+reproduction_options(config)
 
 EXP = config["experiment"]
-DATA = f"{config['data'].get('root', 'data')}/{EXP}"
+DATA = f"{config['data']['root']}/{EXP}"
 COHORT = f"{DATA}/cohort.parquet"
 RESULTS = f"results/{EXP}"
 FIGURES = f"figures/{EXP}"
 LOGS = f"logs/{EXP}"
 RUN = f"results/{EXP}/{{model}}/{{method}}/seed{{seed}}"
-HIERARCHICAL = ("eqpo", "eqpo_nd", "drpo")
+HIERARCHICAL = ("eqpo", "eqpo_nd", "eqpo_nodemo", "drpo")
 
 
 def _check_models():
@@ -74,7 +79,8 @@ def run_dir(wildcards):
 
 
 def cpu_train_settings(wildcards):
-    return cpu_train_config(config["train"], config.get("cpu", {}))
+    """The run's `train` block (with its `runs.<model>.<method>` overrides) for the CPU backend."""
+    return cpu_train_config(train_settings(config, wildcards.model, wildcards.method), config["cpu"])
 
 
 def verl_train_file(wildcards):
@@ -84,7 +90,7 @@ def verl_train_file(wildcards):
 
 
 def estimator_options(wildcards):
-    return config.get("estimators", {}).get(wildcards.method, {})
+    return config["estimators"].get(wildcards.method, {})
 
 
 def hierarchical_methods():

@@ -28,7 +28,6 @@ else:
         output:
             f"{DATA}/{{dataset}}/table.parquet",
         params:
-            root=DATA,
             seed=config["data"]["seed"],
             split=config["data"]["split"],
             skip_unavailable=config["data"]["skip_unavailable"],
@@ -69,12 +68,10 @@ else:
 rule export_verl:
     """verl RLHFDataset parquet files: train/val/test, GRPO+RS oversampled, no-demographics."""
     input:
-        COHORT,
+        cohort=COHORT,
     output:
         expand(f"{DATA}/verl/{{part}}.parquet", part=["train", "val", "test", "train_rs", "train_nodemo"]),
     params:
-        root=DATA,
-        out_dir=f"{DATA}/verl",
         seed=config["data"]["seed"],
         custom=config["data"]["custom"],
     log:

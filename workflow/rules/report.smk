@@ -53,7 +53,6 @@ rule paper_comparison:
         claims=report(f"{RESULTS}/tables/claims.csv", caption="../report/claims.rst", category="Paper vs reproduction"),
     params:
         config=config,
-        out_dir=f"{RESULTS}/tables",
     log:
         f"{LOGS}/paper_comparison.log",
     localrule: True
@@ -78,7 +77,6 @@ rule paper_tables:
         ),
     params:
         config=config,
-        out_dir=f"{RESULTS}/tables",
     log:
         f"{LOGS}/paper_tables.log",
     localrule: True

@@ -1,5 +1,11 @@
+from pathlib import Path
+
 from eqpo.pipeline import logged, run_export_verl
+from eqpo.run_settings import reproduction_options
 
 p = snakemake.params
 with logged(snakemake.log[0]):
-    run_export_verl(snakemake.input[0], p.root, p.out_dir, p.seed, p.custom)
+    definition = reproduction_options(snakemake.config).group_definition
+    # images are relative to the cohort's folder; the export goes where the rule's outputs are
+    run_export_verl(snakemake.input.cohort, Path(snakemake.input.cohort).parent, Path(snakemake.output[0]).parent,
+                    p.seed, p.custom, group_definition=definition)
