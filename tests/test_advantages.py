@@ -19,7 +19,8 @@ def run(method, rewards, pids, datasets=None, groups=None, **options):
 
 
 def test_registry_lists_every_paper_method():
-    assert set(ESTIMATORS) == {"grpo", "rloo", "reinforce_pp", "grpo_rs", "grpo_dro", "eqpo", "eqpo_nd", "drpo"}
+    assert set(ESTIMATORS) == {"grpo", "rloo", "reinforce_pp", "grpo_rs", "grpo_dro", "eqpo", "eqpo_nd", "eqpo_nodemo",
+                               "drpo"}
 
 
 def test_grpo_and_rloo_hand_computed():

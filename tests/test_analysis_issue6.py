@@ -54,7 +54,7 @@ from eqpo.analysis.uncertainty import (
 )
 from eqpo.metrics import METRICS, TABLE2_COLUMNS, FairnessReport, fairness_summary
 
-ALL_METHODS = ("grpo", "rloo", "reinforce_pp", "grpo_rs", "grpo_dro", "eqpo_nd", "eqpo")
+ALL_METHODS = ("grpo", "rloo", "reinforce_pp", "grpo_rs", "grpo_dro", "eqpo_nodemo", "eqpo")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,7 +251,7 @@ def test_paper_data_loads_and_converts_scales():
     assert raw.loc[("medgemma-4b", "eqpo"), "Acc"] == pytest.approx(0.8183)
     assert raw.loc[("medgemma-4b", "eqpo"), "sigma_F1"] == pytest.approx(0.0383)  # printed raw
     assert raw.loc[("qwen2.5-vl-7b", "reinforce_pp"), "EOD"] == pytest.approx(0.07788)
-    assert raw.loc[("medgemma-4b", "eqpo_nd"), "paper_method"] == "EQPO-ND"
+    assert raw.loc[("medgemma-4b", "eqpo_nodemo"), "paper_method"] == "EQPO-ND"  # the paper-era run
     printed = load_paper_table2(scale="paper")
     assert printed.loc[("medgemma-4b", "eqpo"), "Acc"] == pytest.approx(81.83)
     assert len(raw) == 13 and set(raw.index.get_level_values("method")) == set(ALL_METHODS)
@@ -266,7 +266,7 @@ def test_paper_data_loads_and_converts_scales():
     assert claims.iloc[-1]["value"] == pytest.approx(0.1)
     assert "FairGRPO" in paper_readme()
     assert PAPER_METHOD_NAMES["FairGRPO"] == "eqpo"
-    assert PAPER_METHOD_NAMES["FairGRPO_ND"] == "eqpo_nd"
+    assert PAPER_METHOD_NAMES["FairGRPO_ND"] == "eqpo_nodemo"
 
 
 def test_paper_model_map_is_config_driven_and_never_guesses():
@@ -292,7 +292,7 @@ def synthetic_table2(models=("medgemma-4b",), methods=ALL_METHODS) -> pd.DataFra
         "reinforce_pp": (0.22, 0.090, 0.100, 0.28),
         "grpo_rs": (0.24, 0.070, 0.090, 0.27),
         "grpo_dro": (0.16, 0.075, 0.085, 0.31),
-        "eqpo_nd": (0.26, 0.110, 0.110, 0.36),
+        "eqpo_nodemo": (0.26, 0.110, 0.110, 0.36),
         "eqpo": (0.12, 0.065, 0.070, 0.32),
     }
     rows = []

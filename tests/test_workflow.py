@@ -32,15 +32,15 @@ def job_counts(output: str) -> dict[str, int]:
 
 def test_paper_config_dry_run_resolves_every_job(tmp_path):
     counts = job_counts(snakemake(tmp_path, "-n", "--quiet", "rules").stdout)
-    assert counts["train_verl"] == 7 * 3  # 7 methods x 3 base models x 1 seed
-    assert counts["predict_vllm"] == 21 and counts["score"] == 21
+    assert counts["train_verl"] == 8 * 3  # 8 methods (both EQPO-ND variants) x 3 base models x 1 seed
+    assert counts["predict_vllm"] == 24 and counts["score"] == 24
     assert counts["prepare_dataset"] == 7
     assert "train_cpu" not in counts
 
 
 def test_demo_config_dry_run_resolves_every_job(tmp_path):
     counts = job_counts(snakemake(tmp_path, "-n", "--quiet", "rules", configs=(PAPER, DEMO)).stdout)
-    assert counts["train_cpu"] == 7 * 2 * 3 and counts["pretrain_cpu"] == 2  # methods x models x seeds
+    assert counts["train_cpu"] == 8 * 2 * 3 and counts["pretrain_cpu"] == 2  # methods x models x seeds
     for rule in ("demo_cohort", "table2", "uncertainty", "paper_comparison", "paper_tables", "cluster_stability",
                  "notebook_training_dynamics", "notebook_group_fairness", "notebook_cluster_stability", "dynamics"):
         assert counts[rule] == 1
@@ -81,7 +81,7 @@ def test_tiny_config_end_to_end(tmp_path):
         for key, value in metrics["summary"].items():
             assert getattr(row, key) == pytest.approx(value, rel=1e-12, abs=1e-15), (row.model, row.method, key)
 
-    # Issue 6 artifacts: uncertainty, the other paper tables, the paper comparison, executed notebooks.
+    # Analysis artifacts: uncertainty, the other paper tables, the paper comparison, executed notebooks.
     tables = results / "tables"
     ci = pd.read_csv(tables / "table2_ci.csv")
     # percentile intervals: lo <= hi, but a gap's (max - min) interval can miss its estimate (bootstrap bias)

@@ -681,6 +681,18 @@ class EQPO(HierarchicalScaler):
         return factor
 
 
+@register_estimator("eqpo_nodemo")
+class EQPONoDemographics(EQPO):
+    """EQPO trained without demographics: EQPO's factors (flat domain mean, no clamps) with every
+    prompt unlabeled, so every group is a K-means cluster. This is what the authors' paper-era
+    no-demographics run did (FairGRPO on a training file without the ``demo`` field); the
+    qoq_med3 estimator with inverse-size domain mean and clamps is :class:`EQPOND`.
+    """
+
+    name = "eqpo_nodemo"
+    use_demographics = False
+
+
 def _inverse_size_mean(clusters: list[tuple[float, float]], eps: float) -> float:
     """Domain mean as released for DRPO / EQPO-ND: sum(mean_c / |c|) / sum(1 / |c|)."""
     sizes = np.array([c[0] for c in clusters])

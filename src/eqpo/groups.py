@@ -1,9 +1,16 @@
 """Demographic (explicit) and latent (implicit) grouping.
 
-Explicit groups follow METHOD.md Section 1: age bins a1 <= 25 < a2 <= 50 < a3 <= 75 < a4, sex F/M,
-and the group of a sample is the intersection of the attributes its dataset records ("F|a3"; an
-age-only dataset gives "a3"). A sample missing any of its dataset's attributes has no explicit group
-(None) and is treated as unlabeled, i.e. it gets an implicit group by K-means on reward vectors.
+Explicit groups have two definitions (config ``groups.definition``):
+
+- ``paper`` (METHOD.md Section 1, paper Table 1): age bins a1 <= 25 < a2 <= 50 < a3 <= 75 < a4, sex
+  F/M, and the group of a sample is the intersection of the attributes its dataset records ("F|a3";
+  an age-only dataset gives "a3"). A sample missing any of its dataset's attributes has no explicit
+  group (None) and is treated as unlabeled, i.e. it gets an implicit group by K-means on reward
+  vectors.
+- ``authors_code`` (the authors' training data loader): the same bins, but a sample is unlabeled
+  only when ALL its dataset's attributes are missing; a missing part is the value "unk" ("M|unk");
+  and sex is not used for Hemorrhage and PAD-UFES-20 (their records name it "gender", which the
+  loader does not read), so those two datasets have age-only groups.
 
 Implicit groups use K-means with the elbow rule of the authors' code (METHOD.md Section 3), run on
 DISTINCT reward vectors weighted by how many prompts produced them: the K-means objective is the
@@ -15,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,6 +30,10 @@ import pandas as pd
 from .vocabularies import ATTRIBUTES
 
 AGE_BINS = ("a1", "a2", "a3", "a4")
+UNKNOWN = "unk"
+GROUP_DEFINITIONS = ("paper", "authors_code")
+# Datasets whose sex the authors' loader does not read (their demographics name it "gender").
+AUTHORS_AGE_ONLY = ("Hemorrhage", "PAD-UFES-20")
 AGE_EDGES = (25.0, 50.0, 75.0)  # upper edges (inclusive) of a1, a2, a3
 SEXES = ("F", "M")
 _SEX_WORDS = {"f": "F", "female": "F", "woman": "F", "w": "F", "m": "M", "male": "M", "man": "M"}
@@ -63,28 +74,59 @@ def normalize_sex(sex: object) -> str | None:
     return _SEX_WORDS.get(sex.strip().lower())
 
 
-def explicit_group(age: object, sex: object, attributes: Sequence[str] = ATTRIBUTES) -> str | None:
+def check_definition(definition: str) -> str:
+    if definition not in GROUP_DEFINITIONS:
+        raise ValueError(f"groups.definition must be one of {list(GROUP_DEFINITIONS)}, got {definition!r}")
+    return definition
+
+
+def group_attributes(dataset: str, attributes: Sequence[str], definition: str = "paper") -> tuple[str, ...]:
+    """The attributes that make up ``dataset``'s explicit groups under ``definition``."""
+    if check_definition(definition) == "authors_code" and dataset in AUTHORS_AGE_ONLY:
+        return tuple(a for a in attributes if a != "sex")
+    return tuple(attributes)
+
+
+def explicit_group(age: object, sex: object, attributes: Sequence[str] = ATTRIBUTES,
+                   definition: str = "paper") -> str | None:
     """Intersectional group key of one sample, e.g. "F|a3" (sex first) or "a3" for age-only data.
 
-    attributes: the demographic attributes the sample's dataset records. Returns None when any of
-    them is missing for this sample, or when the dataset records none.
+    attributes: the demographic attributes that make up the groups (see :func:`group_attributes`).
+    ``definition="paper"``: None when any of them is missing for this sample, or when there are
+    none. ``definition="authors_code"``: None only when all are missing; a missing part is "unk".
     """
+    check_definition(definition)
     parts = []
     for attribute in ATTRIBUTES:  # fixed order: sex, then age
         if attribute not in attributes:
             continue
         value = normalize_sex(sex) if attribute == "sex" else age_bin(age)
-        if value is None:
+        if value is None and definition == "paper":
             return None
         parts.append(value)
-    return "|".join(parts) if parts else None
+    if all(p is None for p in parts):
+        return None
+    return "|".join(UNKNOWN if p is None else p for p in parts)
 
 
-def explicit_groups(
-    ages: Iterable[object], sexes: Iterable[object], attributes: Sequence[str] = ATTRIBUTES
-) -> list[str | None]:
-    """Vectorised :func:`explicit_group` over parallel sequences."""
-    return [explicit_group(a, s, attributes) for a, s in zip(ages, sexes)]
+def regroup(table: pd.DataFrame, definition: str, specs: dict | None = None) -> pd.DataFrame:
+    """A copy of a cohort table whose ``group`` column follows ``definition``, from the recorded
+    ``age`` and ``sex``; ``true_group`` (where present, with ``true_age``/``true_sex``) likewise.
+    ``specs``: dataset -> DatasetSpec (default: :func:`eqpo.vocabularies.get_spec`)."""
+    from .vocabularies import get_spec
+
+    check_definition(definition)
+    out = table.copy()
+    for column, age_col, sex_col in (("group", "age", "sex"), ("true_group", "true_age", "true_sex")):
+        if column not in out or age_col not in out or sex_col not in out:
+            continue
+        values = []
+        for dataset, age, sex in zip(out["dataset"], out[age_col], out[sex_col]):
+            spec = (specs or {}).get(dataset) or get_spec(str(dataset))
+            values.append(explicit_group(age, sex, group_attributes(str(dataset), spec.attributes, definition),
+                                         definition))
+        out[column] = pd.Series(values, index=out.index, dtype=object)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

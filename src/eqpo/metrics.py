@@ -23,8 +23,11 @@ Definitions
   present in a dataset is skipped for that dataset.
 - Per class c and group g, from the one-vs-rest counts TP/FP/TN/FN over the n rows of g:
   Acc = (TP+TN)/n, TPR = TP/(TP+FN), FPR = FP/(FP+TN), FDR = FP/(FP+TP), F1 = 2TP/(2TP+FP+FN);
-  every 0/0 is 0. A group's metric is the unweighted mean over the dataset's classes. (So a class
-  that never occurs in a group, and is never predicted there, gives that group TPR = F1 = 0.)
+  every 0/0 is 0. A group's metric is the unweighted mean over its classes, by ``class_set``:
+  ``"dataset"`` (the paper text): every class of the dataset, so a class that never occurs in a
+  group gives that group TPR = F1 = 0; ``"group_present"`` (the authors' evaluator, the
+  reproduction default in config.yaml): only the classes with at least one positive in that
+  group's ground truth (a group with none gets 0).
 - Per dataset and attribute, over the groups present: level = mean, gap = max - min,
   sigma = sample standard deviation (ddof = 1).
 - Per dataset: the mean over its usable attributes. A dataset with NO usable attribute has its
@@ -55,6 +58,7 @@ from .groups import AGE_BINS, AGE_EDGES, SEXES, age_bin, normalize_sex
 from .vocabularies import ATTRIBUTES
 
 REQUIRED_COLUMNS = ("dataset", "labels", "prediction", "age", "sex")
+CLASS_SETS = ("dataset", "group_present")
 METRICS = ("Acc", "F1", "TPR", "FPR", "FDR")
 TABLE2_COLUMNS = (
     "PP",
@@ -269,10 +273,28 @@ def confusion_by_group(truth: np.ndarray, pred: np.ndarray, membership: np.ndarr
     return size, tp, fp, fn, tn
 
 
-def group_rates(size: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray):
+def check_class_set(class_set: str) -> str:
+    if class_set not in CLASS_SETS:
+        raise ValueError(f"class_set must be one of {list(CLASS_SETS)}, got {class_set!r}")
+    return class_set
+
+
+def class_mean(values: np.ndarray, positives: np.ndarray, class_set: str) -> np.ndarray:
+    """(..., G) mean over the last (class) axis of (..., G, C) per-class values: every class
+    (``"dataset"``) or the classes with positives > 0 in the group (``"group_present"``; 0 when
+    there are none)."""
+    if check_class_set(class_set) == "dataset":
+        return values.mean(axis=-1)
+    present = positives > 0
+    return _safe_div((values * present).sum(axis=-1), present.sum(axis=-1).astype(float))
+
+
+def group_rates(size: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray,
+                class_set: str = "dataset"):
     """metric -> (G,) class-mean rate per group, from (G, C) counts and (G,) group sizes.
 
     Acc=(TP+TN)/n, F1=2TP/(2TP+FP+FN), TPR=TP/(TP+FN), FPR=FP/(FP+TN), FDR=FP/(FP+TP); 0/0 = 0.
+    The class mean runs over the classes ``class_set`` names (see :func:`class_mean`).
     """
     per_class = {
         "Acc": _safe_div(tp + tn, size[:, None]),
@@ -281,7 +303,7 @@ def group_rates(size: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray
         "FPR": _safe_div(fp, fp + tn),
         "FDR": _safe_div(fp, fp + tp),
     }
-    return {metric: values.mean(axis=1) for metric, values in per_class.items()}
+    return {metric: class_mean(values, tp + fn, class_set) for metric, values in per_class.items()}
 
 
 def spread(values: np.ndarray) -> tuple[float, float, float]:
@@ -321,7 +343,8 @@ def _usable_attributes(
 
 
 def _dataset_tables(
-    dataset: object, truth: np.ndarray, pred: np.ndarray, codes: dict[str, np.ndarray]
+    dataset: object, truth: np.ndarray, pred: np.ndarray, codes: dict[str, np.ndarray],
+    class_set: str = "dataset",
 ) -> tuple[list[dict], list[dict]]:
     """by_group and by_attribute rows (lists of dicts) of one dataset.
 
@@ -330,7 +353,7 @@ def _dataset_tables(
     usable = _usable_attributes(codes)
     membership = np.hstack([one_hot(c, len(names)) for c, names in usable.values()])
     size, *counts = confusion_by_group(truth, pred, membership)
-    rates = group_rates(size, *counts)
+    rates = group_rates(size, *counts, class_set=class_set)
     group_rows, attribute_rows = [], []
     start = 0
     for attribute, (_, names) in usable.items():
@@ -445,6 +468,7 @@ class FairnessReport:
         comma-joined; "all" when none was usable).
     overall: the Table 2 dict (mean over datasets), as returned by :func:`fairness_summary`.
     classes: dataset -> its classes (sorted tuple of the labels in its ground truth).
+    class_set: which classes a group's rates average over ("dataset" or "group_present").
 
     A dataset with no usable attribute appears with attribute = group = "all", NaN gaps and sigmas.
     """
@@ -454,10 +478,13 @@ class FairnessReport:
     by_dataset: pd.DataFrame
     overall: dict[str, float]
     classes: dict[object, tuple] = field(default_factory=dict)
+    class_set: str = "dataset"
 
     @classmethod
-    def from_predictions(cls, predictions: pd.DataFrame) -> "FairnessReport":
-        """Compute every table from a predictions frame (columns: see the module docstring)."""
+    def from_predictions(cls, predictions: pd.DataFrame, class_set: str = "dataset") -> "FairnessReport":
+        """Compute every table from a predictions frame (columns: see the module docstring);
+        ``class_set``: ``"dataset"`` or ``"group_present"`` (see the module docstring)."""
+        check_class_set(class_set)
         validate_predictions(predictions)
         truth = _flatten(predictions["labels"])
         pred = _flatten(predictions["prediction"])
@@ -468,13 +495,13 @@ class FairnessReport:
         for d in sorted(range(len(ds_names)), key=lambda i: str(ds_names[i])):
             name, rows = ds_names[d], np.flatnonzero(ds_codes == d)
             classes[name], y, p = _dataset_matrices(name, ds_codes == d, position, truth, pred)
-            g_rows, a_rows = _dataset_tables(name, y, p, {a: c[rows] for a, c in codes.items()})
+            g_rows, a_rows = _dataset_tables(name, y, p, {a: c[rows] for a, c in codes.items()}, class_set)
             group_rows += g_rows
             attribute_rows += a_rows
         by_group = pd.DataFrame(group_rows, columns=_GROUP_COLUMNS)
         by_attribute = pd.DataFrame(attribute_rows, columns=_ATTRIBUTE_COLUMNS)
         by_dataset = _by_dataset(by_attribute, predictions)
-        return cls(by_group, by_attribute, by_dataset, _overall(by_dataset), classes)
+        return cls(by_group, by_attribute, by_dataset, _overall(by_dataset), classes, class_set)
 
 
 def _position_within(codes: np.ndarray) -> np.ndarray:
@@ -527,7 +554,7 @@ def _by_dataset(by_attribute: pd.DataFrame, predictions: pd.DataFrame) -> pd.Dat
     return pd.DataFrame(rows, columns=columns)
 
 
-def fairness_summary(predictions: pd.DataFrame) -> dict[str, float]:
+def fairness_summary(predictions: pd.DataFrame, class_set: str = "dataset") -> dict[str, float]:
     """Paper Table 2 of one set of predictions: {column: python float}, in TABLE2_COLUMNS order.
 
     PP = FDR gap, EOD = TPR gap, FPR_diff = FPR gap, sigma_F1, delta_F1 = F1 gap, sigma_Acc,
@@ -535,6 +562,7 @@ def fairness_summary(predictions: pd.DataFrame) -> dict[str, float]:
     F1_ES = F1 / (1 + sigma_F1).
     Each is averaged over a dataset's usable attributes, then over datasets (equal weights, NaN
     skipped: a dataset with no usable attribute contributes its levels but no gaps or sigmas).
-    Raw fractions; multiply by :data:`PAPER_SCALE` to print as the paper does.
+    Raw fractions; multiply by :data:`PAPER_SCALE` to print as the paper does. ``class_set``:
+    which classes a group's rates average over (module docstring).
     """
-    return dict(FairnessReport.from_predictions(predictions).overall)
+    return dict(FairnessReport.from_predictions(predictions, class_set).overall)

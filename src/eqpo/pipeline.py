@@ -12,23 +12,30 @@ import contextlib
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
 
+from .cohort_table import read_cohort, write_cohort
 from .metrics import FairnessReport, unparseable_share
 
 log = logging.getLogger("eqpo")
 
 # Keys of the shared `train` config block that only the GPU (verl) backend reads.
 GPU_ONLY_TRAIN_KEYS = ("max_prompt_length", "max_response_length", "rollout_gpu_memory", "tensor_parallel", "gpus",
-                       "nnodes")
+                       "nnodes", "max_ckpt_to_keep", "save_hf_model", "rollout_data", "loggers",
+                       "restart_estimator_on_resume")
 
 
 @contextlib.contextmanager
 def logged(path: str | Path | None) -> Iterator[None]:
-    """Send stdout, stderr and the ``eqpo`` logger to ``path`` for the duration (a rule's log)."""
+    """Send stdout, stderr and the ``eqpo`` logger to ``path`` for the duration (a rule's log).
+
+    A failure is written into the log before stderr is restored, so the log ends with it: the
+    traceback of an exception, the message of ``SystemExit("...")``, the status of ``SystemExit(n)``
+    with n != 0. The exception then propagates as usual (Snakemake marks the job failed)."""
     if path is None:
         yield
         return
@@ -40,43 +47,20 @@ def logged(path: str | Path | None) -> Iterator[None]:
         log.setLevel(logging.INFO)
         try:
             yield
+        except SystemExit as stop:
+            if stop.code not in (None, 0):
+                handle.write(f"exit status {stop.code}\n" if isinstance(stop.code, int) else f"{stop.code}\n")
+            raise
+        except BaseException:
+            traceback.print_exc(file=handle)
+            raise
         finally:
+            handle.flush()
             log.removeHandler(handler)
 
 
 def _say(message: str) -> None:
     log.info(message)
-
-
-def _specs_path(cohort: str | Path) -> Path:
-    return Path(str(cohort) + ".specs.json")
-
-
-def read_cohort(path: str | Path) -> pd.DataFrame:
-    """A cohort parquet; the specs of any custom datasets in it (sidecar JSON) are registered."""
-    from .vocabularies import DatasetSpec, register_dataset
-
-    table = pd.read_parquet(path)
-    table["labels"] = table["labels"].map(list)
-    if "images" in table:
-        table["images"] = [[] if v is None or isinstance(v, float) else list(v) for v in table["images"]]
-    if _specs_path(path).exists():
-        for d in json.loads(_specs_path(path).read_text()):
-            register_dataset(DatasetSpec(d["name"], tuple(d["labels"]), d["multi_label"], tuple(d["attributes"])))
-    return table
-
-
-def write_cohort(table: pd.DataFrame, out: str | Path, custom: list[dict] | None = None) -> None:
-    """Write a cohort parquet and, when it holds custom datasets, their specs next to it."""
-    from dataclasses import asdict
-
-    from .data.custom import spec_from_entry
-
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out, index=False)
-    specs = [asdict(spec_from_entry(entry)) for entry in custom or []]
-    if specs:
-        _specs_path(out).write_text(json.dumps(specs, indent=1))
 
 
 def with_custom(table: pd.DataFrame, custom: list[dict] | None) -> pd.DataFrame:
@@ -85,12 +69,16 @@ def with_custom(table: pd.DataFrame, custom: list[dict] | None) -> pd.DataFrame:
 
     if not custom:
         return table
-    parts = [table, *(load_custom(entry) for entry in custom)]
-    feature_sets = {tuple(sorted(c for c in p.columns if c.startswith("f") and c[1:].isdigit())) for p in parts if not p.empty}
-    if len(feature_sets) > 1:
-        raise ValueError(f"the datasets' numeric feature columns differ ({sorted(feature_sets)}); for the CPU "
-                         "backend every dataset needs the same f0..fN columns")
-    return pd.concat(parts, ignore_index=True)
+    parts = [p for p in (table, *(load_custom(entry) for entry in custom)) if not p.empty]
+    # Datasets may have different numbers of feature columns f0..fN (the CPU backend gives each its
+    # own input width; see eqpo.cpu.trainer.feature_widths): the missing ones stay empty.
+    return pd.concat(parts, ignore_index=True) if parts else table
+
+
+def _nothing_listed(datasets: list, custom: list | None) -> None:
+    if not datasets and not custom:
+        raise ValueError("data.datasets is empty and data.custom has no entries: there is nothing to train on; "
+                         "list paper datasets under data.datasets or your own under data.custom")
 
 
 def make_demo_cohort(settings: dict, datasets: list[str], out: str | Path, summary_out: str | Path,
@@ -100,8 +88,15 @@ def make_demo_cohort(settings: dict, datasets: list[str], out: str | Path, summa
     from .demo.cohort import CohortConfig, describe_cohort, make_cohort
     from .vocabularies import get_spec
 
-    table = make_cohort(CohortConfig.from_dict(settings), datasets={name: get_spec(name) for name in datasets})
+    _nothing_listed(datasets, custom)
+    if datasets:
+        table = make_cohort(CohortConfig.from_dict(settings), datasets={name: get_spec(name) for name in datasets})
+    else:  # only the user's own datasets
+        table = pd.DataFrame()
     table = with_custom(table, custom)
+    for true, seen in (("true_age", "age"), ("true_sex", "sex"), ("true_group", "group")):
+        if true not in table:  # custom datasets only: what is recorded is all there is
+            table[true] = table[seen]
     write_cohort(table, out, custom)
     Path(summary_out).parent.mkdir(parents=True, exist_ok=True)
     describe_cohort(table).to_csv(summary_out, index=False)
@@ -113,16 +108,22 @@ def make_demo_cohort(settings: dict, datasets: list[str], out: str | Path, summa
     _say(f"demo cohort: {len(table)} samples over {table['dataset'].nunique()} datasets -> {out}")
 
 
-def run_prepare_dataset(name: str, root: str | Path, seed: int, fractions: list[float], skip_unavailable: bool) -> None:
-    """Obtain and preprocess one real dataset; missing data stops with instructions and exit status 3."""
+def run_prepare_dataset(name: str, root: str | Path, seed: int, fractions: list[float], skip_unavailable: bool,
+                        releases: dict[str, str] | None = None) -> None:
+    """Obtain and preprocess one real dataset; missing data stops with instructions and exit status 3,
+    a download that keeps failing with one line (no traceback) and exit status 1. ``releases``:
+    dataset -> release, for datasets with several (config data.hemorrhage_release)."""
+    from .data.fetch import DownloadError
     from .data.prepare import prepare
     from .data.sources import MissingDataError
 
     try:
-        table = prepare(name, root, seed, tuple(fractions), skip_unavailable)
+        table = prepare(name, root, seed, tuple(fractions), skip_unavailable, release=(releases or {}).get(name))
     except MissingDataError as err:
         print(err, file=sys.stderr)
         raise SystemExit(err.exit_status) from None
+    except DownloadError as err:
+        raise SystemExit(f"{name}: {err}") from None
     _say(f"{name}: {len(table)} samples")
 
 
@@ -131,11 +132,16 @@ def build_cohort(tables: list, out: str | Path, table1_stem: str | Path, custom:
     from .analysis.tables import write_table
     from .data.table1 import table1
 
+    from .data.sources import TABLE_COLUMNS
+
+    _nothing_listed(tables, custom)
     parts = [pd.read_parquet(t) for t in tables]
     skipped = [Path(t).parent.name for t, part in zip(tables, parts) if part.empty]
     if skipped:
         _say(f"datasets skipped as unavailable (data.skip_unavailable): {skipped}")
-    cohort = with_custom(pd.concat([p for p in parts if not p.empty], ignore_index=True), custom)
+    available = [p for p in parts if not p.empty]
+    base = pd.concat(available, ignore_index=True) if available else pd.DataFrame(columns=list(TABLE_COLUMNS))
+    cohort = with_custom(base, custom)
     if cohort.empty:
         raise SystemExit("no dataset is available: every dataset was skipped")
     write_cohort(cohort, out, custom)
@@ -144,11 +150,14 @@ def build_cohort(tables: list, out: str | Path, table1_stem: str | Path, custom:
 
 
 def run_export_verl(cohort: str | Path, root: str | Path, out_dir: str | Path, seed: int,
-                    custom: list[dict] | None = None) -> None:
+                    custom: list[dict] | None = None, group_definition: str = "paper") -> None:
+    """The verl parquet files; the ``group`` the estimators read (and GRPO+RS balances) follows
+    ``group_definition`` (config ``groups.definition``)."""
     from .data.export import export_verl
+    from .groups import regroup
 
     questions = {entry["name"]: entry["question"] for entry in custom or [] if "question" in entry}
-    paths = export_verl(read_cohort(cohort), root, out_dir, seed, questions)
+    paths = export_verl(regroup(read_cohort(cohort), group_definition), root, out_dir, seed, questions)
     _say("verl parquet files: " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -156,9 +165,15 @@ def run_pretrain(cohort: str | Path, model: dict, settings: dict, seed: int, out
     from .cpu.policy import PolicyConfig
     from .cpu.trainer import PretrainConfig, pretrain, save_policy
 
+    from .cpu.trainer import feature_columns, feature_widths
+
     table = read_cohort(cohort)
-    n_features = sum(1 for c in table.columns if c.startswith("f") and c[1:].isdigit())
+    n_features = len(feature_columns(table))
+    widths = feature_widths(table)
     arch = {k: v for k, v in model.items() if k != "backend"}
+    if any(w != n_features for w in widths.values()):  # datasets with different numbers of features
+        arch["input_widths"] = widths
+        _say("per-dataset input widths: " + ", ".join(f"{d} {w}" for d, w in widths.items()))
     policy = pretrain(table, PolicyConfig(n_features=n_features, **arch), PretrainConfig.from_dict(settings), seed, log=_say)
     save_policy(policy, out)
 
@@ -169,54 +184,63 @@ def cpu_train_config(train: dict, cpu: dict) -> dict:
 
 
 def run_train_cpu(cohort: str | Path, pretrained: str | Path, method: str, estimator_options: dict,
-                  train: dict, seed: int, run_dir: str | Path, stop_after: int | None = None) -> None:
+                  train: dict, seed: int, run_dir: str | Path, stop_after: int | None = None,
+                  options: dict | None = None) -> None:
+    """``options``: the config (or its ``metrics``/``groups``/``reward`` blocks), read by
+    :class:`eqpo.run_settings.ReproductionOptions`."""
     from .cpu.trainer import RLTrainer, TrainConfig
+    from .run_settings import ReproductionOptions
 
     trainer = RLTrainer(read_cohort(cohort), pretrained, method, estimator_options, TrainConfig.from_dict(train),
-                        seed, run_dir, log=_say)
+                        seed, run_dir, log=_say, options=ReproductionOptions.from_config(options or {}))
     _say(f"{method} seed {seed}: {trainer.total_steps} steps of {trainer.config.batch_prompts} prompts x "
          f"{trainer.config.rollouts} rollouts on {len(trainer.train)} training prompts")
     trainer.fit(stop_after=stop_after)
 
 
-def run_predict_cpu(cohort: str | Path, policy_path: str | Path, out: str | Path, split: str = "test") -> None:
+def run_predict_cpu(cohort: str | Path, policy_path: str | Path, out: str | Path, split: str = "test",
+                    options: dict | None = None) -> None:
     from .cpu.trainer import Cohort, Scorer, load_policy, predict, specs_for
     from .cpu.trainer import split as split_of
+    from .run_settings import ReproductionOptions
 
     table = read_cohort(cohort)
     specs = specs_for(table)
-    preds = predict(load_policy(policy_path), Cohort(split_of(table, split), specs), Scorer(specs))
+    opts = ReproductionOptions.from_config(options or {})
+    preds = predict(load_policy(policy_path), Cohort(split_of(table, split), specs), Scorer.from_options(specs, opts),
+                    opts.extraction)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     preds.to_parquet(out, index=False)
     _say(f"{len(preds)} {split} predictions -> {out}")
 
 
-def score_predictions(predictions: str | Path, out: str | Path, **run: Any) -> dict:
-    """predictions.parquet -> metrics.json with the Table 2 summary and the per-group tables."""
+def score_predictions(predictions: str | Path, out: str | Path, options: dict | None = None, **run: Any) -> dict:
+    """predictions.parquet -> metrics.json with the Table 2 summary and the per-group tables.
+
+    ``options``: the config (or its reproduction blocks); ``metrics.class_set`` picks the classes a
+    group's rates average over, and every reproduction option is recorded under ``options``."""
+    from .run_settings import ReproductionOptions
+
+    opts = ReproductionOptions.from_config(options or {})
     preds = pd.read_parquet(predictions)
     for col in ("labels", "prediction"):
         preds[col] = preds[col].map(list)
-    report = FairnessReport.from_predictions(preds)
+    report = FairnessReport.from_predictions(preds, opts.class_set)
     result = {
         **run,
+        "options": opts.config_rows(),
         "summary": report.overall,
         "by_dataset": json.loads(report.by_dataset.to_json(orient="records")),
         "by_group": json.loads(report.by_group.to_json(orient="records")),
         "unparseable_share": {str(k): float(v) for k, v in unparseable_share(preds).items()},
     }
+    if "unparsed_items" in preds and "items" in preds:
+        items = preds.groupby("dataset")[["unparsed_items", "items"]].sum()
+        result["unparsed_item_share"] = {str(d): float(r["unparsed_items"] / r["items"]) if r["items"] else 0.0
+                                         for d, r in items.iterrows()}
     Path(out).write_text(json.dumps(result, indent=1))
     _say("; ".join(f"{k}={v:.4f}" for k, v in report.overall.items()))
     return result
-
-
-def not_built(what: str, issue: int) -> None:
-    """Stop a rule whose backend is not part of this release, with a clear message."""
-    message = (
-        f"{what} is not implemented in this release (tracked as issue {issue}). "
-        "Run the CPU demo instead: snakemake --cores 2 --configfile config/demo.yaml"
-    )
-    print(message, file=sys.stderr)
-    raise SystemExit(message)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,13 +261,22 @@ def render_dynamics(dynamics: list, steps: list, out_dynamics: str | Path, out_s
     _say(f"{len(dynamics)} runs -> {out_dynamics}, {out_steps}, {out_timing}")
 
 
-def render_table2(metrics: list, stem: str | Path) -> None:
+def options_note(options: dict | None) -> str:
+    """One line naming the reproduction options a table's numbers were produced with."""
+    from .run_settings import ReproductionOptions
+
+    rows = ReproductionOptions.from_config(options or {}).config_rows()
+    return "Options: " + ", ".join(f"{k} = {v}" for k, v in rows.items()) + "."
+
+
+def render_table2(metrics: list, stem: str | Path, options: dict | None = None) -> None:
+    """Table 2 of the runs; ``options`` (the config) are named under the table."""
     from .analysis.collect import read_metrics
     from .analysis.tables import table2, table2_std, write_table
 
     frame = read_metrics(metrics)
     std = table2_std(frame) if frame["seed"].nunique() > 1 else None
-    write_table(table2(frame), stem, std=std)
+    write_table(table2(frame), stem, std=std, note=options_note(options))
     _say(f"Table 2 from {len(metrics)} runs -> {stem}.csv/.md/.tex")
 
 
@@ -257,31 +290,8 @@ def render_cluster_stability(clusters: list, out_per_step: str | Path, stem: str
     _say(f"cluster stability of {len(clusters)} runs -> {out_per_step}, {stem}.csv/.md/.tex")
 
 
-def _stem(png: str | Path) -> Path:
-    return Path(png).with_suffix("")
-
-
-def render_dynamics_figure(dynamics_csv: str | Path, png: str | Path) -> None:
-    from .analysis.figures import plot_training_dynamics
-
-    plot_training_dynamics(pd.read_csv(dynamics_csv), _stem(png))
-
-
-def render_group_f1_figure(metrics: list, png: str | Path) -> None:
-    from .analysis.collect import read_group_tables
-    from .analysis.figures import plot_group_f1
-
-    plot_group_f1(read_group_tables(metrics), _stem(png))
-
-
-def render_cluster_stability_figure(per_step_csv: str | Path, png: str | Path) -> None:
-    from .analysis.figures import plot_cluster_stability
-
-    plot_cluster_stability(pd.read_csv(per_step_csv), _stem(png))
-
-
 # ----------------------------------------------------------------------------------------------
-# Issue 6: uncertainty, paper comparison, the other paper tables
+# Uncertainty, paper comparison, the other paper tables
 # ----------------------------------------------------------------------------------------------
 
 
@@ -302,9 +312,10 @@ def _pooled_predictions(paths: list) -> dict[tuple[str, str], pd.DataFrame]:
 
 
 def render_uncertainty(predictions: list, ci_stem: str | Path, tests_stem: str | Path, n_boot: int,
-                       level: float = 0.95, seed: int = 0, reference: str = "eqpo") -> None:
+                       level: float = 0.95, seed: int = 0, reference: str = "eqpo", class_set: str = "dataset") -> None:
     """Bootstrap CIs of every Table 2 metric per (model, method) (test samples resampled within each
-    dataset, seeds pooled) and paired bootstrap tests of ``reference`` against every other method."""
+    dataset, seeds pooled) and paired bootstrap tests of ``reference`` against every other method;
+    ``class_set`` as ``metrics.class_set``."""
     from .analysis.style import order_methods
     from .analysis.uncertainty import bootstrap_summary, paired_bootstrap
     from .metrics import TABLE2_COLUMNS
@@ -312,11 +323,12 @@ def render_uncertainty(predictions: list, ci_stem: str | Path, tests_stem: str |
     pooled = _pooled_predictions(predictions)
     rows, tests = [], []
     for (model, method), preds in sorted(pooled.items()):
-        ci = bootstrap_summary(preds, n_boot=n_boot, seed=seed, level=level)
+        ci = bootstrap_summary(preds, n_boot=n_boot, seed=seed, level=level, class_set=class_set)
         for column in TABLE2_COLUMNS:
             rows.append({"model": model, "method": method, "column": column, **ci.loc[column].to_dict()})
         if method != reference and (model, reference) in pooled:
-            test = paired_bootstrap(pooled[(model, reference)], preds, n_boot=n_boot, seed=seed, level=level)
+            test = paired_bootstrap(pooled[(model, reference)], preds, n_boot=n_boot, seed=seed, level=level,
+                                    class_set=class_set)
             for column in TABLE2_COLUMNS:
                 tests.append({"model": model, "reference": reference, "baseline": method, "column": column,
                               **test.loc[column].to_dict()})
@@ -330,7 +342,7 @@ def render_uncertainty(predictions: list, ci_stem: str | Path, tests_stem: str |
     order = order_methods(sorted({method for _, method in pooled}))
     md = md.loc[sorted(md.index, key=lambda key: (key[0], order.index(key[1])))]
     Path(f"{ci_stem}.md").write_text(f"Table 2 with {level:.0%} bootstrap intervals ({n_boot} replicates, raw "
-                                     "fractions)\n\n" + md.to_markdown() + "\n")
+                                     f"fractions; metrics.class_set = {class_set})\n\n" + md.to_markdown() + "\n")
     test_table = pd.DataFrame(tests, columns=["model", "reference", "baseline", "column", "diff", "lo", "hi",
                                               "p_value", "a", "b"])
     test_table.to_csv(f"{tests_stem}.csv", index=False)

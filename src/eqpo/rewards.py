@@ -1,13 +1,27 @@
-"""Answer extraction, label parsing and the label-set F1 reward (METHOD.md Section 2).
+"""Answer extraction, label parsing and the rewards (METHOD.md Section 2; README "Reproduction
+defaults vs the paper text").
 
 The same parsing serves training (the reward) and evaluation (the prediction column of the
 metrics table), so a model is scored by one definition of "what it answered".
+
+Options (each a config key; see eqpo.run_settings):
+
+- reward function: ``f1`` (label-set F1), ``exact`` (1 when the whole label set is right, the
+  paper text) or ``authors_composite`` (0.5 F1 + 0.3 IoU + 0.1 bbox-JSON format score, as the
+  authors' fairness runs configured; IoU is 0 for these tasks, which carry no boxes).
+- matching: ``lenient`` (case and whitespace folded, an answer item that names no label is
+  dropped) or ``strict`` (as the authors' parser: split on the first separator found, items
+  compared exactly after stripping spaces, an item outside the vocabulary is a false positive).
+- extraction: ``last_box`` (the last balanced ``\\boxed{}``, as the training reward) or
+  ``first_box`` (the authors' evaluator: the first ``\\boxed{...}`` without a closing brace
+  inside, else the first ``[...]``, else the whole text).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, Sequence
 
 _BOX = "\\boxed{"
@@ -40,20 +54,70 @@ def extract_boxed(text: str | None) -> str | None:
     return None
 
 
+_FIRST_BOX = re.compile(r"\\boxed\{([^}]*)\}")
+_FIRST_BRACKET = re.compile(r"\[(.*?)\]")
+EXTRACTIONS = ("last_box", "first_box")
+MATCHINGS = ("lenient", "strict")
+REWARD_FUNCTIONS = ("f1", "exact", "authors_composite")
+# Weights of the authors' composite reward: label F1, box IoU, bbox-JSON format.
+AUTHORS_COMPOSITE_WEIGHTS = {"f1": 0.5, "iou": 0.3, "format": 0.1}
+
+
+def extract_first_box(text: str | None) -> str | None:
+    """The authors' evaluator's answer: the content of the first ``\\boxed{...}`` that has no
+    closing brace inside (so ``\\boxed{\\text{A}}`` gives ``\\text{A``), else of the first
+    ``[...]``, else the whole text; None only for an empty response."""
+    if not text:
+        return None
+    match = _FIRST_BOX.search(text) or _FIRST_BRACKET.search(text)
+    return match.group(1) if match else text
+
+
+def extract_answer(text: str | None, extraction: str = "last_box") -> str | None:
+    """The answer text of a response by ``extraction`` (``last_box`` or ``first_box``)."""
+    if extraction == "last_box":
+        return extract_boxed(text)
+    if extraction == "first_box":
+        return extract_first_box(text)
+    raise ValueError(f"extraction must be one of {list(EXTRACTIONS)}, got {extraction!r}")
+
+
 def _normalise(label: str) -> str:
     return " ".join(label.casefold().split())
+
+
+_AUTHORS_SEPARATORS = (", ", " and ", " & ", ",", "&")
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    """labels: the vocabulary labels named, in vocabulary order; unknown: the distinct answer items
+    that name no label (sorted)."""
+
+    labels: list[str]
+    unknown: list[str]
+
+    @property
+    def n_items(self) -> int:
+        return len(self.labels) + len(self.unknown)
 
 
 class LabelParser:
     """Maps free text answers onto one dataset's label vocabulary.
 
-    Matching is case-insensitive with whitespace collapsed; LaTeX ``\\text{...}`` wrappers and
-    surrounding quotes or a trailing full stop are ignored. Items that match no label are dropped.
+    ``matching="lenient"``: case-insensitive with whitespace collapsed; LaTeX ``\\text{...}``
+    wrappers and surrounding quotes or a trailing full stop are ignored; items that match no label
+    are dropped from the labels. ``matching="strict"`` (the authors' parser): split on the first of
+    ", ", " and ", " & ", ",", "&" that occurs, strip spaces, compare exactly (case-sensitive); an
+    item that is not a label stays an item (a false positive for the F1 reward).
     """
 
-    def __init__(self, vocabulary: Sequence[str]):
+    def __init__(self, vocabulary: Sequence[str], matching: str = "lenient"):
         if not vocabulary:
             raise ValueError("LabelParser needs a non-empty label vocabulary")
+        if matching not in MATCHINGS:
+            raise ValueError(f"matching must be one of {list(MATCHINGS)}, got {matching!r}")
+        self.matching = matching
         self.vocabulary = tuple(vocabulary)
         self._lookup = {_normalise(label): label for label in self.vocabulary}
         if len(self._lookup) != len(self.vocabulary):
@@ -61,14 +125,33 @@ class LabelParser:
 
     def parse(self, answer: str | None) -> list[str]:
         """Answer text -> labels of the vocabulary, deduplicated, in vocabulary order."""
+        return self.parse_items(answer).labels
+
+    def parse_items(self, answer: str | None) -> ParsedAnswer:
+        """Answer text -> the labels it names and the items that name no label."""
         if answer is None:
-            return []
+            return ParsedAnswer([], [])
+        if self.matching == "strict":
+            return self._parse_strict(answer)
         text = _TEXT_WRAPPER.sub(r"\1", answer).strip(_STRIP_CHARS)
         whole = self._lookup.get(_normalise(text))
         if whole is not None:  # a label that itself contains a separator word
-            return [whole]
-        found = {self._lookup.get(_normalise(item.strip(_STRIP_CHARS))) for item in _SEPARATORS.split(text)}
-        return [label for label in self.vocabulary if label in found]
+            return ParsedAnswer([whole], [])
+        found, unknown = set(), set()
+        for item in _SEPARATORS.split(text):
+            key = _normalise(item.strip(_STRIP_CHARS))
+            if key in self._lookup:
+                found.add(self._lookup[key])
+            elif key:
+                unknown.add(key)
+        return ParsedAnswer([label for label in self.vocabulary if label in found], sorted(unknown))
+
+    def _parse_strict(self, answer: str) -> ParsedAnswer:
+        text = answer.replace("\\boxed{", "").replace("}", "")
+        separator = next((sep for sep in _AUTHORS_SEPARATORS if sep in text), None)
+        items = {item.strip() for item in (text.split(separator) if separator else [text])}
+        return ParsedAnswer([label for label in self.vocabulary if label in items],
+                            sorted(items - set(self.vocabulary)))
 
 
 def label_f1(prediction: Iterable[str], truth: Iterable[str]) -> float:
@@ -87,15 +170,73 @@ def format_ok(response: str | None) -> bool:
     return bool(response) and _THINK_THEN_BOX.search(response) is not None  # type: ignore[arg-type]
 
 
+@lru_cache(maxsize=4096)  # the parse attempts cost ~0.2 ms; rollouts repeat answers often
+def bbox_format_score(response: str | None) -> float:
+    """Format term of the authors' composite reward, in [0, 1]: how well the response carries a
+    JSON list of ``{"bbox_2d": [x1, y1, x2, y2], "label": ...}`` objects.
+
+    +0.2 for a code fence, +0.1 more when it is marked ``json``; the fenced block (else the whole
+    response) then earns +0.2 if it parses as JSON or +0.1 if it parses only as a Python literal
+    (single quotes turned into double quotes), +0.1 if that value is a list, and +0.4 times the
+    share of its items that are objects with ``label`` and a 4-number ``bbox_2d``.
+    """
+    import ast
+    import json
+
+    if not response:
+        return 0.0
+    score = 0.0
+    if "```" in response:
+        score += 0.2
+        if "```json" in response:
+            score += 0.1
+    block = response
+    lines = response.splitlines()
+    for i, line in enumerate(lines):
+        if line == "```json" or line.strip() == "```":
+            block = "\n".join(lines[i + 1:]).split("```")[0]
+            break
+    if not block:
+        return score
+    try:
+        value = json.loads(block)
+        score += 0.2
+    except ValueError:
+        try:
+            value = ast.literal_eval(block.replace("'", '"'))
+            score += 0.1
+        except Exception:
+            return score
+    if not isinstance(value, list):
+        return score
+    score += 0.1
+    if value:
+        valid = sum(1 for item in value if isinstance(item, dict) and "label" in item and _is_box(item.get("bbox_2d")))
+        score += 0.4 * valid / len(value)
+    return score
+
+
+def _is_box(value: object) -> bool:
+    return isinstance(value, list) and len(value) == 4 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+
+
 @dataclass(frozen=True)
 class RewardResult:
-    """score in [0, 1]; prediction: parsed labels (empty when unparseable); boxed: raw box content."""
+    """score; prediction: parsed labels (empty when unparseable); boxed: raw answer text; f1: label
+    F1 (answer items outside the vocabulary count as false positives under strict matching);
+    unknown: the answer items that name no label."""
 
     score: float
     prediction: list[str]
     boxed: str | None
     f1: float
     format_ok: bool
+    unknown: tuple[str, ...] = ()
+
+    @property
+    def n_items(self) -> int:
+        return len(self.prediction) + len(self.unknown)
 
     @property
     def parsed(self) -> bool:
@@ -118,26 +259,59 @@ def as_label_list(truth: str | Sequence[str], parser: LabelParser) -> list[str]:
     return labels
 
 
+def answer_f1(parsed: ParsedAnswer, truth: Iterable[str], strict: bool) -> float:
+    """Label-set F1 of a parsed answer; with ``strict`` its unknown items are false positives."""
+    t = set(truth)
+    p = set(parsed.labels)
+    n_pred = len(p) + (len(parsed.unknown) if strict else 0)
+    if not n_pred or not t:
+        return 0.0
+    return 2.0 * len(p & t) / (n_pred + len(t))
+
+
 def score_response(
     response: str | None,
     truth: str | Sequence[str],
     vocabulary: Sequence[str] | LabelParser,
     format_weight: float = 0.0,
+    function: str = "f1",
+    matching: str = "lenient",
+    extraction: str = "last_box",
 ) -> RewardResult:
-    """Reward of one response: (1 - w) * F1(parsed last box, truth) + w * format_ok.
+    """Reward of one response to one prompt.
 
-    With the default ``format_weight`` = 0 this is the paper's accuracy reward: 1/0 for single-label
-    tasks, label-set F1 for multi-label ones, 0 for an unparseable answer.
+    ``function``: ``f1`` -> (1 - w) * F1 + w * format_ok; ``exact`` -> (1 - w) * [answer set ==
+    true set] + w * format_ok; ``authors_composite`` -> 0.5 F1 + 0.3 IoU + 0.1 bbox_format_score
+    (IoU = 0: these tasks carry no boxes; ``format_weight`` must be 0). ``matching`` is used when
+    ``vocabulary`` is a label list (a :class:`LabelParser` brings its own); under ``strict`` an
+    answer item outside the vocabulary is a false positive (F1) and makes ``exact`` 0.
+    ``extraction``: which part of the response is the answer (``last_box`` as the training reward).
+
+    With the defaults this is label-set F1: 1/0 for single-label tasks, 0 for an unparseable answer.
     """
     if not 0.0 <= format_weight <= 1.0:
         raise ValueError(f"format_weight must be in [0, 1], got {format_weight}")
-    parser = vocabulary if isinstance(vocabulary, LabelParser) else LabelParser(vocabulary)
-    boxed = extract_boxed(response)
-    prediction = parser.parse(boxed)
-    f1 = label_f1(prediction, as_label_list(truth, parser))
+    if function not in REWARD_FUNCTIONS:
+        raise ValueError(f"reward function must be one of {list(REWARD_FUNCTIONS)}, got {function!r}")
+    if function == "authors_composite" and format_weight:
+        raise ValueError("format_weight applies to the f1 and exact rewards; authors_composite has its own format term")
+    parser = vocabulary if isinstance(vocabulary, LabelParser) else LabelParser(vocabulary, matching)
+    strict = parser.matching == "strict"
+    boxed = extract_answer(response, extraction)
+    parsed = parser.parse_items(boxed)
+    labels = as_label_list(truth, parser)
+    f1 = answer_f1(parsed, labels, strict)
     fmt = format_ok(response)
-    score = (1.0 - format_weight) * f1 + format_weight * float(fmt)
-    return RewardResult(score=score, prediction=prediction, boxed=boxed, f1=f1, format_ok=fmt)
+    if function == "authors_composite":
+        score = AUTHORS_COMPOSITE_WEIGHTS["f1"] * f1 + AUTHORS_COMPOSITE_WEIGHTS["format"] * bbox_format_score(response)
+    else:
+        if function == "exact":
+            base = float(bool(parsed.labels) and set(parsed.labels) == set(labels) and not (strict and parsed.unknown))
+        else:
+            base = f1
+        score = (1.0 - format_weight) * base + format_weight * float(fmt)
+    return RewardResult(score=score, prediction=parsed.labels, boxed=boxed, f1=f1, format_ok=fmt,
+                        unknown=tuple(parsed.unknown))
 
 
 def render_answer(labels: Iterable[str], reasoning: str = "") -> str:

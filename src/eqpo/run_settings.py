@@ -59,12 +59,13 @@ def train_settings(config: Mapping[str, Any], model: str, method: str) -> dict[s
     return {**dict(config.get("train") or {}), **run_overrides(config, model, method)}
 
 
-# The `train` keys the schema allows (workflow/schemas/config.schema.yaml, `train` block).
+# The `train` keys a run may override (the schema's `runs` block lists the same): the training
+# hyperparameters. GPU placement (gpus, nnodes, tensor_parallel, rollout_gpu_memory) and bookkeeping
+# keys (checkpoints kept, loggers, ...) stay in `train`, where the SLURM resources and the launcher
+# read them for every run alike.
 _KNOWN_TRAIN_KEYS = frozenset({
     "steps", "epochs", "batch_prompts", "rollouts", "lr", "ppo_mini_batch", "ppo_epochs", "clip", "kl_coef",
     "temperature", "test_freq", "save_freq", "grad_clip", "max_prompt_length", "max_response_length",
-    "rollout_gpu_memory", "tensor_parallel", "gpus", "nnodes", "max_ckpt_to_keep", "save_hf_model", "rollout_data",
-    "loggers", "restart_estimator_on_resume",
 })
 
 

@@ -151,6 +151,9 @@ def test_values_land_where_verl_reads_them(composed, run):
     # Ray: this job's own local instance (never another job's cluster), no dashboard port.
     assert cfg.ray_kwargs.ray_init.address == "local" and cfg.ray_kwargs.ray_init.include_dashboard is False
     assert "eqpo_restart_estimator" not in cfg.trainer and cfg.data.val_max_samples == -1
+    # the config's reward reading reaches verl's reward function (reward.function / matching)
+    assert dict(cfg.reward.custom_reward_function.reward_kwargs) == {
+        "function": PAPER["reward"]["function"], "matching": PAPER["reward"]["matching"]}
     assert cfg.trainer.experiment_name == f"{model}_{method}_seed{seed}"
     eqpo = cfg.algorithm.get("eqpo")
     assert (OmegaConf.to_container(eqpo) if eqpo is not None else {}) == PAPER["estimators"].get(method, {})
@@ -365,7 +368,8 @@ ANSWERS = {0: {"h1": ["Nevus"], "h2": ["Nevus"], "h3": [], "h4": ["Melanoma"], "
 STEP_LOG = {1: {"timing_s/step": 10.0, "timing_s/gen": 6.0, "timing_s/adv": 0.5, "timing_s/update_actor": 3.0,
                 "critic/score/mean": 0.25, "critic/rewards/mean": 0.25},
             2: {"timing_s/step": 12.0, "timing_s/gen": 7.0, "timing_s/adv": 0.25, "timing_s/update_actor": 4.0,
-                "critic/score/mean": 0.5, "critic/rewards/mean": 0.5, "timing_s/testing": 5.0}}
+                "critic/score/mean": 0.5, "critic/rewards/mean": 0.5, "timing_s/testing": 5.0,
+                "eqpo/unparsed_item_share/HAM10000": 0.125}}
 
 
 def response(labels):
@@ -448,7 +452,7 @@ class FakeVerl:
 def expected_summary(step):
     preds = pd.DataFrame([{"sample_id": s, "dataset": d, "labels": lab, "prediction": ANSWERS[step][s], "age": a,
                            "sex": x} for s, d, lab, a, x in SAMPLES])
-    return fairness_summary(preds)
+    return fairness_summary(preds, class_set=PAPER["metrics"]["class_set"])  # the config's evaluator reading
 
 
 def test_run_training_writes_the_run_files(tmp_path):
@@ -468,7 +472,7 @@ def test_run_training_writes_the_run_files(tmp_path):
     assert steps == [{"step": 1, "reward_mean": 0.25, "time_step_s": 10.0, "time_generate_s": 6.0,
                       "time_advantage_s": 0.5, "time_update_s": 3.0},
                      {"step": 2, "reward_mean": 0.5, "time_step_s": 12.0, "time_generate_s": 7.0,
-                      "time_advantage_s": 0.25, "time_update_s": 4.0}]
+                      "time_advantage_s": 0.25, "time_update_s": 4.0, "unparsed_item_share/HAM10000": 0.125}]
     clusters = pd.read_parquet(paths.clusters)
     assert list(clusters.columns) == logs.CLUSTER_COLUMNS
     records = [{**r, "true_group": None if pd.isna(r["true_group"]) else r["true_group"]}

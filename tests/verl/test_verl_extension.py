@@ -1,4 +1,4 @@
-"""eqpo.verl_ext against verl 0.9.1's own code paths, on CPU and without a Ray cluster.
+"""eqpo.verl_ext against verl 0.9.1's own code paths, on CPU.
 
 - estimators: looked up through core_algos.get_adv_estimator_fn and dispatched through
   verl.trainer.ppo.ray_trainer.compute_advantage on a CPU DataProto (built as in verl's
@@ -6,7 +6,8 @@
 - trainer: registered in verl's trainer registry, constructed from verl's own Hydra config, and its
   _compute_advantage run through verl's base implementation with TransferQueue's two calls
   (kv_batch_get / kv_batch_put) replaced by an in-memory store that returns TensorDicts built by
-  verl's list_of_dict_to_tensordict (jagged response tensors, NonTensorStack columns), as TQ does.
+  verl's list_of_dict_to_tensordict (jagged response tensors, NonTensorStack columns), as TQ does;
+  then the same two steps against the real TransferQueue, its actors in a local Ray on CPU.
 - reward: loaded and called by verl's RewardLoopWorker -> load_reward_manager -> get_custom_reward_fn
   -> NaiveRewardManager.run_single (the worker class used directly, not as a Ray actor).
 """
@@ -47,6 +48,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 OPTIONS = {
     "eqpo": {"k_max": 3, "tau": 0.1, "scope": "history"},
     "eqpo_nd": {"k_max": 2, "scope": "history", "window": 3},
+    "eqpo_nodemo": {"k_max": 3, "scope": "history"},
     "grpo_dro": {"eta": 0.5},
     "drpo": {"k_max": 3, "scope": "batch"},
 }
@@ -162,7 +164,7 @@ def verl_config(workdir):
     tokenizer_dir = workdir / "tokenizer"
     save_byte_tokenizer(tokenizer_dir)
     overrides = ext.verl_overrides("eqpo", OPTIONS["eqpo"], cluster_log=str(workdir / "clusters.jsonl"),
-                                   format_weight=0.25)
+                                   format_weight=0.25, reward={"function": "f1", "matching": "lenient"})
     overrides += [f"actor_rollout_ref.model.path={tokenizer_dir}", "actor_rollout_ref.rollout.n=4",
                   f"trainer.default_local_dir={workdir / 'ckpt'}"]
     with initialize_config_dir(config_dir=os.path.dirname(verl_config_pkg.__file__), version_base=None):
@@ -178,6 +180,8 @@ def test_overrides_compose_into_verl_config(verl_config, workdir):
     assert verl_config.reward.custom_reward_function.path == "pkg://eqpo.verl_ext.reward"
     assert verl_config.reward.custom_reward_function.name == "compute_score"
     assert verl_config.reward.custom_reward_function.reward_kwargs.format_weight == 0.25
+    assert verl_config.reward.custom_reward_function.reward_kwargs.function == "f1"
+    assert verl_config.reward.custom_reward_function.reward_kwargs.matching == "lenient"
     assert ext.verl_overrides("grpo_rs")[0] == "algorithm.adv_estimator=grpo"
     with pytest.raises(ValueError, match="takes no algorithm.eqpo options"):
         ext.verl_overrides("rloo", {"k_max": 3})
@@ -193,7 +197,8 @@ def test_overrides_compose_into_verl_config(verl_config, workdir):
 
 
 def test_method_mapping_resolves_in_verl_registry():
-    assert set(ext.METHOD_TO_VERL) == {"grpo", "rloo", "reinforce_pp", "grpo_rs", "grpo_dro", "eqpo", "eqpo_nd", "drpo"}
+    assert set(ext.METHOD_TO_VERL) == {"grpo", "rloo", "reinforce_pp", "grpo_rs", "grpo_dro", "eqpo", "eqpo_nd",
+                                       "eqpo_nodemo", "drpo"}
     builtins = {e.value for e in core_algos.AdvantageEstimator}
     assert not builtins & set(ext.REGISTERED)  # no clash with verl's own names
     for method, verl_name in ext.METHOD_TO_VERL.items():
@@ -319,6 +324,20 @@ def test_context_from_extra_info_rows():
     assert T.column_as_list(td, "extra_info", 1) == [first] and T.column_as_list(td, "absent", 1) == [None]
 
 
+def stored_fields(row: dict) -> dict:
+    """What verl's agent loop stores in TransferQueue for one row, as far as the advantage step reads
+    it: uid, response mask and scores (1-D, the row's own length), extra_info, data_source."""
+    mask = torch.zeros(row["length"], dtype=torch.long) if is_pad(row) else torch.ones(row["length"], dtype=torch.long)
+    scores = torch.zeros(row["length"])
+    scores[-1] = row["reward"]
+    return {"uid": row["uid"], "response_mask": mask, "rm_scores": scores,
+            "extra_info": copy.deepcopy(row["extra_info"]), "data_source": row["data_source"]}
+
+
+def row_keys(rows: list[dict]) -> list[str]:
+    return [f"{row['uid']}_{i}_0" for i, row in enumerate(rows)]  # verl's {uid}_{session_id}_{index}
+
+
 class FakeTransferQueue:
     """kv_batch_get / kv_batch_put over an in-memory dict, returning TensorDicts the way TQ does."""
 
@@ -327,16 +346,13 @@ class FakeTransferQueue:
         self.requests: list[list[str]] = []
 
     def put_rows(self, rows: list[dict]) -> KVBatchMeta:
-        keys = []
-        for i, row in enumerate(rows):
-            mask = torch.zeros(row["length"], dtype=torch.long) if is_pad(row) else torch.ones(row["length"], dtype=torch.long)
-            scores = torch.zeros(row["length"])
-            scores[-1] = row["reward"]
-            key = f"{row['uid']}_{i}_0"
-            keys.append(key)
-            self.store[key] = {"uid": row["uid"], "response_mask": mask, "rm_scores": scores,
-                               "extra_info": copy.deepcopy(row["extra_info"]), "data_source": row["data_source"]}
+        keys = row_keys(rows)
+        for key, row in zip(keys, rows):
+            self.store[key] = stored_fields(row)
         return KVBatchMeta(keys=keys, tags=[r["tag"] for r in rows], partition_id="train")
+
+    def read(self, keys: list[str], name: str) -> list:
+        return [self.store[key][name] for key in keys]
 
     def kv_batch_get(self, keys, partition_id, select_fields=None):
         self.requests.append(list(select_fields or []))
@@ -350,31 +366,28 @@ class FakeTransferQueue:
         return KVBatchMeta(keys=list(keys), tags=tags or [{} for _ in keys], partition_id=partition_id)
 
 
-def test_compute_advantage_override_end_to_end(verl_config, workdir, monkeypatch):
-    """verl's own PPOTrainer._compute_advantage runs inside the override, which sets the context
-    from TransferQueue's extra_info; advantages written back equal eqpo.advantages', metrics and the
-    cluster log are filled, and the context is cleared afterwards."""
-    fake = FakeTransferQueue()
-    monkeypatch.setattr(transfer_queue, "kv_batch_get", fake.kv_batch_get)
-    monkeypatch.setattr(transfer_queue, "kv_batch_put", fake.kv_batch_put)
-    log = Path(verl_config.trainer.eqpo_cluster_log)
-    log.unlink(missing_ok=True)
-    trainer = T.EqpoSyncTrainer(verl_config)
+def run_two_steps(trainer, queue) -> dict:
+    """Two training steps of the override against a queue (put_rows / read): the advantages read
+    back equal eqpo.advantages' (0 on padding rows) and the context is cleared after each step.
+    Returns the second step's metrics."""
     reference = make_estimator("eqpo", **OPTIONS["eqpo"])
     for step in (1, 2):
         rows = make_rows(seed=100 + step)
-        batch = fake.put_rows(rows)
+        batch = queue.put_rows(rows)
         trainer.global_steps = step
         metrics: dict = {}
         trainer._compute_advantage(batch, metrics)
         expected = expected_advantages(reference, rows)
-        for key, row, value in zip(batch.keys, rows, expected):
-            adv = fake.store[key]["advantages"]
+        advantages, masks = queue.read(batch.keys, "advantages"), queue.read(batch.keys, "response_mask")
+        assert len(advantages) == len(rows)
+        for adv, mask, row, value in zip(advantages, masks, rows, expected):
             assert adv.shape == (row["length"],)
-            torch.testing.assert_close(adv, torch.full_like(adv, value) * fake.store[key]["response_mask"],
-                                       rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(adv, torch.full_like(adv, value) * mask, rtol=1e-5, atol=1e-6)
         assert E.current_batch_context() is None
-    assert fake.requests[0] == T.CONTEXT_FIELDS  # the override's own fetch
+    return metrics
+
+
+def check_metrics_and_cluster_log(metrics: dict, log: Path) -> None:
     assert metrics["eqpo/adv_time_s"] > 0 and metrics["eqpo/padding_rows"] == 3
     assert metrics["eqpo/group/CheXpert/F|a3/N"] == 4.0  # CX-1 and CX-6, two steps (history scope)
     assert any(k.startswith("eqpo/k/") for k in metrics)
@@ -385,6 +398,82 @@ def test_compute_advantage_override_end_to_end(verl_config, workdir, monkeypatch
     unlabeled = {sid for sid, _, g in PROMPTS if E.normalize_group(g) is None}
     assert {r["sample_id"] for r in logged} == unlabeled  # explicit-group prompts are not clustered
     assert all(r["k"] >= 1 for r in logged)
+
+
+def test_compute_advantage_override_end_to_end(verl_config, workdir, monkeypatch):
+    """verl's own PPOTrainer._compute_advantage runs inside the override, which sets the context
+    from TransferQueue's extra_info; advantages written back equal eqpo.advantages', metrics and the
+    cluster log are filled, and the context is cleared afterwards."""
+    fake = FakeTransferQueue()
+    monkeypatch.setattr(transfer_queue, "kv_batch_get", fake.kv_batch_get)
+    monkeypatch.setattr(transfer_queue, "kv_batch_put", fake.kv_batch_put)
+    log = Path(verl_config.trainer.eqpo_cluster_log)
+    log.unlink(missing_ok=True)
+    metrics = run_two_steps(T.EqpoSyncTrainer(verl_config), fake)
+    assert fake.requests[0] == T.CONTEXT_FIELDS  # the override's own fetch
+    check_metrics_and_cluster_log(metrics, log)
+
+
+# The same hand-off through the real TransferQueue: its controller and SimpleStorage unit run as
+# Ray actors in a local Ray on CPU, as verl's TaskRunner starts them (tq.init(config.transfer_queue)).
+TQ_STORAGE_UNITS = 1
+RAY_CPUS = 2  # TransferQueue's actors take one Ray CPU each (controller + storage units)
+
+
+class LocalTransferQueue:
+    """put_rows / read through the real transfer_queue API: rows go in with kv_batch_put of a
+    TensorDict built by list_of_dict_to_tensordict, as verl's AgentLoopWorkerTQ stores them."""
+
+    partition = "train"
+
+    def put_rows(self, rows: list[dict]) -> KVBatchMeta:
+        keys, tags = row_keys(rows), [r["tag"] for r in rows]
+        meta = transfer_queue.kv_batch_put(keys=keys, partition_id=self.partition, tags=tags,
+                                           fields=list_of_dict_to_tensordict([stored_fields(r) for r in rows]))
+        assert list(meta.keys) == keys
+        return KVBatchMeta(keys=keys, tags=tags, partition_id=self.partition)
+
+    def read(self, keys: list[str], name: str) -> list:
+        return list(transfer_queue.kv_batch_get(keys=keys, partition_id=self.partition, select_fields=[name])[name]
+                    .unbind(0))
+
+
+@pytest.fixture
+def local_transfer_queue(verl_config):
+    """TransferQueue (verl's transfer_queue config, one storage unit) in a fresh local Ray; closed and
+    shut down right after the test."""
+    ray = pytest.importorskip("ray", reason="the real TransferQueue runs its actors in Ray")
+    ray.init(address="local", num_cpus=RAY_CPUS, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    try:
+        # tq.init waits without end for actors Ray cannot place: fail clearly instead
+        needed = 1 + TQ_STORAGE_UNITS
+        assert ray.available_resources().get("CPU", 0) >= needed, \
+            f"TransferQueue needs {needed} free Ray CPUs, Ray has {ray.available_resources()}"
+        conf = OmegaConf.merge(verl_config.transfer_queue,
+                               {"enable": True, "backend": {"SimpleStorage": {"num_data_storage_units": TQ_STORAGE_UNITS}}})
+        transfer_queue.init(conf)
+        yield LocalTransferQueue()
+    finally:
+        transfer_queue.close()
+        ray.shutdown()
+
+
+def test_compute_advantage_override_with_real_transfer_queue(verl_config, local_transfer_queue):
+    """The override against the real TransferQueue in a local Ray: the base class's fetch of fields
+    no rollout wrote (old/ref log-probs, values), the context fetch (extra_info, data_source as
+    NonTensorStack columns), and the nested advantages written back and read again."""
+    log = Path(verl_config.trainer.eqpo_cluster_log)
+    log.unlink(missing_ok=True)
+    metrics = run_two_steps(T.EqpoSyncTrainer(verl_config), local_transfer_queue)
+    check_metrics_and_cluster_log(metrics, log)
+    # the dataset columns come back unchanged (NaN groups included), in the order of the keys asked for
+    rows = make_rows(seed=7, n=1, n_pad=1)
+    keys = local_transfer_queue.put_rows(rows).keys
+    td = transfer_queue.kv_batch_get(keys=keys[::-1], partition_id="train", select_fields=T.CONTEXT_FIELDS)
+    back = T.column_as_list(td, "extra_info", len(keys))
+    assert json.dumps(back) == json.dumps([r["extra_info"] for r in rows[::-1]])
+    assert T.column_as_list(td, "uid", len(keys)) == [r["uid"] for r in rows[::-1]]
+    assert T.column_as_list(td, "data_source", len(keys)) == [r["data_source"] for r in rows[::-1]]
 
 
 def test_metrics_and_cluster_log_rows():
@@ -561,7 +650,7 @@ def test_reward_extra_info_in_verl_validation_metrics():
     variables = result["HAM10000|F"]
     assert {"score", "f1", "format_ok", "parsed"} <= set(variables)
     assert not {"prediction", "sample_id", "dataset"} & set(variables)  # strings: dumps only
-    assert variables["score"]["mean@1"] == pytest.approx(0.5)
+    assert variables["score"]["mean@1"] == pytest.approx(0.25)  # default authors_composite: 0.5 x mean F1 0.5
     with pytest.raises(KeyError, match="unknown dataset"):
         ext.compute_score("NotADataset", "\\boxed{x}", "x", {})
 

@@ -5,6 +5,8 @@ rule predict_cpu:
         policy=f"{RUN}/final.pt",
     output:
         f"{RUN}/predictions.parquet",
+    params:
+        reproduction=reproduction_options(config).as_dict(),  # rerun when an option changes
     log:
         f"{LOGS}/predict/{{model}}/{{method}}/seed{{seed}}.log",
     wildcard_constraints:
@@ -20,7 +22,7 @@ rule predict_cpu:
 
 
 rule predict_vllm:
-    """Checkpoint -> HF weights -> vLLM greedy answers on the test split (arrives with issue 5)."""
+    """Checkpoint -> HF weights -> vLLM greedy answers on the test split."""
     input:
         test=f"{DATA}/verl/test.parquet",
         checkpoint=f"{RUN}/checkpoint",
@@ -49,6 +51,8 @@ rule score:
         f"{RUN}/predictions.parquet",
     output:
         f"{RUN}/metrics.json",
+    params:
+        reproduction=reproduction_options(config).as_dict(),  # rerun when an option changes
     log:
         f"{LOGS}/score/{{model}}/{{method}}/seed{{seed}}.log",
     threads: 1

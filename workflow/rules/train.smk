@@ -35,6 +35,7 @@ rule train_cpu:
         estimator=estimator_options,
         train=cpu_train_settings,
         run_dir=run_dir,
+        reproduction=reproduction_options(config).as_dict(),  # rerun when an option changes
     log:
         f"{LOGS}/train/{{model}}/{{method}}/seed{{seed}}.log",
     benchmark:
@@ -64,7 +65,8 @@ rule train_verl:
     params:
         model=model_config,
         estimator=estimator_options,
-        train=config["train"],
+        train=lambda w: train_settings(config, w.model, w.method),
+        reproduction=reproduction_options(config).as_dict(),  # rerun when an option changes
     log:
         f"{LOGS}/train/{{model}}/{{method}}/seed{{seed}}.log",
     wildcard_constraints:

@@ -9,4 +9,5 @@ with logged(snakemake.log[0]):
         snakemake.params.train,
         int(snakemake.wildcards.seed),
         snakemake.params.run_dir,
+        options=snakemake.config,
     )

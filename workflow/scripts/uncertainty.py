@@ -1,7 +1,9 @@
 from pathlib import Path
 
 from eqpo.pipeline import logged, render_uncertainty
+from eqpo.run_settings import reproduction_options
 
 with logged(snakemake.log[0]):
     render_uncertainty(list(snakemake.input), Path(snakemake.output.ci).with_suffix(""),
-                       Path(snakemake.output.tests).with_suffix(""), snakemake.params.n_boot, snakemake.params.level)
+                       Path(snakemake.output.tests).with_suffix(""), snakemake.params.n_boot, snakemake.params.level,
+                       class_set=reproduction_options(snakemake.config).class_set)

@@ -46,6 +46,12 @@ __all__ = [
 DATA_PACKAGE = "eqpo.analysis"
 DATA_DIR = "paper_data"
 
+# The run the paper's EQPO-ND row is compared with. The authors' code has two EQPO-ND variants: the
+# paper-era run in DDVD233/mirl (commit "Add no demographic training", 2025-08-27) is FairGRPO on a
+# training file without demographics (our eqpo_nodemo: flat domain mean, no clamps); qoq_med3's
+# later fair_grpo_nd estimator (inverse-size domain mean, clamps) is our eqpo_nd. The paper's
+# numbers predate the latter, so its EQPO-ND row is read as eqpo_nodemo.
+PAPER_EQPO_ND_METHOD = "eqpo_nodemo"
 # Paper method name (every spelling the paper uses) -> our method id.
 PAPER_METHOD_NAMES: dict[str, str] = {
     "REINFORCE++": "reinforce_pp",
@@ -55,9 +61,9 @@ PAPER_METHOD_NAMES: dict[str, str] = {
     "GRPO+DRO": "grpo_dro",
     "EQPO": "eqpo",
     "FairGRPO": "eqpo",
-    "EQPO-ND": "eqpo_nd",
-    "FairGRPO_ND": "eqpo_nd",
-    "FairGRPO-ND": "eqpo_nd",
+    "EQPO-ND": PAPER_EQPO_ND_METHOD,
+    "FairGRPO_ND": PAPER_EQPO_ND_METHOD,
+    "FairGRPO-ND": PAPER_EQPO_ND_METHOD,
 }
 # Paper base-model name -> our model id (config.yaml's `models:` keys).
 PAPER_MODEL_NAMES: dict[str, str] = {
@@ -469,14 +475,14 @@ _METRIC_WORDS = {"F1 difference": "delta_F1"}
 
 def _table_claim(text: str) -> _Claim | None:
     """The recomputation of a Table 2 claim, from the claim's wording; None if not one."""
-    target = "eqpo_nd" if "EQPO-ND" in text or "FairGRPO_ND" in text else "eqpo"
+    target = PAPER_EQPO_ND_METHOD if "EQPO-ND" in text or "FairGRPO_ND" in text else "eqpo"
     patterns: list[tuple[str, Callable[[re.Match], _Claim]]] = [
         (r"relative reduction of (\w+) vs GRPO\b(?! during)",
          lambda m: _Claim(m[1], target, ["grpo"], "reduction")),
         (r"relative reduction of (\w+) vs best bias-mitigated RL baseline",
          lambda m: _Claim(m[1], target, BIAS_MITIGATED, "reduction")),
         (r"relative (\w+) gain of EQPO-ND",
-         lambda m: _Claim(m[1], "eqpo_nd", ["grpo"], "gain")),
+         lambda m: _Claim(m[1], PAPER_EQPO_ND_METHOD, ["grpo"], "gain")),
         (r"relative (\w+) improvement vs best RL baseline",
          lambda m: _Claim(m[1], target, RL_BASELINES, "reduction")),
         (r"relative (\w+) decrease vs all baselines",

@@ -158,13 +158,20 @@ def table3(config: Mapping[str, Any]) -> pd.DataFrame:
     epochs, clip, KL, epochs, total steps, test_freq, save_freq, temperature, gradient clip and the
     GPU-only lengths / vLLM / parallelism settings), "other verl overrides", then one row
     "estimator: <method>" per configured method with every option its advantage estimator runs
-    with (defaults included). Columns: the config's ``base_models`` (our ids), object dtype.
+    with (defaults included), one row "run: <method>" per method with the `train` settings that
+    run uses where ``runs.<model>.<method>`` (or ``runs.<model>.all``) changes them ("as above"
+    otherwise), and one row per reproduction option (``metrics.class_set``, ``metrics.extraction``,
+    ``groups.definition``, ``reward.function``, ``reward.matching``). Columns: the config's
+    ``base_models`` (our ids), object dtype.
 
     Values are what each backend runs with: for a CPU model the `train` block over the CPU
     trainer's defaults (GPU-only keys "n/a"); for a verl model the `train` block with the model's
     `overrides` applied on top ("verl default" where neither sets a key). ``steps`` unset means the
     run length comes from ``epochs``.
     """
+    from ..run_settings import reproduction_options, run_overrides
+
+    options = reproduction_options(config).config_rows()
     models = list(config.get("base_models") or [])
     catalogue = config.get("models") or {}
     unknown = [m for m in models if m not in catalogue]
@@ -198,6 +205,10 @@ def table3(config: Mapping[str, Any]) -> pd.DataFrame:
         for method in order_methods(config.get("methods") or []):
             col[f"estimator: {method}"] = _options_text(
                 estimator_settings(method, estimators.get(method)))
+        for method in order_methods(config.get("methods") or []):
+            changed = run_overrides(config, model, method)
+            col[f"run: {method}"] = _options_text(changed) if changed else "as above"
+        col.update(options)
         columns[model] = col
     frame = pd.DataFrame(columns, dtype=object)
     frame.index.name = "parameter"

@@ -18,6 +18,7 @@ METHOD_ORDER: tuple[str, ...] = (
     "grpo_rs",
     "grpo_dro",
     "eqpo_nd",
+    "eqpo_nodemo",
     "eqpo",
     "drpo",
 )
@@ -29,6 +30,9 @@ METHOD_LABELS: dict[str, str] = {
     "grpo_rs": "GRPO+RS",
     "grpo_dro": "GRPO+DRO",
     "eqpo_nd": "EQPO-ND",
+    # EQPO with every prompt unlabeled (the authors' paper-era EQPO-ND run: FairGRPO on a training
+    # file without demographics); eqpo_nd is the later qoq_med3 estimator.
+    "eqpo_nodemo": "EQPO-ND (no-demo file)",
     "eqpo": "EQPO",
     "drpo": "DRPO",
 }
@@ -40,6 +44,7 @@ METHOD_COLORS: dict[str, str] = {
     "grpo_rs": "#CC79A7",  # reddish purple
     "grpo_dro": "#7F7F7F",  # grey
     "eqpo_nd": "#E69F00",  # orange
+    "eqpo_nodemo": "#F0E442",  # yellow: the other EQPO-ND variant
     "eqpo": "#D55E00",  # vermillion: ours, the strongest colour
     "drpo": "#000000",  # black
 }
@@ -51,6 +56,7 @@ METHOD_MARKERS: dict[str, str] = {
     "grpo_rs": "D",
     "grpo_dro": "X",
     "eqpo_nd": "^",
+    "eqpo_nodemo": "<",
     "eqpo": "o",
     "drpo": "*",
 }

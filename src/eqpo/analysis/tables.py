@@ -367,6 +367,7 @@ def write_table(
     stem: str | Path,
     scale: Mapping[str, float] = PAPER_SCALE,
     std: pd.DataFrame | None = None,
+    note: str | None = None,
 ) -> dict[str, Path]:
     """Write a table as ``<stem>.csv``, ``<stem>.md`` and ``<stem>.tex``; returns {ext: path}.
 
@@ -374,15 +375,21 @@ def write_table(
       reading it back with pandas gives the same numbers bit for bit).
     - Markdown / LaTeX: see :func:`to_markdown_table` / :func:`to_latex_table` (``scale`` applied,
       4 significant digits with at most 4 decimals, best value per model in bold; ``std`` printed
-      as '± std' when given).
+      as '± std' when given). ``note`` (e.g. which metric and reward options produced the
+      numbers) follows the Markdown table as a paragraph and heads the LaTeX file as a comment.
     Parent directories are created.
     """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = {ext: stem.with_name(stem.name + "." + ext) for ext in ("csv", "md", "tex")}
     df.to_csv(paths["csv"], float_format=None)
-    paths["md"].write_text(to_markdown_table(df, scale, std) + "\n", encoding="utf-8")
-    paths["tex"].write_text(to_latex_table(df, scale, std), encoding="utf-8")
+    md = to_markdown_table(df, scale, std) + "\n"
+    tex = to_latex_table(df, scale, std)
+    if note:
+        md += "\n" + note + "\n"
+        tex = "".join(f"% {line}\n" for line in note.splitlines()) + tex
+    paths["md"].write_text(md, encoding="utf-8")
+    paths["tex"].write_text(tex, encoding="utf-8")
     return paths
 
 

@@ -46,6 +46,8 @@ from ..metrics import (
     _position_within,
     _safe_div,
     attribute_codes,
+    check_class_set,
+    class_mean,
     fairness_summary,
     one_hot,
     validate_predictions,
@@ -124,7 +126,8 @@ def _encode(predictions: pd.DataFrame) -> list[_Block]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _rates(size: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray):
+def _rates(size: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray,
+           class_set: str = "dataset"):
     """metric -> (..., G) class-mean rates; counts (..., G, C), size (..., G).
 
     The same elementwise formulas, in the same order, as :func:`eqpo.metrics.group_rates`.
@@ -136,7 +139,7 @@ def _rates(size: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn:
         "FPR": _safe_div(fp, fp + tn),
         "FDR": _safe_div(fp, fp + tp),
     }
-    return {metric: values.mean(axis=-1) for metric, values in per_class.items()}
+    return {metric: class_mean(values, tp + fn, class_set) for metric, values in per_class.items()}
 
 
 def _patterns(keys: np.ndarray):
@@ -147,7 +150,7 @@ def _patterns(keys: np.ndarray):
         yield key, np.flatnonzero(inverse == i)
 
 
-def _block_values(block: _Block, weights: np.ndarray) -> np.ndarray:
+def _block_values(block: _Block, weights: np.ndarray, class_set: str = "dataset") -> np.ndarray:
     """(R, 9) per-dataset values of the :data:`_SOURCE_COLUMNS` for R replicate weight rows."""
     n_rep, n_cls = len(weights), block.n_classes
     size = weights @ block.membership  # (R, G)
@@ -176,7 +179,7 @@ def _block_values(block: _Block, weights: np.ndarray) -> np.ndarray:
         stats = []  # per usable attribute: {(metric, stat): (r,)}
         for groups in usable:
             cells = np.ix_(reps, groups, classes)
-            rates = _rates(size[np.ix_(reps, groups)], tp[cells], fp[cells], fn[cells], tn[cells])
+            rates = _rates(size[np.ix_(reps, groups)], tp[cells], fp[cells], fn[cells], tn[cells], class_set)
             per = {}
             for metric, values in rates.items():
                 per[metric, "level"] = values.mean(axis=1)
@@ -203,10 +206,11 @@ def _row_nanmean(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _summaries(blocks: Sequence[_Block], counts: np.ndarray) -> np.ndarray:
+def _summaries(blocks: Sequence[_Block], counts: np.ndarray, class_set: str = "dataset") -> np.ndarray:
     """(R, 11) Table 2 values (TABLE2_COLUMNS order) of R replicates given as (R, N) counts."""
+    check_class_set(class_set)
     per_dataset = np.stack(
-        [_block_values(b, np.ascontiguousarray(counts[:, b.rows], dtype=float)) for b in blocks],
+        [_block_values(b, np.ascontiguousarray(counts[:, b.rows], dtype=float), class_set) for b in blocks],
         axis=2,
     )  # (R, 9, D)
     overall = {c: _row_nanmean(per_dataset[:, j, :]) for j, c in enumerate(_SOURCE_COLUMNS)}
@@ -248,12 +252,12 @@ def bootstrap_counts(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 
     return _draw(_strata(predictions), len(predictions), n_boot, seed)
 
 
-def replicate_summaries(predictions: pd.DataFrame, counts: np.ndarray) -> pd.DataFrame:
+def replicate_summaries(predictions: pd.DataFrame, counts: np.ndarray, class_set: str = "dataset") -> pd.DataFrame:
     """Table 2 of each replicate: a (len(counts), 11) frame with the :data:`TABLE2_COLUMNS`.
 
     counts: (R, len(predictions)) multiplicities, e.g. from :func:`bootstrap_counts` (each dataset
     should keep at least one row per replicate). Row r equals ``fairness_summary`` of
-    ``predictions`` with row i repeated ``counts[r, i]`` times.
+    ``predictions`` with row i repeated ``counts[r, i]`` times (with the same ``class_set``).
     """
     counts = np.asarray(counts)
     if counts.ndim != 2 or counts.shape[1] != len(predictions):
@@ -261,7 +265,7 @@ def replicate_summaries(predictions: pd.DataFrame, counts: np.ndarray) -> pd.Dat
             f"counts must be a (replicates, {len(predictions)}) array (one column per prediction "
             f"row), got shape {counts.shape}"
         )
-    values = _summaries(_encode(predictions), counts)
+    values = _summaries(_encode(predictions), counts, class_set)
     return pd.DataFrame(values, columns=list(TABLE2_COLUMNS)).rename_axis("replicate")
 
 
@@ -290,7 +294,8 @@ def _std(replicates: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_summary(
-    predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+    class_set: str = "dataset",
 ) -> pd.DataFrame:
     """Table 2 of one prediction set with bootstrap uncertainty.
 
@@ -301,18 +306,18 @@ def bootstrap_summary(
     Returns a frame indexed by the 11 :data:`TABLE2_COLUMNS` (index name "column") with columns
     estimate (fairness_summary of the full data), lo, hi (percentile interval at ``level``) and
     se (standard deviation of the replicates), all raw fractions. ``attrs`` records n_boot, seed,
-    level.
+    level, class_set. ``class_set`` is that of :func:`eqpo.metrics.fairness_summary`.
     """
-    estimate = fairness_summary(predictions)
+    estimate = fairness_summary(predictions, class_set)
     counts = bootstrap_counts(predictions, n_boot, seed)
-    replicates = _summaries(_encode(predictions), counts)
+    replicates = _summaries(_encode(predictions), counts, class_set)
     lo, hi = _interval(replicates, level)
     out = pd.DataFrame(
         {"estimate": [estimate[c] for c in TABLE2_COLUMNS], "lo": lo, "hi": hi,
          "se": _std(replicates)},
         index=pd.Index(TABLE2_COLUMNS, name="column"),
     )
-    out.attrs.update(n_boot=int(n_boot), seed=int(seed), level=float(level))
+    out.attrs.update(n_boot=int(n_boot), seed=int(seed), level=float(level), class_set=class_set)
     return out
 
 
@@ -378,6 +383,7 @@ def paired_bootstrap(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    class_set: str = "dataset",
 ) -> pd.DataFrame:
     """Difference metric(a) - metric(b) of two methods on the same test samples.
 
@@ -394,10 +400,10 @@ def paired_bootstrap(
     data). Raw fractions.
     """
     position = _alignment(pred_a, pred_b)
-    est_a, est_b = fairness_summary(pred_a), fairness_summary(pred_b)
+    est_a, est_b = fairness_summary(pred_a, class_set), fairness_summary(pred_b, class_set)
     counts_a = bootstrap_counts(pred_a, n_boot, seed)
     counts_b = counts_a[:, position]
-    reps = _summaries(_encode(pred_a), counts_a) - _summaries(_encode(pred_b), counts_b)
+    reps = _summaries(_encode(pred_a), counts_a, class_set) - _summaries(_encode(pred_b), counts_b, class_set)
     diff = np.array([est_a[c] - est_b[c] for c in TABLE2_COLUMNS])
     lo, hi = _interval(reps, level)
     out = pd.DataFrame(

@@ -24,15 +24,24 @@ ARCHITECTURES = ("linear", "mlp")
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """arch: "linear" or "mlp"; n_features: input width; hidden: trunk width (mlp only)."""
+    """arch: "linear" or "mlp"; n_features: input width (the widest dataset's); hidden: trunk width
+    (mlp only); input_widths: per-dataset input width where datasets differ (dataset -> n: the
+    dataset reads f0..f{n-1}, the columns after those are zero for it), None when all use n_features."""
 
     arch: str
     n_features: int
     hidden: int = 32
+    input_widths: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown CPU policy architecture {self.arch!r}; choose one of {ARCHITECTURES}")
+        bad = {d: w for d, w in (self.input_widths or {}).items() if not 1 <= w <= self.n_features}
+        if bad:
+            raise ValueError(f"input widths {bad} are not between 1 and n_features={self.n_features}")
+
+    def width(self, dataset: str) -> int:
+        return (self.input_widths or {}).get(dataset, self.n_features)
 
 
 class MultiTaskPolicy(nn.Module):
@@ -55,6 +64,9 @@ class MultiTaskPolicy(nn.Module):
         self._head_of = {spec.name: i for i, spec in enumerate(specs)}
 
     def logits(self, x: torch.Tensor, dataset: str) -> torch.Tensor:
+        width = self.config.width(dataset)
+        if width < x.shape[-1]:  # a narrower dataset: its columns beyond its width are zero
+            x = torch.nn.functional.pad(x[..., :width], (0, x.shape[-1] - width))
         return self.heads[self._head_of[dataset]](self.trunk(x))
 
     def distribution(self, x: torch.Tensor, dataset: str, temperature: float = 1.0):

@@ -31,10 +31,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from .. import jsonl
 from ..advantages import HierarchicalScaler, make_estimator
-from ..groups import balance_by_group
+from ..groups import balance_by_group, regroup
 from ..metrics import fairness_summary
 from ..rewards import LabelParser, render_answer, score_response
+from ..run_settings import ReproductionOptions
 from ..vocabularies import DatasetSpec, get_spec
 from .policy import MultiTaskPolicy, PolicyConfig, action_labels, labels_to_target
 
@@ -107,19 +109,48 @@ class PretrainConfig:
 # ----------------------------------------------------------------------------------------------
 
 
+def feature_columns(table: pd.DataFrame) -> list[str]:
+    """The numeric feature columns f0, f1, ... in numeric order."""
+    return sorted((c for c in table.columns if c.startswith("f") and c[1:].isdigit()), key=lambda c: int(c[1:]))
+
+
+def feature_widths(table: pd.DataFrame) -> dict[str, int]:
+    """Each dataset's input width n: it fills f0..f{n-1} on every row and leaves the later feature
+    columns empty (datasets of a cohort may have different numbers of features). Anything else is
+    an error naming the dataset and the columns concerned."""
+    features = feature_columns(table)
+    if not features:
+        raise ValueError("the cohort has no feature columns f0, f1, ...; the CPU backend needs them")
+    widths, problems = {}, []
+    for name, part in table.groupby("dataset", sort=True):
+        filled = part[features].notna().to_numpy()
+        full = filled.all(axis=0)
+        width = int(np.argmin(full)) if not full.all() else len(features)
+        partial = [c for c, f, e in zip(features, full, ~filled.any(axis=0)) if not f and not e]
+        later = [c for c in features[width:] if part[c].notna().any()]
+        if width == 0:
+            problems.append(f"{name} has no feature values (the CPU backend needs f0, f1, ... on every row)")
+        elif partial or later:
+            problems.append(f"{name} fills f0..f{width - 1} but also has values in {sorted(set(partial + later))} "
+                            "(a dataset's features must be f0..f{n-1}, filled on every row)")
+        widths[name] = width
+    if problems:
+        raise ValueError("; ".join(problems))
+    return widths
+
+
 class Cohort:
-    """Column arrays of a cohort table (see :mod:`eqpo.demo.cohort` for the columns)."""
+    """Column arrays of a cohort table (see :mod:`eqpo.demo.cohort` for the columns). Datasets may
+    have different input widths (:func:`feature_widths`); columns beyond a dataset's width are 0."""
 
     def __init__(self, table: pd.DataFrame, specs: dict[str, DatasetSpec]):
-        features = [c for c in table.columns if c.startswith("f") and c[1:].isdigit()]
-        if not features:
-            raise ValueError("the cohort has no feature columns f0, f1, ...; the CPU backend needs them")
         missing = sorted(set(table["dataset"]) - set(specs))
         if missing:
             raise ValueError(f"no dataset spec for {missing}")
         self.table = table.reset_index(drop=True)
-        self.features = sorted(features, key=lambda c: int(c[1:]))
-        self.x = torch.tensor(self.table[self.features].to_numpy(np.float32))
+        self.features = feature_columns(self.table)
+        self.widths = feature_widths(self.table)
+        self.x = torch.tensor(np.nan_to_num(self.table[self.features].to_numpy(np.float32), nan=0.0))
         self.dataset = self.table["dataset"].to_numpy(object)
         self.labels = [list(v) for v in self.table["labels"]]
         self.sample_id = self.table["sample_id"].to_numpy(object)
@@ -161,32 +192,56 @@ def sample_actions(policy: MultiTaskPolicy, x: torch.Tensor, dataset: str, tempe
 
 
 class Scorer:
-    """Renders actions as text answers and scores them with the library's reward."""
+    """Renders actions as text answers and scores them with the library's reward (``function`` and
+    ``matching`` as configured under ``reward``; see :func:`eqpo.rewards.score_response`)."""
 
-    def __init__(self, specs: dict[str, DatasetSpec]):
-        self.specs = specs
-        self.parsers = {name: LabelParser(spec.labels) for name, spec in specs.items()}
+    def __init__(self, specs: dict[str, DatasetSpec], function: str = "f1", matching: str = "lenient"):
+        self.specs, self.function = specs, function
+        self.parsers = {name: LabelParser(spec.labels, matching) for name, spec in specs.items()}
 
-    def __call__(self, dataset: str, action: np.ndarray, truth: list[str]):
+    @classmethod
+    def from_options(cls, specs: dict[str, DatasetSpec], options: ReproductionOptions) -> "Scorer":
+        return cls(specs, options.reward, options.matching)
+
+    def __call__(self, dataset: str, action: np.ndarray, truth: list[str], extraction: str = "last_box"):
         text = render_answer(action_labels(action, self.specs[dataset]))
-        return text, score_response(text, truth, self.parsers[dataset])
+        return text, score_response(text, truth, self.parsers[dataset], function=self.function, extraction=extraction)
 
 
-def predict(policy: MultiTaskPolicy, cohort: Cohort, scorer: Scorer) -> pd.DataFrame:
-    """Greedy answers for every sample: the METHOD.md predictions table plus response and reward."""
+def unparsed_item_shares(datasets: np.ndarray, unparsed: np.ndarray, items: np.ndarray) -> dict[str, float]:
+    """dataset -> share of answer items that name no label (0 when the dataset's answers have none)."""
+    out = {}
+    for d in sorted(set(datasets)):
+        mask = datasets == d
+        total = float(items[mask].sum())
+        out[str(d)] = float(unparsed[mask].sum()) / total if total else 0.0
+    return out
+
+
+def _prefixed(shares: dict[str, float]) -> dict[str, float]:
+    """{dataset: share} -> {"unparsed_item_share/<dataset>": share} (flat log keys)."""
+    return {f"unparsed_item_share/{d}": v for d, v in shares.items()}
+
+
+def predict(policy: MultiTaskPolicy, cohort: Cohort, scorer: Scorer, extraction: str = "last_box") -> pd.DataFrame:
+    """Greedy answers for every sample: the METHOD.md predictions table plus response, reward and
+    the answer's item counts (``items``, ``unparsed_items``: items naming no label). ``extraction``:
+    which part of the response is the answer (``metrics.extraction``)."""
     rows = []
     with torch.no_grad():
         for dataset in sorted(set(cohort.dataset)):
             idx = np.flatnonzero(cohort.dataset == dataset)
             actions = policy.greedy(cohort.x[idx], dataset).numpy()
             for i, action in zip(idx, actions):
-                text, result = scorer(dataset, action, cohort.labels[i])
-                rows.append((i, text, result.prediction, result.score))
+                text, result = scorer(dataset, action, cohort.labels[i], extraction)
+                rows.append((i, text, result.prediction, result.score, result.n_items, len(result.unknown)))
     order = [r[0] for r in rows]
     table = cohort.table.loc[order, ["sample_id", "dataset", "labels", "age", "sex"]].copy()
     table["prediction"] = [r[2] for r in rows]
     table["response"] = [r[1] for r in rows]
     table["reward"] = [r[3] for r in rows]
+    table["items"] = [r[4] for r in rows]
+    table["unparsed_items"] = [r[5] for r in rows]
     return table.sort_index().reset_index(drop=True)
 
 
@@ -271,23 +326,20 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 class _JsonlLog:
-    """Append-only JSON-lines log that can be cut back to the steps a checkpoint covers."""
+    """Append-only JSON-lines log that can be cut back to the steps a checkpoint covers (a line cut
+    off by a kill is dropped then)."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def truncate_after(self, step: int) -> None:
-        if not self.path.exists():
-            return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        jsonl.truncate_after(self.path, step)
 
     def append(self, record: dict) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        jsonl.append(self.path, [record])
 
     def records(self) -> list[dict]:
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line] if self.path.exists() else []
+        return jsonl.read(self.path, complete=False) if self.path.exists() else []
 
 
 @dataclass
@@ -301,14 +353,21 @@ class _Rollouts:
 
 
 class RLTrainer:
-    """One RL run of one method on one warm-started policy; ``fit()`` resumes from ``run_dir/ckpt``."""
+    """One RL run of one method on one warm-started policy; ``fit()`` resumes from ``run_dir/ckpt``.
+
+    ``options``: the reproduction options (reward, matching, group definition, metric class set,
+    answer extraction at validation); default :class:`eqpo.run_settings.ReproductionOptions`. The
+    cohort's ``group`` column is rebuilt from age and sex by ``options.group_definition``.
+    """
 
     def __init__(self, table: pd.DataFrame, init_policy: str | Path, method: str, estimator_options: dict,
                  config: TrainConfig, seed: int, run_dir: str | Path, resample: bool | None = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, options: ReproductionOptions | None = None):
         self.config, self.method, self.seed, self.log = config, method, seed, log
+        self.options = options or ReproductionOptions()
         self.run_dir = Path(run_dir)
         specs = specs_for(table)
+        table = regroup(table, self.options.group_definition, specs)
         train = split(table, "train")
         if resample if resample is not None else method == "grpo_rs":
             before = len(train)
@@ -316,7 +375,7 @@ class RLTrainer:
             log(f"GRPO+RS: training set oversampled from {before} to {len(train)} rows")
         self.train = Cohort(train, specs)
         self.val = Cohort(split(table, "val"), specs)
-        self.scorer = Scorer(specs)
+        self.scorer = Scorer.from_options(specs, self.options)
         self.policy = load_policy(init_policy)
         self.reference = load_policy(init_policy) if config.kl_coef > 0 else None
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
@@ -341,6 +400,7 @@ class RLTrainer:
         self.ckpt = self.work / "last.pt"
         self.fingerprint = json.dumps({
             "method": method, "seed": seed, "estimator": estimator_options, "config": asdict(config),
+            "options": self.options.as_dict(),
             "init_policy": hashlib.sha256(Path(init_policy).read_bytes()).hexdigest(),
             "train": hashlib.sha256("|".join(map(str, self.train.sample_id)).encode()).hexdigest(),
         }, sort_keys=True, default=str)
@@ -370,6 +430,8 @@ class RLTrainer:
         resp_rows = rows[prompt]
         old_logp = torch.zeros(len(prompt))
         rewards = np.zeros(len(prompt))
+        self._items = np.zeros(len(prompt))
+        self._unparsed = np.zeros(len(prompt))
         actions, resp_of = {}, {}
         with torch.no_grad():
             for d in sorted(set(self.train.dataset[rows])):
@@ -379,7 +441,9 @@ class RLTrainer:
                 actions[d], resp_of[d] = act, resp
                 old_logp[resp] = logp
                 for j, a in zip(resp, act.numpy()):
-                    rewards[j] = self.scorer(d, a, self.train.labels[resp_rows[j]])[1].score
+                    result = self.scorer(d, a, self.train.labels[resp_rows[j]])[1]
+                    rewards[j] = result.score
+                    self._items[j], self._unparsed[j] = result.n_items, len(result.unknown)
         return _Rollouts(prompt, rows, actions, resp_of, old_logp, rewards)
 
     # -- update -----------------------------------------------------------------------------
@@ -419,9 +483,13 @@ class RLTrainer:
 
     # -- validation and probes --------------------------------------------------------------
     def _validate(self, wall: float) -> dict:
-        preds = predict(self.policy, self.val, self.scorer)
-        record = {"step": self.step, "wall_time_s": round(wall, 3), **fairness_summary(preds),
-                  "unparseable": float((preds["prediction"].map(len) == 0).mean())}
+        preds = predict(self.policy, self.val, self.scorer, self.options.extraction)
+        record = {"step": self.step, "wall_time_s": round(wall, 3),
+                  **fairness_summary(preds, self.options.class_set),
+                  "unparseable": float((preds["prediction"].map(len) == 0).mean()),
+                  **_prefixed(unparsed_item_shares(preds["dataset"].to_numpy(object),
+                                                   preds["unparsed_items"].to_numpy(float),
+                                                   preds["items"].to_numpy(float)))}
         self.dynamics.append(record)
         return record
 
@@ -506,9 +574,11 @@ class RLTrainer:
             self._update(ro, adv)
             t3 = time.perf_counter()
             self.step += 1
+            shares = unparsed_item_shares(self.train.dataset[ro.rows][ro.prompt], self._unparsed, self._items)
             self.steps_log.append({"step": self.step, "reward_mean": float(ro.rewards.mean()),
                                    "time_step_s": t3 - t0, "time_generate_s": t1 - t0,
-                                   "time_advantage_s": t2 - t1, "time_update_s": t3 - t2})
+                                   "time_advantage_s": t2 - t1, "time_update_s": t3 - t2,
+                                   **_prefixed(shares)})
             if self.step % self.config.test_freq == 0 or self.step == self.total_steps:
                 last_f1 = self._validate(time.perf_counter() - start)["F1"]
                 self._log_clusters()
@@ -530,7 +600,3 @@ class RLTrainer:
             shutil.copyfile(log.path, self.run_dir / log.path.name)
         save_policy(self.policy, self.run_dir / "final.pt", step=self.step, method=self.method, seed=self.seed)
         shutil.rmtree(self.work)
-
-
-def config_dict(config: Any) -> dict:
-    return asdict(config)

@@ -1,6 +1,6 @@
 """eqpo's advantage estimators inside verl 0.9.1's advantage-estimator registry.
 
-Importing this module registers ``eqpo``, ``eqpo_nd``, ``grpo_dro`` and ``drpo`` with
+Importing this module registers ``eqpo``, ``eqpo_nd``, ``eqpo_nodemo``, ``grpo_dro`` and ``drpo`` with
 ``verl.trainer.ppo.core_algos.register_adv_est``; select one with ``algorithm.adv_estimator=<name>``.
 :data:`METHOD_TO_VERL` maps each of the project's methods to the verl estimator that runs it.
 
@@ -61,8 +61,10 @@ from eqpo.advantages import MISSING_GROUP_TOKENS, Estimator, estimator_options, 
 #: are verl's own estimators (cross-checked against eqpo.advantages in tests/test_verl_crosscheck.py;
 #: verl's reinforce_plus_plus whitens over tokens, so it weights long responses more than
 #: eqpo.advantages' reinforce_pp does). grpo_rs is verl's grpo trained on the resampled parquet
-#: (train_rs.parquet from eqpo.data.export). The other four are registered by this module under the
-#: same names (none of them clashes with a verl 0.9.1 built-in).
+#: (train_rs.parquet from eqpo.data.export). The other five are registered by this module under the
+#: same names (none of them clashes with a verl 0.9.1 built-in). eqpo_nodemo (EQPO with every
+#: prompt unlabeled) masks the groups inside the estimator, so it trains on train.parquet, as the
+#: demographics-free export would, while its cluster log keeps the true groups for the analysis.
 METHOD_TO_VERL: dict[str, str] = {
     "grpo": "grpo",
     "rloo": "rloo",
@@ -71,11 +73,13 @@ METHOD_TO_VERL: dict[str, str] = {
     "grpo_dro": "grpo_dro",
     "eqpo": "eqpo",
     "eqpo_nd": "eqpo_nd",
+    "eqpo_nodemo": "eqpo_nodemo",
     "drpo": "drpo",
 }
 
 #: verl estimator name -> eqpo.advantages method, for the estimators this module registers.
-REGISTERED: dict[str, str] = {"eqpo": "eqpo", "eqpo_nd": "eqpo_nd", "grpo_dro": "grpo_dro", "drpo": "drpo"}
+REGISTERED: dict[str, str] = {"eqpo": "eqpo", "eqpo_nd": "eqpo_nd", "eqpo_nodemo": "eqpo_nodemo",
+                              "grpo_dro": "grpo_dro", "drpo": "drpo"}
 
 #: Keys of ``algorithm.eqpo`` that configure this extension, not the eqpo estimator.
 EXTENSION_KEYS = frozenset({"allow_missing_context"})
@@ -444,6 +448,7 @@ for _name, _fn in VERL_FUNCTIONS.items():
     _register(_name, _fn)
 compute_eqpo_outcome_advantage = VERL_FUNCTIONS["eqpo"]
 compute_eqpo_nd_outcome_advantage = VERL_FUNCTIONS["eqpo_nd"]
+compute_eqpo_nodemo_outcome_advantage = VERL_FUNCTIONS["eqpo_nodemo"]
 compute_grpo_dro_outcome_advantage = VERL_FUNCTIONS["grpo_dro"]
 compute_drpo_outcome_advantage = VERL_FUNCTIONS["drpo"]
 
@@ -467,8 +472,13 @@ def _hydra_value(value: Any) -> str:
 
 
 def verl_overrides(method: str, options: Mapping | None = None, cluster_log: str | None = None,
-                   format_weight: float | None = None) -> list[str]:
+                   format_weight: float | None = None, reward: Mapping | None = None) -> list[str]:
     """Hydra overrides for ``python -m verl.trainer.main_ppo`` that run ``method`` with this extension.
+
+    ``reward``: keyword arguments of :func:`eqpo.verl_ext.reward.compute_score` (``function``,
+    ``matching``; e.g. :meth:`eqpo.run_settings.ReproductionOptions.reward_kwargs`), rendered as
+    ``+reward.custom_reward_function.reward_kwargs.<key>`` (verl 0.9.1 passes that mapping to the
+    reward function on every call).
 
     The process environment must also have ``VERL_USE_EXTERNAL_MODULES=eqpo.verl_ext`` (see
     :data:`EXTERNAL_MODULE`): verl looks the trainer mode up before it imports ``external_lib``.
@@ -493,6 +503,15 @@ def verl_overrides(method: str, options: Mapping | None = None, cluster_log: str
     out += [f"+algorithm.eqpo.{key}={_hydra_value(value)}" for key, value in options.items()]
     if format_weight is not None:
         out.append(f"+reward.custom_reward_function.reward_kwargs.format_weight={_hydra_value(float(format_weight))}")
+    from ..rewards import MATCHINGS, REWARD_FUNCTIONS
+
+    allowed = {"function": REWARD_FUNCTIONS, "matching": MATCHINGS}
+    for key, value in (reward or {}).items():
+        if key not in allowed:
+            raise ValueError(f"unknown reward option {key!r}; valid: {sorted(allowed)}")
+        if value not in allowed[key]:
+            raise ValueError(f"reward.{key} must be one of {list(allowed[key])}, got {value!r}")
+        out.append(f"+reward.custom_reward_function.reward_kwargs.{key}={_hydra_value(value)}")
     if cluster_log is not None:
         out.append(f"+trainer.eqpo_cluster_log={_hydra_value(str(cluster_log))}")
     return out

@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 from eqpo import base_models
 
 from .estimators import EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, verl_overrides
-from ..run_settings import train_settings
+from ..run_settings import reproduction_options, train_settings
 
 # Methods that train on the group-resampled export (GRPO+RS); every other one on train.parquet.
 RESAMPLED_METHODS = ("grpo_rs",)
@@ -345,7 +345,8 @@ def build_overrides(config: Mapping[str, Any], model: str, method: str, seed: in
         out.set(RESTART_ESTIMATOR_KEY, True)
     # adv_estimator, trainer mode, external_lib, reward function, +algorithm.eqpo.<option>, cluster log
     options = (config.get("estimators") or {}).get(method) or {}
-    for override in verl_overrides(method, options, cluster_log=str(paths.cluster_log)):
+    reward = reproduction_options(config).reward_kwargs()  # reward.function / matching of the config
+    for override in verl_overrides(method, options, cluster_log=str(paths.cluster_log), reward=reward):
         out.set_rendered(override)
     if ray_address is not None:
         out.set(RAY_ADDRESS_KEY, ray_address)
@@ -600,7 +601,7 @@ def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, 
     if status != 0:
         raise RuntimeError(f"verl exited with status {status} ({model}/{method}/seed{seed}); its output is "
                            f"above in this log, its work files in {paths.work_dir}")
-    logs.convert_run(paths, val_file(data_dir))
+    logs.convert_run(paths, val_file(data_dir), class_set=reproduction_options(config).class_set)
     finish_checkpoints(paths, train.get("max_ckpt_to_keep", 1))
     _say(f"run files written to {paths.run_dir}")
     return paths

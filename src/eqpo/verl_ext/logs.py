@@ -47,6 +47,9 @@ STEP_METRICS: dict[str, tuple[str, ...]] = {
     "time_update_s": ("timing_s/update_actor",),
 }
 TRAINING_STEP_MARKER = "timing_s/step"
+# eqpo.verl_ext.trainer's per-dataset share of unparseable answer items; in steps.jsonl as
+# unparsed_item_share/<dataset>, as the CPU backend writes it.
+UNPARSED_SHARE_PREFIX = "eqpo/unparsed_item_share/"
 TESTING_TIMER = "timing_s/testing"
 
 
@@ -82,12 +85,16 @@ def _first(metrics: Mapping[str, Any], names: Sequence[str]) -> float | None:
 
 
 def step_records(metrics_by_step: Mapping[int, Mapping[str, Any]]) -> list[dict]:
-    """One steps.jsonl record per training step (steps whose metrics carry ``timing_s/step``)."""
+    """One steps.jsonl record per training step (steps whose metrics carry ``timing_s/step``), with the
+    step's per-dataset unparsed-item shares where the trainer logged them."""
     records = []
     for step, metrics in metrics_by_step.items():
         if TRAINING_STEP_MARKER not in metrics:
             continue  # the initial validation (step 0) logs validation metrics only
-        records.append({"step": int(step), **{field: _first(metrics, names) for field, names in STEP_METRICS.items()}})
+        shares = {name[len("eqpo/"):]: float(value) for name, value in sorted(metrics.items())
+                  if name.startswith(UNPARSED_SHARE_PREFIX)}
+        records.append({"step": int(step), **{field: _first(metrics, names) for field, names in STEP_METRICS.items()},
+                        **shares})
     return records
 
 

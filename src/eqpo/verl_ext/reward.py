@@ -1,10 +1,15 @@
-"""verl reward function: the label-set F1 reward of :mod:`eqpo.rewards` (METHOD.md Section 2).
+"""verl reward function: the rewards of :mod:`eqpo.rewards` (config ``reward``; METHOD.md Section 2).
 
 Configure verl 0.9.1 with (the top-level ``custom_reward_function`` is ignored by main_ppo)::
 
     reward.custom_reward_function.path=pkg://eqpo.verl_ext.reward
     reward.custom_reward_function.name=compute_score
-    +reward.custom_reward_function.reward_kwargs.format_weight=0.1     # optional, default 0
+    +reward.custom_reward_function.reward_kwargs.function=authors_composite  # or f1, exact
+    +reward.custom_reward_function.reward_kwargs.matching=strict             # or lenient
+    +reward.custom_reward_function.reward_kwargs.format_weight=0.1     # f1/exact only, default 0
+
+Without reward_kwargs the function runs config.yaml's reproduction defaults (authors_composite,
+strict), so a launch that does not pass them still trains with the configured default reward.
 
 verl's reward manager (``naive``) calls ``compute_score(data_source=, solution_str=, ground_truth=,
 extra_info=)`` once per response. The returned dict's ``score`` is the reward; every key becomes
@@ -27,12 +32,16 @@ from eqpo.vocabularies import get_spec
 
 #: The keys of every result, in order. sample_id and dataset make verl's validation dumps (which
 #: otherwise carry only a random uid) joinable to the samples' demographics (eqpo.verl_ext.logs).
-REWARD_KEYS = ("score", "f1", "format_ok", "parsed", "prediction", "sample_id", "dataset")
+#: unparsed_items / items: answer items that name no label of the vocabulary (their mean per
+#: dataset is the share of unparseable items logged during training and validation).
+REWARD_KEYS = ("score", "f1", "format_ok", "parsed", "unparsed_items", "items", "prediction", "sample_id", "dataset")
+DEFAULT_FUNCTION = "authors_composite"
+DEFAULT_MATCHING = "strict"
 
 
 @lru_cache(maxsize=None)
-def _parser(labels: tuple[str, ...]) -> LabelParser:
-    return LabelParser(labels)
+def _parser(labels: tuple[str, ...], matching: str = "lenient") -> LabelParser:
+    return LabelParser(labels, matching)
 
 
 def _truth(ground_truth: Any) -> Any:
@@ -45,25 +54,31 @@ def _truth(ground_truth: Any) -> Any:
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: Mapping | None = None,
-                  format_weight: float = 0.0, **kwargs: Any) -> dict:
-    """Reward of one response: {score, f1, format_ok, parsed, prediction, sample_id, dataset}.
+                  format_weight: float = 0.0, function: str = DEFAULT_FUNCTION, matching: str = DEFAULT_MATCHING,
+                  **kwargs: Any) -> dict:
+    """Reward of one response: {score, f1, format_ok, parsed, unparsed_items, items, prediction,
+    sample_id, dataset}.
 
     The label vocabulary is that of ``extra_info["dataset"]`` (else ``data_source``, so a
     ``data_source`` that encodes a group for per-group validation metrics still works when
-    extra_info names the dataset). score = (1 - format_weight) * F1 + format_weight * format_ok;
-    format_ok and parsed are 0.0/1.0; prediction is the parsed labels joined by ", " ("" when
+    extra_info names the dataset). score: :func:`eqpo.rewards.score_response` with ``function``,
+    ``matching`` and ``format_weight``; format_ok and parsed are 0.0/1.0; unparsed_items and items
+    count the answer's items outside the vocabulary and all its items (floats); prediction is the parsed labels joined by ", " ("" when
     unparseable); sample_id is ``str(extra_info["sample_id"])`` ("" when absent) and dataset the
     dataset whose vocabulary was used, both strings. Extra keyword arguments verl may pass (reward_router_address, ...) are ignored.
     """
     info = extra_info if isinstance(extra_info, Mapping) else {}
     dataset = info.get("dataset") or data_source
     spec = get_spec(str(dataset))
-    result = score_response(solution_str, _truth(ground_truth), _parser(spec.labels), float(format_weight))
+    result = score_response(solution_str, _truth(ground_truth), _parser(spec.labels, matching), float(format_weight),
+                            function=function)
     return {
         "score": float(result.score),
         "f1": float(result.f1),
         "format_ok": float(result.format_ok),
         "parsed": float(result.parsed),
+        "unparsed_items": float(len(result.unknown)),
+        "items": float(result.n_items),
         "prediction": ", ".join(result.prediction),
         "sample_id": "" if info.get("sample_id") is None else str(info["sample_id"]),
         "dataset": str(dataset),

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 ESTIMATOR_STATE_FILE = "eqpo_estimator.json"
 CONTEXT_FIELDS = ["uid", "extra_info", "data_source"]
+# Where the agent loop stores each response's reward_extra_info (our reward's item counts).
+REWARD_INFO_FIELD = "extra_fields"
 CLUSTER_LOG_COLUMNS = ["sample_id", "step", "dataset", "cluster", "k", "true_group"]
 PADDING_UID_PREFIX = "pad"
 
@@ -123,6 +125,22 @@ def column_as_list(td: Any, name: str, n: int) -> list:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def unparsed_item_metrics(extra_fields: Sequence, context: BatchContext) -> dict[str, float]:
+    """``eqpo/unparsed_item_share/<dataset>``: the share of the answer items of a step's responses that
+    name no label of the dataset (the reward's ``unparsed_items`` / ``items``, summed per dataset over
+    the non-padding rows; 0 when a dataset's answers have no item). Rows without the counts are left
+    out."""
+    sums: dict[str, list[float]] = {}
+    for extra, dataset, padding in zip(extra_fields, context.datasets, context.is_padding):
+        info = extra.get("reward_extra_info") if isinstance(extra, Mapping) else None
+        if padding or not isinstance(info, Mapping) or info.get("items") is None:
+            continue
+        total = sums.setdefault(str(dataset), [0.0, 0.0])
+        total[0] += float(info.get("unparsed_items") or 0.0)
+        total[1] += float(info["items"])
+    return {f"eqpo/unparsed_item_share/{d}": (u / t if t else 0.0) for d, (u, t) in sorted(sums.items())}
 
 
 def advantage_metrics(adv_time_s: float, stats: Mapping, context: BatchContext | None = None) -> dict[str, float]:
@@ -322,8 +340,23 @@ if TRAINER_IMPORT_ERROR is None:
             return context_from_rows(column_as_list(td, "uid", n), column_as_list(td, "extra_info", n),
                                      column_as_list(td, "data_source", n), batch.tags)
 
+        def _reward_item_metrics(self, batch, context: BatchContext) -> dict[str, float]:
+            """The step's unparsed-item shares; nothing (and one warning) when the rows carry no
+            reward extra info, so a logging gap never stops training."""
+            try:
+                td = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                                     select_fields=[REWARD_INFO_FIELD])
+                return unparsed_item_metrics(column_as_list(td, REWARD_INFO_FIELD, len(batch.keys)), context)
+            except Exception as err:  # a missing field must not end the run
+                if not getattr(self, "_eqpo_warned_items", False):
+                    logger.warning("no reward item counts in TransferQueue field %r (%s): the unparsed-item share "
+                                   "is not logged during training", REWARD_INFO_FIELD, err)
+                    self._eqpo_warned_items = True
+                return {}
+
         def _compute_advantage(self, batch, metrics: dict):
             context = self._fetch_context(batch)
+            metrics.update(self._reward_item_metrics(batch, context))
             estimators.clear_last_stats()
             start = time.perf_counter()
             with estimators.batch_context(context):

@@ -1,5 +1,6 @@
-"""Resuming the eqpo_sync trainer: a checkpoint without estimator state stops the run (EQPO's history
-would silently restart from nothing) unless a fresh estimator is asked for explicitly."""
+"""The eqpo_sync trainer beyond the data hand-off: resuming (a checkpoint without estimator state
+stops the run, as EQPO's history would silently restart from nothing, unless a fresh estimator is
+asked for explicitly) and the training-time unparsed-item share."""
 
 from __future__ import annotations
 
@@ -62,3 +63,17 @@ def test_a_checkpoint_with_estimator_state_resumes_it(tmp_path, monkeypatch):
     E.reset_estimators()
     trainer._load_checkpoint()
     assert trainer.global_steps == 20 and E.estimator_state() == state
+
+
+def test_unparsed_item_share_per_dataset_from_the_rewards_extra_info():
+    """Training-time logging: the reward's item counts summed per dataset, padding rows and rows
+    without counts left out. H: (1 + 0) / (2 + 3) = 0.2; C: 0 / 4 = 0; V: no items -> 0."""
+    from eqpo.verl_ext.estimators import BatchContext
+
+    info = lambda unparsed, items: {"reward_extra_info": {"unparsed_items": unparsed, "items": items, "score": 0.5}}  # noqa: E731
+    extra = [info(1.0, 2.0), info(0.0, 3.0), info(0.0, 4.0), info(5.0, 5.0), {"other": 1}, info(0.0, 0.0)]
+    context = BatchContext(datasets=("H", "H", "C", "H", "C", "V"), groups=(None,) * 6,
+                           sample_ids=tuple("abcdef"), is_padding=(False, False, False, True, False, False))
+    assert T.unparsed_item_metrics(extra, context) == {
+        "eqpo/unparsed_item_share/C": 0.0, "eqpo/unparsed_item_share/H": pytest.approx(0.2),
+        "eqpo/unparsed_item_share/V": 0.0}
