@@ -187,21 +187,28 @@ def register_estimator(name: str) -> Callable:
     return decorate
 
 
-def estimator_options(method: str) -> list[str]:
-    """Names of the options ``make_estimator(method, ...)`` accepts.
+def estimator_defaults(method: str) -> dict[str, Any]:
+    """The options ``make_estimator(method, ...)`` accepts, with their defaults.
 
     Keyword-only parameters of the factory; for a class, also those of the base-class constructors
-    it forwards ``**options`` to.
+    it forwards ``**options`` to (the nearest constructor's default wins).
     """
     factory = ESTIMATORS[method]
     chain = [c.__dict__["__init__"] for c in getattr(factory, "__mro__", ()) if "__init__" in c.__dict__]
-    names: list[str] = []
+    defaults: dict[str, Any] = {}
     for init in chain or [factory]:
         params = inspect.signature(init).parameters.values()
-        names += [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in names]
+        for p in params:
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in defaults:
+                defaults[p.name] = p.default
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
             break
-    return names
+    return defaults
+
+
+def estimator_options(method: str) -> list[str]:
+    """Names of the options ``make_estimator(method, ...)`` accepts (see :func:`estimator_defaults`)."""
+    return list(estimator_defaults(method))
 
 
 def make_estimator(method: str, **options: Any) -> "Estimator":

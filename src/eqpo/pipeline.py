@@ -23,12 +23,6 @@ from .metrics import FairnessReport, unparseable_share
 
 log = logging.getLogger("eqpo")
 
-# Keys of the shared `train` config block that only the GPU (verl) backend reads.
-GPU_ONLY_TRAIN_KEYS = ("max_prompt_length", "max_response_length", "rollout_gpu_memory", "tensor_parallel", "gpus",
-                       "nnodes", "max_ckpt_to_keep", "save_hf_model", "rollout_data", "loggers",
-                       "restart_estimator_on_resume")
-
-
 @contextlib.contextmanager
 def logged(path: str | Path | None) -> Iterator[None]:
     """Send stdout, stderr and the ``eqpo`` logger to ``path`` for the duration (a rule's log).
@@ -176,11 +170,6 @@ def run_pretrain(cohort: str | Path, model: dict, settings: dict, seed: int, out
         _say("per-dataset input widths: " + ", ".join(f"{d} {w}" for d, w in widths.items()))
     policy = pretrain(table, PolicyConfig(n_features=n_features, **arch), PretrainConfig.from_dict(settings), seed, log=_say)
     save_policy(policy, out)
-
-
-def cpu_train_config(train: dict, cpu: dict) -> dict:
-    """The CPU backend's settings: the shared `train` block without GPU-only keys, plus `cpu`."""
-    return {**{k: v for k, v in train.items() if k not in GPU_ONLY_TRAIN_KEYS}, **cpu}
 
 
 def run_train_cpu(cohort: str | Path, pretrained: str | Path, method: str, estimator_options: dict,

@@ -59,6 +59,17 @@ def train_settings(config: Mapping[str, Any], model: str, method: str) -> dict[s
     return {**dict(config.get("train") or {}), **run_overrides(config, model, method)}
 
 
+# Keys of the shared `train` config block that only the GPU (verl) backend reads.
+GPU_ONLY_TRAIN_KEYS = ("max_prompt_length", "max_response_length", "rollout_gpu_memory", "tensor_parallel", "gpus",
+                       "nnodes", "max_ckpt_to_keep", "save_hf_model", "rollout_data", "loggers",
+                       "restart_estimator_on_resume")
+
+
+def cpu_train_config(train: Mapping[str, Any], cpu: Mapping[str, Any]) -> dict[str, Any]:
+    """The CPU backend's settings: a run's `train` settings without the GPU-only keys, plus `cpu`."""
+    return {**{k: v for k, v in train.items() if k not in GPU_ONLY_TRAIN_KEYS}, **cpu}
+
+
 # The `train` keys a run may override (the schema's `runs` block lists the same): the training
 # hyperparameters. GPU placement (gpus, nnodes, tensor_parallel, rollout_gpu_memory) and bookkeeping
 # keys (checkpoints kept, loggers, ...) stay in `train`, where the SLURM resources and the launcher

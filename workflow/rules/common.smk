@@ -18,8 +18,7 @@ SRC = str(Path(workflow.basedir) / "src")
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.getenv("PYTHONPATH", "")) if p))
 sys.path.insert(0, SRC)
 
-from eqpo.pipeline import cpu_train_config
-from eqpo.run_settings import reproduction_options, train_settings
+from eqpo.run_settings import cpu_train_config, reproduction_options, train_settings
 
 # Reproduction options (metrics, groups, reward), checked once with errors that name the key.
 reproduction_options(config)

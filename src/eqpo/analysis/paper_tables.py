@@ -14,15 +14,16 @@ Every returned frame holds raw values (fractions); the ``write_*`` functions go 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from ..advantages import ESTIMATORS, estimator_defaults
 from ..groups import AGE_BINS, SEXES
 from ..metrics import METRICS, PAPER_SCALE, TABLE2_SOURCE
+from ..run_settings import GPU_ONLY_TRAIN_KEYS, cpu_train_config, reproduction_options, run_overrides
 from .collect import RUN_KEYS
 from .style import order_methods
 from .tables import write_table
@@ -104,8 +105,7 @@ def _flatten(mapping: Mapping[str, Any] | None, prefix: str = "") -> dict[str, A
 
 def _cpu_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The CPU backend's effective TrainConfig: its defaults, then the config's values."""
-    from ..cpu.trainer import TrainConfig
-    from ..pipeline import cpu_train_config
+    from ..cpu.trainer import TrainConfig  # torch: only where a CPU model is described
 
     given = cpu_train_config(dict(config.get("train") or {}), dict(config.get("cpu") or {}))
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -130,20 +130,10 @@ def _verl_settings(config: Mapping[str, Any], entry: Mapping[str, Any]) -> tuple
 def estimator_settings(method: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every option the advantage estimator of ``method`` runs with: its defaults (keyword-only
     parameters of :func:`eqpo.advantages.make_estimator`'s factory), then ``options``."""
-    from ..advantages import ESTIMATORS, estimator_options
-
     options = dict(options or {})
     if method not in ESTIMATORS:
         return options
-    defaults: dict[str, Any] = {}
-    chain = [c.__dict__["__init__"] for c in getattr(ESTIMATORS[method], "__mro__", ())
-             if "__init__" in c.__dict__] or [ESTIMATORS[method]]
-    for init in chain:
-        for p in inspect.signature(init).parameters.values():
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in defaults:
-                defaults[p.name] = p.default
-    allowed = estimator_options(method)
-    return {k: v for k, v in {**defaults, **options}.items() if k in allowed or k in options}
+    return {**estimator_defaults(method), **options}
 
 
 def _options_text(options: Mapping[str, Any]) -> str:
@@ -169,8 +159,6 @@ def table3(config: Mapping[str, Any]) -> pd.DataFrame:
     `overrides` applied on top ("verl default" where neither sets a key). ``steps`` unset means the
     run length comes from ``epochs``.
     """
-    from ..run_settings import reproduction_options, run_overrides
-
     options = reproduction_options(config).config_rows()
     models = list(config.get("base_models") or [])
     catalogue = config.get("models") or {}
@@ -186,7 +174,6 @@ def table3(config: Mapping[str, Any]) -> pd.DataFrame:
             col["weights"] = entry.get("arch", "?") + (
                 f" (hidden {entry['hidden']})" if entry.get("hidden") else "")
             settings, other = _cpu_settings(config), []
-            from ..pipeline import GPU_ONLY_TRAIN_KEYS
             for key in GPU_ONLY_TRAIN_KEYS:
                 settings[key] = _NOT_APPLICABLE
         else:
