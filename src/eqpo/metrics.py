@@ -444,6 +444,45 @@ def _unparseable_share(predictions: pd.DataFrame) -> pd.Series:
 
 
 # ----------------------------------------------------------------------------------------------
+# Encoding a predictions frame (shared by the report and the bootstrap)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedDataset:
+    """One dataset of a predictions frame as 0/1 matrices.
+
+    rows: (n,) positions of its rows in the frame; classes: its classes (sorted; those in its ground
+    truth); truth, prediction: (n, C) 0/1 matrices, rows in frame order; codes: attribute -> (n,)
+    group code of each row (-1 missing; see :func:`attribute_codes`).
+    """
+
+    name: object
+    rows: np.ndarray
+    classes: tuple
+    truth: np.ndarray
+    prediction: np.ndarray
+    codes: dict[str, np.ndarray]
+
+
+def encode_predictions(predictions: pd.DataFrame) -> list[EncodedDataset]:
+    """Validate a predictions frame and encode it per dataset, datasets sorted by name."""
+    validate_predictions(predictions)
+    truth = _flatten(predictions["labels"])
+    pred = _flatten(predictions["prediction"])
+    codes = attribute_codes(predictions)
+    ds_codes, ds_names = pd.factorize(predictions["dataset"])
+    position = _position_within(ds_codes)
+    out = []
+    for d in sorted(range(len(ds_names)), key=lambda i: str(ds_names[i])):
+        name, in_dataset = ds_names[d], ds_codes == d
+        rows = np.flatnonzero(in_dataset)
+        classes, y, p = _dataset_matrices(name, in_dataset, position, truth, pred)
+        out.append(EncodedDataset(name, rows, classes, y, p, {a: c[rows] for a, c in codes.items()}))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # The report
 # ----------------------------------------------------------------------------------------------
 
@@ -485,17 +524,10 @@ class FairnessReport:
         """Compute every table from a predictions frame (columns: see the module docstring);
         ``class_set``: ``"dataset"`` or ``"group_present"`` (see the module docstring)."""
         check_class_set(class_set)
-        validate_predictions(predictions)
-        truth = _flatten(predictions["labels"])
-        pred = _flatten(predictions["prediction"])
-        codes = attribute_codes(predictions)
-        ds_codes, ds_names = pd.factorize(predictions["dataset"])
-        position = _position_within(ds_codes)
         group_rows, attribute_rows, classes = [], [], {}
-        for d in sorted(range(len(ds_names)), key=lambda i: str(ds_names[i])):
-            name, rows = ds_names[d], np.flatnonzero(ds_codes == d)
-            classes[name], y, p = _dataset_matrices(name, ds_codes == d, position, truth, pred)
-            g_rows, a_rows = _dataset_tables(name, y, p, {a: c[rows] for a, c in codes.items()}, class_set)
+        for data in encode_predictions(predictions):
+            classes[data.name] = data.classes
+            g_rows, a_rows = _dataset_tables(data.name, data.truth, data.prediction, data.codes, class_set)
             group_rows += g_rows
             attribute_rows += a_rows
         by_group = pd.DataFrame(group_rows, columns=_GROUP_COLUMNS)

@@ -41,13 +41,10 @@ from ..metrics import (
     TABLE2_SOURCE,
     ATTRIBUTE_GROUPS,
     TABLE2_COLUMNS,
-    _dataset_matrices,
-    _flatten,
-    _position_within,
     _safe_div,
-    attribute_codes,
     check_class_set,
     class_mean,
+    encode_predictions,
     fairness_summary,
     one_hot,
     validate_predictions,
@@ -95,29 +92,22 @@ class _Block:
 
 
 def _encode(predictions: pd.DataFrame) -> list[_Block]:
-    """Per dataset (sorted by name, as :class:`eqpo.metrics.FairnessReport`): a :class:`_Block`."""
-    validate_predictions(predictions)
-    truth = _flatten(predictions["labels"])
-    pred = _flatten(predictions["prediction"])
-    codes = attribute_codes(predictions)
-    ds_codes, ds_names = pd.factorize(predictions["dataset"])
-    position = _position_within(ds_codes)
+    """Per dataset (sorted by name, as :class:`eqpo.metrics.FairnessReport`, from the same
+    :func:`eqpo.metrics.encode_predictions`): a :class:`_Block`."""
     blocks = []
-    for d in sorted(range(len(ds_names)), key=lambda i: str(ds_names[i])):
-        name, in_dataset = ds_names[d], ds_codes == d
-        rows = np.flatnonzero(in_dataset)
-        _, y, p = _dataset_matrices(name, in_dataset, position, truth, pred)
+    for data in encode_predictions(predictions):
         parts, attributes, start = [], [], 0
-        for attribute, attr_codes in codes.items():
+        for attribute, attr_codes in data.codes.items():
             names = ATTRIBUTE_GROUPS[attribute]
-            parts.append(one_hot(attr_codes[rows], len(names)))
+            parts.append(one_hot(attr_codes, len(names)))
             attributes.append((attribute, slice(start, start + len(names))))
             start += len(names)
-        parts.append(np.ones((len(rows), 1)))
+        parts.append(np.ones((len(data.rows), 1)))
         membership = np.hstack(parts)
+        y, p = data.truth, data.prediction
         indicators = np.hstack([y, p, y * p])  # (n, 3C)
-        features = (membership[:, :, None] * indicators[:, None, :]).reshape(len(rows), -1)
-        blocks.append(_Block(name, rows, features, membership, tuple(attributes), y.shape[1]))
+        features = (membership[:, :, None] * indicators[:, None, :]).reshape(len(data.rows), -1)
+        blocks.append(_Block(data.name, data.rows, features, membership, tuple(attributes), y.shape[1]))
     return blocks
 
 
