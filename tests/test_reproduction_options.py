@@ -175,13 +175,13 @@ def test_schema_rejects_unknown_methods_and_keys_in_runs():
     from snakemake.exceptions import WorkflowError
 
     base = load_config()
-    with pytest.raises(WorkflowError):
+    with pytest.raises(WorkflowError, match="'gpro' is not valid"):
         validate({**base, "runs": {"medgemma-4b": {"gpro": {"lr": 1e-6}}}})
-    with pytest.raises(WorkflowError):
+    with pytest.raises(WorkflowError, match="'learning_rate' was unexpected"):
         validate({**base, "runs": {"medgemma-4b": {"grpo": {"learning_rate": 1e-6}}}})
-    with pytest.raises(WorkflowError):  # GPU placement stays in `train`: the SLURM resources read it there
+    with pytest.raises(WorkflowError, match="'gpus' was unexpected"):  # GPU placement stays in `train`
         validate({**base, "runs": {"medgemma-4b": {"grpo": {"gpus": 2}}}})
-    with pytest.raises(WorkflowError):
+    with pytest.raises(WorkflowError, match="'accuracy' is not one of"):
         validate({**base, "reward": {"function": "accuracy"}})
     # defaults of the `train` block are not copied into the run blocks (they would override `train`)
     config = validate({**base, "train": {**base["train"], "nnodes": 2}, "runs": {"medgemma-4b": {"grpo": {"lr": 1e-6}}}})

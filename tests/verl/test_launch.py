@@ -500,7 +500,7 @@ def test_a_failed_attempt_resumes_and_keeps_its_log(tmp_path):
 
 def test_other_settings_start_afresh(tmp_path):
     data, run = export(tmp_path / "data"), tmp_path / "run"
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="verl exited with status 1"):
         launch.run_training(PAPER, "medgemma-4b", "grpo", 0, run, data, runner=FakeVerl(fail_after=1),
                             check_env=False)
     other = copy.deepcopy(PAPER)
