@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 CORES  ?= 2
 
-.PHONY: demo test bench quickstart report clean gpu-lock
+.PHONY: demo test lint bench quickstart report clean gpu-lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,13 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.pipeline
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
 
-test: $(VENV)/.test
+# The lint gate: ruff, and snakemake --lint on config.yaml and every overlay (exits 1 on any lint).
+lint: $(VENV)/.test
+	$(BIN)/ruff check .
+	$(BIN)/snakemake --lint
+	for overlay in config/*.yaml; do $(BIN)/snakemake --lint --configfile $$overlay || exit 1; done
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 # One HTML report with every table and figure of the demo, after `make demo`.
