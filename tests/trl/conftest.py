@@ -1,0 +1,238 @@
+"""Fixtures of the trl backend's tests: a tiny randomly initialised Qwen2.5-VL and its processor,
+built locally (no downloads), warm-started to answer in the prompt's format, and a fixture dataset of
+tiny PNGs exported as the verl backend's parquet files.
+
+The model (2 text layers of width 32, one vision block, 56x56 images -> 4 image tokens) and the
+processor (a byte-level tokenizer with the Qwen special tokens, the PIL Qwen2-VL image processor, a
+Qwen-style chat template) follow tests/verl/test_qwen_vl.py. A random model never writes
+``\\boxed{...}``, so :func:`build_model` teaches it a few supervised steps of
+``\\boxed{<label>}`` answers with labels drawn at random (the warm start stands in
+for a pretrained model's format-following): sampled rollouts then parse, and differ in reward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("trl")
+pytest.importorskip("tokenizers")
+
+VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LABELS = ["Nevus", "Melanoma"]
+DATASET = "TinyDerm"
+QUESTION = "Nevus or melanoma? Answer with one word from the following:"
+
+
+def _tokenizer():
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIALS)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def _config(tokenizer):
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
+        ("image_token_id", IMAGE_PAD), ("video_token_id", VIDEO_PAD),
+        ("vision_start_token_id", VISION_START), ("vision_end_token_id", VISION_END))}
+    text = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=2048,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=32, window_size=56, fullatt_block_indexes=[0])
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    return config
+
+
+def write_images(folder: Path, n: int, seed: int = 0) -> list[str]:
+    """n tiny PNGs (40x40, one random colour each); returns their file names."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(n):
+        name = f"img{i:03d}.png"
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        Image.new("RGB", (40, 40), colour).save(folder / name)
+        names.append(name)
+    return names
+
+
+def custom_dataset(folder: Path, n: int = 24, seed: int = 0) -> dict:
+    """A data.custom entry (CSV + PNGs) of ``n`` samples: half train, a quarter val, a quarter test;
+    two sexes x ages 30/70 -> explicit groups, every third sample without demographics (EQPO's
+implicit groups)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = write_images(folder / "images", n, seed)
+    rng = np.random.default_rng(seed)
+    rows = pd.DataFrame({
+        "sample_id": [f"td{i:03d}" for i in range(n)], "patient_id": [f"p{i:03d}" for i in range(n)],
+        "split": ["train" if i % 4 < 2 else "val" if i % 4 == 2 else "test" for i in range(n)],
+        "label": [LABELS[int(b)] for b in rng.integers(0, 2, size=n)],
+        "age": [None if i % 3 == 0 else 30.0 if i % 2 else 70.0 for i in range(n)],
+        "sex": [None if i % 3 == 0 else "female" if (i // 2) % 2 else "male" for i in range(n)],
+        "image": [f"images/{name}" for name in images],
+    })
+    rows.to_csv(folder / "samples.csv", index=False)
+    return {"name": DATASET, "path": str(folder / "samples.csv"), "labels": LABELS, "multi_label": False,
+            "attributes": ["sex", "age"], "question": QUESTION}
+
+
+def build_model(path: Path, warm_steps: int = 40, seed: int = 0) -> Path:
+    """Save the tiny model + processor into ``path`` after ``warm_steps`` supervised steps on
+    format-following answers with random labels (prompts of the fixture's form, random images)."""
+    import transformers
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from eqpo.data.export import FORMAT_INSTRUCTION
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tokenizer()
+    side = 14 * 2 * 2  # every image becomes a 4x4 patch grid -> 4 merged image tokens
+    images = Qwen2VLImageProcessorPil(size={"shortest_edge": side * side, "longest_edge": side * side},
+                                      patch_size=14, merge_size=2, temporal_patch_size=2)
+    tokenizer.save_pretrained(path)
+    images.save_pretrained(path)
+    (path / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = transformers.Qwen2_5_VLForConditionalGeneration(_config(tokenizer))
+    if warm_steps:
+        from eqpo.trl.data import load_processor
+
+        processor = load_processor(path)
+        rng = np.random.default_rng(seed)
+        text = "\n" + QUESTION + "\n" + "\n".join(LABELS) + "\n" + FORMAT_INSTRUCTION
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        model.train()
+        for _ in range(warm_steps):
+            batch_images, texts, answers = [], [], []
+            for _ in range(4):
+                image = Image.new("RGB", (40, 40), tuple(int(c) for c in rng.integers(0, 256, size=3)))
+                messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+                prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                answer = f"\\boxed{{{LABELS[int(rng.integers(0, 2))]}}}<|im_end|>"
+                batch_images.append(image)
+                texts.append(prompt + answer)
+                answers.append(answer)
+            enc = processor(text=texts, images=batch_images, return_tensors="pt", padding=True, padding_side="right")
+            labels = enc["input_ids"].clone()
+            for row, answer in enumerate(answers):
+                n_answer = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+                length = int(enc["attention_mask"][row].sum())
+                labels[row, : length - n_answer] = -100
+                labels[row, length:] = -100
+            loss = model(**enc, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.save_pretrained(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Session fixtures
+# ----------------------------------------------------------------------------------------------
+
+#: The runs of the tests: 4 steps of 2 prompts x 4 rollouts, a checkpoint every 2 steps, the label-set
+#: F1 reward with strict matching (1 for the right label in the last box, else 0).
+TRAIN = {"steps": 4, "batch_prompts": 2, "rollouts": 4, "lr": 1e-3, "test_freq": 2, "save_freq": 2,
+         "max_response_length": 16, "rollout_data": True}
+TRL = {"eval_batch_size": 6}
+REPRODUCTION = {"reward": {"function": "f1", "matching": "strict"}, "metrics": {"extraction": "last_box"}}
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """One torch thread: on a shared 2-core machine more threads slow these tiny models down 20x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    with one_torch_thread():
+        return build_model(tmp_path_factory.mktemp("tiny_vl") / "model", warm_steps=40)
+
+
+@pytest.fixture(scope="session")
+def fixture_data(tmp_path_factory):
+    """The fixture dataset as a data.custom entry, its cohort and its verl export (train/val/test)."""
+    from eqpo.pipeline import build_cohort, run_export_verl
+
+    root = tmp_path_factory.mktemp("trl_data")
+    entry = custom_dataset(root / "raw")
+    build_cohort([], root / "cohort.parquet", root / "table1", [entry])
+    run_export_verl(root / "cohort.parquet", root, root / "verl", 0, [entry])
+    return {"entry": entry, "root": root, "verl": root / "verl"}
+
+
+def train_run(model: Path, data: dict, method: str, run_dir: Path, estimator_options=None, stop_after=None,
+              train=None):
+    from eqpo.run_settings import ReproductionOptions
+    from eqpo.trl.trainer import run_training
+
+    return run_training(data["verl"] / "train.parquet", data["verl"] / "val.parquet", model, method,
+                        estimator_options or {}, {**TRAIN, **(train or {})}, TRL, 0, run_dir,
+                        options=ReproductionOptions.from_config(REPRODUCTION), stop_after=stop_after,
+                        log=lambda message: None)
+
+
+@pytest.fixture(scope="session")
+def runs(tiny_model, fixture_data, tmp_path_factory):
+    """Finished runs of grpo (TRL's epsilon 1e-4) and eqpo on the fixture data."""
+    root = tmp_path_factory.mktemp("trl_runs")
+    out = {}
+    with one_torch_thread():
+        for method, options in (("grpo", {"eps": 1e-4}), ("eqpo", {})):
+            train_run(tiny_model, fixture_data, method, root / method, options)
+            out[method] = root / method
+    return out
+
+
+@pytest.fixture(scope="session")
+def helpers():
+    """This module's helpers and settings for the test modules (which cannot import a conftest)."""
+    import types
+
+    return types.SimpleNamespace(train_run=train_run, build_model=build_model, custom_dataset=custom_dataset,
+                                 LABELS=LABELS, DATASET=DATASET, TRAIN=TRAIN, TRL=TRL, REPRODUCTION=REPRODUCTION)
