@@ -44,7 +44,7 @@ def _replay(method, options, rollouts, upto=None):
 
 
 def _truths(fixture_data):
-    from eqpo.trl.data import read_export
+    from eqpo.data.export import read_export
 
     rows = read_export(fixture_data["verl"] / "train.parquet")
     return {str(info["sample_id"]): rm["ground_truth"] for info, rm in zip(rows["extra_info"], rows["reward_model"])}
@@ -122,7 +122,7 @@ def test_run_files_follow_the_contract(runs):
 
 def test_predictions_of_the_trained_model(runs, fixture_data, tmp_path, helpers):
     from eqpo.run_settings import ReproductionOptions
-    from eqpo.trl.data import read_export
+    from eqpo.data.export import read_export
     from eqpo.trl.trainer import run_prediction
 
     out = tmp_path / "predictions.parquet"

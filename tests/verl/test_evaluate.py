@@ -156,7 +156,7 @@ def test_unparseable_answers_give_empty_predictions(export):
     table = ev.predictions_from_outputs(rows, junk)
     assert table["prediction"].map(len).tolist() == [0, 0, 0, 0, 0, 0, 0, 0]
     assert (table["reward"] == 0).all() and table.loc[0, "response"] == ""
-    with pytest.raises(ValueError, match="8 rows"):
+    with pytest.raises(ValueError, match="3 answers for 8 export rows"):
         ev.predictions_from_outputs(rows, junk[:3])
 
 

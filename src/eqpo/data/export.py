@@ -1,4 +1,6 @@
-"""Standard tables -> verl RLHFDataset parquet files (train / val / test, GRPO+RS, no demographics).
+"""Standard tables -> verl RLHFDataset parquet files (train / val / test, GRPO+RS, no demographics),
+and back: reading an export and turning one answer per row into the predictions table that every
+GPU backend (verl + vLLM, TRL) writes.
 
 Each row: ``data_source`` (dataset), ``prompt`` (one user message: one ``<image>`` per image, the
 paper's question for the dataset, the reasoning-format instruction once), ``images`` (absolute
@@ -8,12 +10,15 @@ paths), ``ability``, ``reward_model = {"style": "rule", "ground_truth": "A, B"}`
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..groups import balance_by_group
+from ..rewards import LabelParser, as_label_list, score_response
 from ..vocabularies import get_spec
 
 FORMAT_INSTRUCTION = (
@@ -97,3 +102,92 @@ def export_verl(cohort: pd.DataFrame, root: str | Path, out_dir: str | Path, see
     paths["train_nodemo"] = out_dir / "train_nodemo.parquet"
     to_verl(train, root, mask_demographics=True, questions=questions).to_parquet(paths["train_nodemo"], index=False)
     return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading an export, and the predictions table of its answers
+# ----------------------------------------------------------------------------------------------
+
+EXPORT_COLUMNS = ("prompt", "images", "data_source", "reward_model", "extra_info")
+PREDICTION_COLUMNS = ("sample_id", "dataset", "labels", "prediction", "age", "sex", "response", "reward", "items",
+                      "unparsed_items")
+
+
+def read_export(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """Rows of a verl export (a parquet path or its DataFrame), checked for the needed columns."""
+    rows = source if isinstance(source, pd.DataFrame) else pd.read_parquet(source)
+    missing = [c for c in EXPORT_COLUMNS if c not in rows.columns]
+    if missing:
+        raise ValueError(f"not a verl export (eqpo.data.export.to_verl): missing columns {missing}")
+    if rows.empty:
+        raise ValueError("the verl export has no rows")
+    return rows.reset_index(drop=True)
+
+
+def subsample(rows: pd.DataFrame, max_samples: int | None, seed: int = 0) -> pd.DataFrame:
+    """At most ``max_samples`` rows (``evaluation.max_samples``), drawn at random with ``seed`` and kept
+    in export order; all rows when ``max_samples`` is None or not smaller than the table."""
+    if max_samples is None or max_samples >= len(rows):
+        return rows
+    if max_samples < 1:
+        raise ValueError(f"evaluation.max_samples must be >= 1, got {max_samples}")
+    return rows.sample(n=max_samples, random_state=seed).sort_index().reset_index(drop=True)
+
+
+def image_paths(images: Any, where: str, check_files: bool = True) -> list[str]:
+    """A row's image paths, checked to be absolute (as the export writes them) and, with
+    ``check_files``, to exist; ``where`` names the row in errors."""
+    paths = [str(p) for p in (list(images) if images is not None else [])]
+    for path in paths:
+        if not os.path.isabs(path):
+            raise ValueError(f"{where}: image path {path!r} is not absolute (the export writes absolute paths)")
+        if check_files and not os.path.isfile(path):
+            raise FileNotFoundError(f"{where}: image {path} does not exist")
+    return paths
+
+
+def _age(value: Any) -> float:
+    return float("nan") if value is None or pd.isna(value) else float(value)
+
+
+def _sex(value: Any) -> str | None:
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+
+def predictions_from_outputs(rows: pd.DataFrame, outputs: Sequence[str | None], options: Any = None) -> pd.DataFrame:
+    """Export rows + one answer each -> the predictions table (:data:`PREDICTION_COLUMNS`).
+
+    ``options``: an :class:`eqpo.run_settings.ReproductionOptions` (config ``metrics.extraction``,
+    ``reward.function`` and ``reward.matching``); None: the last ``\\boxed{}``, lenient matching,
+    label-set F1. ``prediction``: the labels of the extracted answer (empty when there is none or it
+    names no label of the dataset); ``reward``: :func:`eqpo.rewards.score_response` with those
+    options; ``items`` / ``unparsed_items``: the answer's items, and those naming no label.
+    """
+    function = "f1" if options is None else options.reward
+    matching = "lenient" if options is None else options.matching
+    extraction = "last_box" if options is None else options.extraction
+    rows = read_export(rows)
+    if len(outputs) != len(rows):
+        raise ValueError(f"{len(outputs)} answers for {len(rows)} export rows")
+    parsers: dict[str, LabelParser] = {}
+    records = []
+    for row, response in zip(rows.itertuples(index=False), outputs):
+        info = row.extra_info if isinstance(row.extra_info, dict) else {}
+        dataset = str(info.get("dataset") or row.data_source)
+        if dataset not in parsers:
+            parsers[dataset] = LabelParser(get_spec(dataset).labels, matching)
+        parser = parsers[dataset]
+        truth = row.reward_model["ground_truth"]
+        text = "" if response is None else str(response)
+        result = score_response(text, truth, parser, function=function, extraction=extraction)
+        sample_id = info.get("sample_id")
+        records.append({
+            "sample_id": None if sample_id is None else str(sample_id), "dataset": dataset,
+            "labels": as_label_list(truth, parser), "prediction": list(result.prediction),
+            "age": _age(info.get("age")), "sex": _sex(info.get("sex")), "response": text,
+            "reward": float(result.score), "items": result.n_items, "unparsed_items": len(result.unknown),
+        })
+    table = pd.DataFrame.from_records(records, columns=list(PREDICTION_COLUMNS))
+    table["age"] = table["age"].astype(np.float64)
+    table["reward"] = table["reward"].astype(np.float64)
+    return table

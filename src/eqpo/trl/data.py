@@ -11,7 +11,8 @@ The trl backend reads the same parquet files as the verl backend (:func:`eqpo.da
   row is read), ``ground_truth``, ``dataset``, ``group``, ``true_group`` and ``sample_id``.
 - :func:`load_processor` / :func:`load_model`: a local model directory (no hub access).
 - :func:`generate_answers`: greedy answers with plain ``generate`` (or vLLM, :func:`vllm_answers`),
-  and :func:`predictions_table`: answers -> the predictions table of the run-file contract.
+  and :func:`eqpo.data.export.predictions_from_outputs` (shared with the verl backend): answers ->
+  the predictions table of the run-file contract.
 """
 
 from __future__ import annotations
@@ -22,15 +23,10 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 
-from ..rewards import LabelParser, as_label_list, score_response
-from ..vocabularies import get_spec
+from ..data.export import image_paths, read_export
 
-EXPORT_COLUMNS = ("prompt", "images", "data_source", "reward_model", "extra_info")
-PREDICTION_COLUMNS = ("sample_id", "dataset", "labels", "prediction", "age", "sex", "response", "reward", "items",
-                      "unparsed_items")
 _PLACEHOLDER = re.compile(r"(<image>)")
 MISSING_GROUPS = ("", "UNK")
 
@@ -40,41 +36,11 @@ MISSING_GROUPS = ("", "UNK")
 # ----------------------------------------------------------------------------------------------
 
 
-def read_export(source: str | Path | pd.DataFrame) -> pd.DataFrame:
-    """Rows of a verl export (a parquet path or its DataFrame), checked for the needed columns."""
-    rows = source if isinstance(source, pd.DataFrame) else pd.read_parquet(source)
-    missing = [c for c in EXPORT_COLUMNS if c not in rows.columns]
-    if missing:
-        raise ValueError(f"not a verl export (eqpo.data.export.to_verl): missing columns {missing}")
-    if rows.empty:
-        raise ValueError("the export has no rows")
-    return rows.reset_index(drop=True)
-
-
-def subsample(rows: pd.DataFrame, max_samples: int | None, seed: int = 0) -> pd.DataFrame:
-    """At most ``max_samples`` rows drawn with ``seed`` (kept in export order); all when None."""
-    if max_samples is None or max_samples >= len(rows):
-        return rows
-    if max_samples < 1:
-        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
-    return rows.sample(n=max_samples, random_state=seed).sort_index().reset_index(drop=True)
-
-
 def _group(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     text = str(value)
     return None if text in MISSING_GROUPS else text
-
-
-def _image_paths(images: Any, where: str, check_files: bool) -> list[str]:
-    paths = [str(p) for p in (list(images) if images is not None else [])]
-    for path in paths:
-        if not os.path.isabs(path):
-            raise ValueError(f"{where}: image path {path!r} is not absolute (the export writes absolute paths)")
-        if check_files and not os.path.isfile(path):
-            raise FileNotFoundError(f"{where}: image {path} does not exist")
-    return paths
 
 
 def chat(messages: Sequence[dict], n_images: int, where: str = "row") -> list[dict]:
@@ -111,7 +77,7 @@ def records(rows: pd.DataFrame, check_files: bool = True) -> list[dict]:
         info = row.extra_info if isinstance(row.extra_info, dict) else {}
         sample_id = info.get("sample_id")
         where = f"row {i} ({sample_id})"
-        images = _image_paths(row.images, where, check_files)
+        images = image_paths(row.images, where, check_files)
         group = _group(info.get("group"))
         out.append({
             "prompt": chat([dict(m) for m in row.prompt], len(images), where),
@@ -301,43 +267,3 @@ def vllm_answers(model_dir: str | Path, recs: Sequence[dict], max_new_tokens: in
     outs = llm.chat(requests, vllm.SamplingParams(n=1, temperature=0.0, max_tokens=max_new_tokens),
                     chat_template_content_format="openai")
     return [o.outputs[0].text for o in outs]
-
-
-def predictions_table(rows: pd.DataFrame, outputs: Sequence[str | None], options: Any = None) -> pd.DataFrame:
-    """Export rows + one answer each -> the predictions table (:data:`PREDICTION_COLUMNS`), parsed
-    and scored by :func:`eqpo.rewards.score_response` with ``options`` (an
-    :class:`eqpo.run_settings.ReproductionOptions`: ``metrics.extraction``, ``reward.function``,
-    ``reward.matching``; default: the library defaults of ReproductionOptions)."""
-    from ..run_settings import ReproductionOptions
-
-    options = options or ReproductionOptions()
-    rows = read_export(rows)
-    if len(outputs) != len(rows):
-        raise ValueError(f"{len(outputs)} answers for {len(rows)} rows")
-    parsers: dict[str, LabelParser] = {}
-    out = []
-    for row, response in zip(rows.itertuples(index=False), outputs):
-        info = row.extra_info if isinstance(row.extra_info, dict) else {}
-        dataset = str(info.get("dataset") or row.data_source)
-        if dataset not in parsers:
-            parsers[dataset] = LabelParser(get_spec(dataset).labels, options.matching)
-        parser = parsers[dataset]
-        truth = _truth(row.reward_model["ground_truth"])
-        text = "" if response is None else str(response)
-        result = score_response(text, truth, parser, function=options.reward, extraction=options.extraction)
-        age = info.get("age")
-        sex = info.get("sex")
-        out.append({
-            "sample_id": None if info.get("sample_id") is None else str(info["sample_id"]), "dataset": dataset,
-            "labels": as_label_list(truth, parser), "prediction": list(result.prediction),
-            "age": float("nan") if age is None or pd.isna(age) else float(age),
-            "sex": None if sex is None or (not isinstance(sex, str) and pd.isna(sex)) else str(sex),
-            "response": text, "reward": float(result.score), "items": result.n_items,
-            "unparsed_items": len(result.unknown),
-        })
-    table = pd.DataFrame.from_records(out, columns=list(PREDICTION_COLUMNS))
-    table["age"] = table["age"].astype(np.float64)
-    table["reward"] = table["reward"].astype(np.float64)
-    return table
-
-

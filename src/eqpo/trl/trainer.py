@@ -617,8 +617,8 @@ def run_training(train_parquet: str | Path, val_parquet: str | Path, model_dir: 
     settings, base model and training file), else starts afresh. ``stop_after`` stops after that
     many steps without finishing, as a kill would (for tests)."""
     from ..metrics import fairness_summary
-    from .data import generate_answers, load_model, load_processor, predictions_table, read_export, records, \
-        subsample, to_trl_dataset
+    from ..data.export import predictions_from_outputs, read_export, subsample
+    from .data import generate_answers, load_model, load_processor, records, to_trl_dataset
 
     options = options or ReproductionOptions()
     run_dir = Path(run_dir)
@@ -658,7 +658,7 @@ def run_training(train_parquet: str | Path, val_parquet: str | Path, model_dir: 
             model_ = trainer.accelerator.unwrap_model(trainer.model)
             answers = generate_answers(model_, processor, val_recs, settings.max_response_length,
                                        settings.eval_batch_size)
-            preds = predictions_table(val_rows, answers, options)
+            preds = predictions_from_outputs(val_rows, answers, options)
             wall = sum(r["time_step_s"] for r in JsonlLog(work / "steps.jsonl").records() if r["step"] <= step)
             record = {"step": step, "wall_time_s": round(wall, 3), **fairness_summary(preds, options.class_set),
                       "unparseable": float((preds["prediction"].map(len) == 0).mean())}
@@ -743,8 +743,8 @@ def run_prediction(test_parquet: str | Path, model_dir: str | Path, out_parquet:
                    seed: int = 0, log: Callable[[str], None] = print) -> pd.DataFrame:
     """Greedy answers of the trained model on the test export -> the predictions table.
     ``use_vllm``: True, False or "auto" (vLLM when it is installed and a GPU is present)."""
-    from .data import generate_answers, load_model, load_processor, predictions_table, read_export, records, \
-        subsample, vllm_answers, vllm_available
+    from ..data.export import predictions_from_outputs, read_export, subsample
+    from .data import generate_answers, load_model, load_processor, records, vllm_answers, vllm_available
 
     rows = subsample(read_export(test_parquet), max_samples, seed)
     recs = records(rows)
@@ -758,7 +758,7 @@ def run_prediction(test_parquet: str | Path, model_dir: str | Path, out_parquet:
         if torch.cuda.is_available():
             model = model.to("cuda")
         answers = generate_answers(model, load_processor(model_dir), recs, max_new_tokens, batch_size)
-    table = predictions_table(rows, answers, options)
+    table = predictions_from_outputs(rows, answers, options)
     out = Path(out_parquet)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out, index=False)

@@ -44,16 +44,12 @@ from typing import Any, Callable, Protocol, Sequence
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-import numpy as np
 import pandas as pd
 
-from ..rewards import LabelParser, as_label_list, score_response
-from ..vocabularies import get_spec
+# The export reader and the predictions table are shared with the trl backend (eqpo.data.export).
+from ..data.export import PREDICTION_COLUMNS, image_paths, predictions_from_outputs, read_export, subsample
 
 TRACKER = "latest_checkpointed_iteration.txt"
-PREDICTION_COLUMNS = ("sample_id", "dataset", "labels", "prediction", "age", "sex", "response", "reward", "items",
-                      "unparsed_items")
-EXPORT_COLUMNS = ("prompt", "images", "data_source", "reward_model", "extra_info")
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 # Files a multimodal model directory needs beyond the tokenizer (image processor, chat template).
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "chat_template.json", "chat_template.jinja",
@@ -163,27 +159,6 @@ def require_image_processor(model_dir: str | Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def read_export(test: str | Path | pd.DataFrame) -> pd.DataFrame:
-    """Rows of a verl export (a parquet path or its DataFrame), checked for the needed columns."""
-    rows = test if isinstance(test, pd.DataFrame) else pd.read_parquet(test)
-    missing = [c for c in EXPORT_COLUMNS if c not in rows.columns]
-    if missing:
-        raise ValueError(f"not a verl export (eqpo.data.export.to_verl): missing columns {missing}")
-    if rows.empty:
-        raise ValueError("the verl export has no rows")
-    return rows.reset_index(drop=True)
-
-
-def subsample(rows: pd.DataFrame, max_samples: int | None, seed: int = 0) -> pd.DataFrame:
-    """At most ``max_samples`` rows, drawn at random with ``seed`` (kept in export order); all rows
-    when ``max_samples`` is None or not smaller than the table."""
-    if max_samples is None or max_samples >= len(rows):
-        return rows
-    if max_samples < 1:
-        raise ValueError(f"evaluation.max_samples must be >= 1, got {max_samples}")
-    return rows.sample(n=max_samples, random_state=seed).sort_index().reset_index(drop=True)
-
-
 def image_part(path: str) -> dict:
     """An OpenAI-format image content part for a local file."""
     return {"type": "image_url", "image_url": {"url": Path(path).as_uri()}}
@@ -208,23 +183,13 @@ def _content(text: str, images: list[str], where: str, as_parts: bool) -> str | 
     return parts
 
 
-def _image_paths(images: Any, where: str, check_files: bool) -> list[str]:
-    paths = [str(p) for p in (list(images) if images is not None else [])]
-    for path in paths:
-        if not os.path.isabs(path):
-            raise ValueError(f"{where}: image path {path!r} is not absolute (the export writes absolute paths)")
-        if check_files and not os.path.isfile(path):
-            raise FileNotFoundError(f"{where}: image {path} does not exist")
-    return paths
-
-
 def build_requests(test: str | Path | pd.DataFrame, check_files: bool = True) -> list[Request]:
     """One chat (list of messages) per export row, in row order, with the training prompt and images."""
     rows = read_export(test)
     requests = []
     for i, row in enumerate(rows.itertuples(index=False)):
         where = f"row {i} ({row.extra_info.get('sample_id') if isinstance(row.extra_info, dict) else '?'})"
-        images = _image_paths(row.images, where, check_files)
+        images = image_paths(row.images, where, check_files)
         messages = [dict(m) for m in row.prompt]
         if images and sum(str(m["content"]).count("<image>") for m in messages) != len(images):
             raise ValueError(f"{where}: the prompt's <image> placeholders do not match its {len(images)} images")
@@ -342,52 +307,6 @@ class VLLMGenerator:
 # ----------------------------------------------------------------------------------------------
 # 4. Outputs -> predictions table
 # ----------------------------------------------------------------------------------------------
-
-
-def _age(value: Any) -> float:
-    return float("nan") if value is None or pd.isna(value) else float(value)
-
-
-def _sex(value: Any) -> str | None:
-    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
-
-
-def predictions_from_outputs(rows: pd.DataFrame, outputs: Sequence[str | None], options: Any = None) -> pd.DataFrame:
-    """Export rows + one answer each -> the predictions table (:data:`PREDICTION_COLUMNS`).
-
-    ``options``: an :class:`eqpo.run_settings.ReproductionOptions` (config ``metrics.extraction``,
-    ``reward.function`` and ``reward.matching``); None: the last ``\\boxed{}``, lenient matching,
-    label-set F1. ``prediction``: the labels of the extracted answer (empty when there is none or it
-    names no label of the dataset); ``reward``: :func:`eqpo.rewards.score_response` with those
-    options; ``items`` / ``unparsed_items``: the answer's items, and those naming no label.
-    """
-    function = "f1" if options is None else options.reward
-    matching = "lenient" if options is None else options.matching
-    extraction = "last_box" if options is None else options.extraction
-    rows = read_export(rows)
-    if len(outputs) != len(rows):
-        raise ValueError(f"{len(outputs)} outputs for {len(rows)} rows")
-    parsers: dict[str, LabelParser] = {}
-    records = []
-    for row, response in zip(rows.itertuples(index=False), outputs):
-        info = row.extra_info
-        dataset = info.get("dataset") or row.data_source
-        if dataset not in parsers:
-            parsers[dataset] = LabelParser(get_spec(dataset).labels, matching)
-        parser = parsers[dataset]
-        truth = row.reward_model["ground_truth"]
-        text = "" if response is None else str(response)
-        result = score_response(text, truth, parser, function=function, extraction=extraction)
-        records.append({
-            "sample_id": info.get("sample_id"), "dataset": dataset, "labels": as_label_list(truth, parser),
-            "prediction": list(result.prediction), "age": _age(info.get("age")), "sex": _sex(info.get("sex")),
-            "response": text, "reward": float(result.score), "items": result.n_items,
-            "unparsed_items": len(result.unknown),
-        })
-    table = pd.DataFrame.from_records(records, columns=list(PREDICTION_COLUMNS))
-    table["age"] = table["age"].astype(np.float64)
-    table["reward"] = table["reward"].astype(np.float64)
-    return table
 
 
 # ----------------------------------------------------------------------------------------------
