@@ -87,7 +87,8 @@ def main() -> None:
             f"  ratio to grpo {late / grpo_ms:5.1f}x  ({int(prompts)} prompts held as {distinct} distinct vectors)"
             "  target <= 100 ms, flat"
         )
-        blocks = [f"{b}-{min(b + 100, args.steps)}: {np.median(times[b:b + 100]):.1f}" for b in range(0, args.steps, 100)]
+        blocks = [f"{b}-{min(b + 100, args.steps)}: {np.median(times[b:b + 100]):.1f}"
+                  for b in range(0, args.steps, 100)]
         print(f"{'':8s} median ms per block of steps  " + "  ".join(blocks))
     print("PASS" if ok else "FAIL: a target above was missed")
 

@@ -232,7 +232,8 @@ def test_permuting_prompts_permutes_advantages():
 def test_malformed_input_is_rejected(kwargs, message):
     n = len(kwargs["pids"])
     with pytest.raises(ValueError, match=message):
-        run("eqpo", kwargs["rewards"], kwargs["pids"], kwargs.get("datasets", ["A"] * n), kwargs.get("groups", [None] * n))
+        run("eqpo", kwargs["rewards"], kwargs["pids"], kwargs.get("datasets", ["A"] * n),
+            kwargs.get("groups", [None] * n))
 
 
 def test_unknown_method_and_options_are_rejected_clearly():

@@ -74,10 +74,10 @@ def test_warm_start_learns_and_favours_the_majority(workspace):
 def test_training_writes_the_run_contract(workspace):
     run = workspace / "run_eqpo"
     run_train_cpu(workspace / "cohort.parquet", workspace / "pretrained.pt", "eqpo", {}, TRAIN, 0, run)
-    dynamics = [json.loads(l) for l in (run / "dynamics.jsonl").read_text().splitlines()]
+    dynamics = [json.loads(line) for line in (run / "dynamics.jsonl").read_text().splitlines()]
     assert [d["step"] for d in dynamics] == [0, 3, 6, 9, 12]
     assert {"F1", "delta_F1", "Acc", "wall_time_s"} <= set(dynamics[0])
-    steps = [json.loads(l) for l in (run / "steps.jsonl").read_text().splitlines()]
+    steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
     assert len(steps) == 12 and all(s["time_advantage_s"] > 0 for s in steps)
     clusters = pd.read_parquet(run / "clusters.parquet")
     assert list(clusters.columns) == ["sample_id", "step", "dataset", "cluster", "k", "true_group"]
@@ -143,7 +143,8 @@ def test_resume_after_interruption_gives_the_same_run(workspace, method, caplog)
     a, b = torch.load(straight / "final.pt"), torch.load(resumed / "final.pt")
     for key in a["state"]:
         assert torch.equal(a["state"][key], b["state"][key])
-    pd.testing.assert_frame_equal(pd.read_parquet(straight / "clusters.parquet"), pd.read_parquet(resumed / "clusters.parquet"))
+    pd.testing.assert_frame_equal(pd.read_parquet(straight / "clusters.parquet"),
+                                  pd.read_parquet(resumed / "clusters.parquet"))
 
 
 def test_a_rerun_after_completion_or_with_other_settings_starts_afresh(workspace):
@@ -219,8 +220,10 @@ def test_a_custom_dataset_trains_end_to_end_on_the_cpu_backend(tmp_path):
     custom = [{"name": "MyDerm", "path": str(tmp_path / "mine.csv"), "labels": ["Benign", "Malignant"],
                "question": "Benign or malignant?"}]
     make_demo_cohort({"n_samples": 700}, ["HAM10000"], tmp_path / "cohort.parquet", tmp_path / "summary.csv", custom)
-    run_pretrain(tmp_path / "cohort.parquet", {"backend": "cpu", "arch": "linear"}, {"epochs": 2}, 0, tmp_path / "pre.pt")
-    run_train_cpu(tmp_path / "cohort.parquet", tmp_path / "pre.pt", "eqpo", {}, {**TRAIN, "steps": 4}, 0, tmp_path / "run")
+    run_pretrain(tmp_path / "cohort.parquet", {"backend": "cpu", "arch": "linear"}, {"epochs": 2}, 0,
+                 tmp_path / "pre.pt")
+    run_train_cpu(tmp_path / "cohort.parquet", tmp_path / "pre.pt", "eqpo", {}, {**TRAIN, "steps": 4}, 0,
+                  tmp_path / "run")
     run_predict_cpu(tmp_path / "cohort.parquet", tmp_path / "run" / "final.pt", tmp_path / "preds.parquet")
     metrics = score_predictions(tmp_path / "preds.parquet", tmp_path / "metrics.json", model="m", method="eqpo", seed=0)
     assert {d["dataset"] for d in metrics["by_dataset"]} == {"HAM10000", "MyDerm"}

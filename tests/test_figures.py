@@ -53,7 +53,8 @@ def test_group_f1_bars_are_seed_means_with_intervals_inside_the_seed_range_and_a
     assert len(found) == 8
     for (x, lo, hi), rect in zip(sorted(found), drawn):
         assert x == pytest.approx(rect.get_x() + rect.get_width() / 2)
-        assert lo <= rect.get_height() <= hi and hi - lo <= 0.05 + 1e-9  # the seeds span 0.05 (mean 0.02 above the group value, median 0.01)
+        # the seeds span 0.05 (mean 0.02 above the group value, median 0.01)
+        assert lo <= rect.get_height() <= hi and hi - lo <= 0.05 + 1e-9
     dots = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if isinstance(c, PathCollection)])
     assert sorted(np.round(dots, 6)) == sorted(np.round(frame["F1"].to_numpy(), 6))  # one dot per seed
     # the dotted separator between the age and the sex groups

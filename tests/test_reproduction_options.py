@@ -184,7 +184,8 @@ def test_schema_rejects_unknown_methods_and_keys_in_runs():
     with pytest.raises(WorkflowError, match="'accuracy' is not one of"):
         validate({**base, "reward": {"function": "accuracy"}})
     # defaults of the `train` block are not copied into the run blocks (they would override `train`)
-    config = validate({**base, "train": {**base["train"], "nnodes": 2}, "runs": {"medgemma-4b": {"grpo": {"lr": 1e-6}}}})
+    config = validate({**base, "train": {**base["train"], "nnodes": 2},
+                       "runs": {"medgemma-4b": {"grpo": {"lr": 1e-6}}}})
     assert config["runs"]["medgemma-4b"]["grpo"] == {"lr": 1e-6}
     assert train_settings(config, "medgemma-4b", "grpo")["nnodes"] == 2
 

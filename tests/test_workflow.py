@@ -21,7 +21,8 @@ def snakemake(workdir, *args, configs=(PAPER,), check=True):
            "--directory", str(workdir), "--configfile", *map(str, configs)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
 
 
@@ -125,7 +126,8 @@ def test_tiny_config_end_to_end(tmp_path):
 def test_a_missing_manual_dataset_stops_with_instructions(tmp_path):
     overlay = tmp_path / "one.yaml"
     overlay.write_text("data:\n  datasets: [CheXpert]\n")
-    result = snakemake(tmp_path, "data/paper/CheXpert/table.parquet", "--cores", "1", configs=(PAPER, overlay), check=False)
+    result = snakemake(tmp_path, "data/paper/CheXpert/table.parquet", "--cores", "1", configs=(PAPER, overlay),
+                       check=False)
     assert result.returncode != 0
     log = (tmp_path / "logs" / "paper" / "prepare_dataset" / "CheXpert.log").read_text()
     assert "Landing page" in log and "train.csv" in log and "skip_unavailable" in log

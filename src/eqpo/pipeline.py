@@ -168,7 +168,8 @@ def run_pretrain(cohort: str | Path, model: dict, settings: dict, seed: int, out
     if any(w != n_features for w in widths.values()):  # datasets with different numbers of features
         arch["input_widths"] = widths
         _say("per-dataset input widths: " + ", ".join(f"{d} {w}" for d, w in widths.items()))
-    policy = pretrain(table, PolicyConfig(n_features=n_features, **arch), PretrainConfig.from_dict(settings), seed, log=_say)
+    policy = pretrain(table, PolicyConfig(n_features=n_features, **arch), PretrainConfig.from_dict(settings), seed,
+                      log=_say)
     save_policy(policy, out)
 
 

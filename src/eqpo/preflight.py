@@ -122,7 +122,8 @@ def check_gpus(probe: Probe, needed: int) -> list[Check]:
     count, cuda, torch_version = probe.torch_cuda()
     out = []
     if torch_version is None:
-        return [Check("torch", False, "not installed", "install the GPU environment: envs/gpu.yaml (or envs/gpu.lock.txt)")]
+        return [Check("torch", False, "not installed",
+                      "install the GPU environment: envs/gpu.yaml (or envs/gpu.lock.txt)")]
     if cuda is None:
         out.append(Check("torch", False, f"{torch_version} is a CPU build (no CUDA)",
                          "install torch from envs/gpu.yaml, which pins the CUDA 13 build verl 0.9.1 needs"))
@@ -171,7 +172,8 @@ def check_packages(probe: Probe, predict: bool = True) -> list[Check]:
         out.append(Check("verl", True, verl))
     vllm = probe.version("vllm")
     out.append(Check("vLLM", True, vllm) if vllm else
-               Check("vLLM", False, "not installed", f"install verl[vllm]=={VERL_VERSION}; rollouts and evaluation need it"))
+               Check("vLLM", False, "not installed",
+                     f"install verl[vllm]=={VERL_VERSION}; rollouts and evaluation need it"))
     return out
 
 
@@ -188,11 +190,11 @@ def check_model(probe: Probe, config: Mapping[str, Any], model: str) -> tuple[li
         offline = probe.env.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         denied = "HF_HUB_OFFLINE is set and the model is not in the cache" if offline else probe.hub_access(path)
         if denied:
-            out.append(Check(f"weights {model}", False, f"{path}: not in the cache ({base_models.hf_cache_dir(probe.env)}); "
-                             f"hub: {denied}",
-                             f"download it where the hub is reachable (huggingface-cli download {path}; gated models need "
-                             "their terms accepted on huggingface.co and `huggingface-cli login`) into a cache the "
-                             "nodes share (HF_HOME), or set models.<m>.path to a local directory"))
+            out.append(Check(f"weights {model}", False,
+                             f"{path}: not in the cache ({base_models.hf_cache_dir(probe.env)}); hub: {denied}",
+                             f"download it where the hub is reachable (huggingface-cli download {path}; gated models "
+                             "need their terms accepted on huggingface.co and `huggingface-cli login`) into a cache "
+                             "the nodes share (HF_HOME), or set models.<m>.path to a local directory"))
         else:
             out.append(Check(f"weights {model}", True, f"{path}: on the hub (downloaded at the start of training)"))
     else:
@@ -325,7 +327,8 @@ def merge_config(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[st
     """Snakemake's ``--configfile`` merge: dicts merge recursively, anything else replaces."""
     out = dict(base)
     for key, value in overlay.items():
-        out[key] = merge_config(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+        out[key] = (merge_config(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+                    else value)
     return out
 
 

@@ -49,23 +49,28 @@ TRAIN = [
 VALID = [  # radiologist consensus: 0/1 only
     ("valid/patient64541/study1/view1_frontal.jpg", "Male", "73", "Frontal", "AP",
      {"Edema": "1.0", "Pleural Effusion": "1.0"}, SMALL),
-    ("valid/patient64541/study1/view2_lateral.jpg", "Male", "73", "Lateral", "", {"Edema": "1.0", "Pleural Effusion": "1.0"},
-     SMALL),
+    ("valid/patient64541/study1/view2_lateral.jpg", "Male", "73", "Lateral", "",
+     {"Edema": "1.0", "Pleural Effusion": "1.0"}, SMALL),
     ("valid/patient64542/study1/view1_frontal.jpg", "Female", "51", "Frontal", "PA", {"No Finding": "1.0"}, SMALL),
     ("valid/patient64543/study1/view1_frontal.jpg", "Female", "40", "Frontal", "PA", {}, SMALL),  # all 0 -> skipped
 ]
 
 EXPECTED = {  # sample_id -> (patient, labels, age, sex, image size)
-    "CheXpert-train-patient00001-study1-view1_frontal": ("patient00001", ["Cardiomegaly", "Support Devices"], 68.0, "F", (512, 448)),
+    "CheXpert-train-patient00001-study1-view1_frontal":
+        ("patient00001", ["Cardiomegaly", "Support Devices"], 68.0, "F", (512, 448)),
     "CheXpert-train-patient00001-study1-view2_lateral": ("patient00001", ["Cardiomegaly"], 68.0, "F", SMALL),
     "CheXpert-train-patient00002-study1-view1_frontal": ("patient00002", ["No Finding"], 45.0, "M", SMALL),
     "CheXpert-train-patient00003-study2-view1_frontal": ("patient00003", ["Pneumonia"], math.nan, None, SMALL),
-    "CheXpert-train-patient00005-study1-view1_frontal": ("patient00005", ["Lung Lesion", "Pneumothorax"], 22.0, "F", SMALL),
+    "CheXpert-train-patient00005-study1-view1_frontal":
+        ("patient00005", ["Lung Lesion", "Pneumothorax"], 22.0, "F", SMALL),
     "CheXpert-train-patient00006-study1-view1_frontal": ("patient00006", ["Consolidation"], 55.0, "M", SMALL),
     "CheXpert-train-patient00007-study1-view1_frontal": ("patient00007", ["Pleural Other"], 77.0, "F", SMALL),
-    "CheXpert-train-patient00008-study1-view1_frontal": ("patient00008", ["Enlarged Cardiomediastinum", "Lung Opacity"], 35.0, "M", SMALL),
-    "CheXpert-valid-patient64541-study1-view1_frontal": ("patient64541", ["Edema", "Pleural Effusion"], 73.0, "M", SMALL),
-    "CheXpert-valid-patient64541-study1-view2_lateral": ("patient64541", ["Edema", "Pleural Effusion"], 73.0, "M", SMALL),
+    "CheXpert-train-patient00008-study1-view1_frontal":
+        ("patient00008", ["Enlarged Cardiomediastinum", "Lung Opacity"], 35.0, "M", SMALL),
+    "CheXpert-valid-patient64541-study1-view1_frontal":
+        ("patient64541", ["Edema", "Pleural Effusion"], 73.0, "M", SMALL),
+    "CheXpert-valid-patient64541-study1-view2_lateral":
+        ("patient64541", ["Edema", "Pleural Effusion"], 73.0, "M", SMALL),
     "CheXpert-valid-patient64542-study1-view1_frontal": ("patient64542", ["No Finding"], 51.0, "F", SMALL),
 }
 NO_POSITIVE = {"CheXpert-train-patient00003-study1-view1_frontal", "CheXpert-valid-patient64543-study1-view1_frontal"}

@@ -6,7 +6,6 @@ import io
 import json
 import zipfile
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +15,7 @@ from eqpo.data.custom import load_custom
 from eqpo.data.export import FORMAT_INSTRUCTION, export_verl, to_verl
 from eqpo.data.fetch import download, extract, obtain
 from eqpo.data.prepare import prepare
-from eqpo.data.sources import Access, DatasetSource, Manifest, MissingDataError, RemoteFile, patient_split
+from eqpo.data.sources import Access, DatasetSource, MissingDataError, RemoteFile, patient_split
 from eqpo.vocabularies import PAPER_DATASETS, get_spec
 
 
@@ -83,8 +82,8 @@ def test_patient_split_is_seeded_keeps_official_splits_and_follows_fractions():
 
 def _manual_source(preprocess=None):
     return DatasetSource(spec=PAPER_DATASETS["ISIC-2020"], access=Access.MANUAL, landing_page="https://example.org/isic",
-                         license="CC BY-NC 4.0", expected=("labels.csv", "images/"), preprocess=preprocess or (lambda *a: None),
-                         agreement="the terms of use")
+                         license="CC BY-NC 4.0", expected=("labels.csv", "images/"),
+                         preprocess=preprocess or (lambda *a: None), agreement="the terms of use")
 
 
 def test_missing_manual_data_gives_one_block_of_instructions(tmp_path):
@@ -130,9 +129,12 @@ def test_prepare_runs_the_module_preprocess_and_validates(tmp_path):
 
 def _custom_csv(tmp_path, rows=None):
     rows = rows or [
-        {"sample_id": "s1", "patient_id": "p1", "split": "train", "label": "Benign", "age": 30, "sex": "female", "f0": 0.1, "f1": 1.0},
-        {"sample_id": "s2", "patient_id": "p2", "split": "val", "label": "Malignant", "age": None, "sex": "M", "f0": 0.3, "f1": 0.0},
-        {"sample_id": "s3", "patient_id": "p3", "split": "test", "label": "Benign", "age": 80, "sex": None, "f0": 0.2, "f1": 0.5},
+        {"sample_id": "s1", "patient_id": "p1", "split": "train", "label": "Benign", "age": 30, "sex": "female",
+         "f0": 0.1, "f1": 1.0},
+        {"sample_id": "s2", "patient_id": "p2", "split": "val", "label": "Malignant", "age": None, "sex": "M",
+         "f0": 0.3, "f1": 0.0},
+        {"sample_id": "s3", "patient_id": "p3", "split": "test", "label": "Benign", "age": 80, "sex": None,
+         "f0": 0.2, "f1": 0.5},
     ]
     path = tmp_path / "mine.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
@@ -165,9 +167,10 @@ def test_custom_dataset_reports_every_problem(tmp_path):
 
 def test_verl_export_prompts_images_and_variants(tmp_path):
     cohort = pd.DataFrame({
-        "sample_id": ["h1", "h2", "h3", "c1"], "patient_id": ["a", "b", "c", "d"], "dataset": ["Hemorrhage"] * 3 + ["CheXpert"],
-        "split": ["train", "train", "train", "test"],
-        "images": [["Hemorrhage/images/h1_brain.png", "Hemorrhage/images/h1_bone.png"]] * 3 + [["CheXpert/images/c1.png"]],
+        "sample_id": ["h1", "h2", "h3", "c1"], "patient_id": ["a", "b", "c", "d"],
+        "dataset": ["Hemorrhage"] * 3 + ["CheXpert"], "split": ["train", "train", "train", "test"],
+        "images": ([["Hemorrhage/images/h1_brain.png", "Hemorrhage/images/h1_bone.png"]] * 3
+                   + [["CheXpert/images/c1.png"]]),
         "labels": [["Has Hemorrhage"], ["No Hemorrhage"], ["No Hemorrhage"], ["Edema", "Fracture"]],
         "age": [30.0, 60.0, 61.0, np.nan], "sex": ["F", "M", "M", None], "group": ["F|a2", "M|a3", "M|a3", None],
     })

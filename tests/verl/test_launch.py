@@ -109,7 +109,8 @@ def test_values_land_where_verl_reads_them(composed, run):
     train, actor, rollout = PAPER["train"], cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
     assert cfg.algorithm.adv_estimator == METHOD_TO_VERL[method]
     assert cfg.trainer.v1.trainer_mode == TRAINER_NAME == "eqpo_sync"
-    assert (cfg.reward.custom_reward_function.path, cfg.reward.custom_reward_function.name) == (REWARD_PATH, REWARD_NAME)
+    assert ((cfg.reward.custom_reward_function.path, cfg.reward.custom_reward_function.name)
+            == (REWARD_PATH, REWARD_NAME))
     assert cfg.actor_rollout_ref.model.external_lib == "eqpo.verl_ext"
     assert cfg.actor_rollout_ref.model.path == PAPER["models"][model]["path"]
     assert cfg.data.train_batch_size == train["batch_prompts"] == 512
@@ -317,7 +318,8 @@ def test_disk_tracking_resume_and_evaluation_settings(tmp_path):
     config["evaluation"] = {"max_samples": 64}
     cfg, _ = composed_run(config, tmp_path=tmp_path, num_cpus=16)
     paths = RunPaths.for_run(tmp_path)
-    assert cfg.trainer.max_actor_ckpt_to_keep == 3 and "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents
+    assert (cfg.trainer.max_actor_ckpt_to_keep == 3
+            and "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents)
     assert cfg.trainer.rollout_data_dir == str(paths.rollout_dir)
     assert list(cfg.trainer.logger) == ["console", "file", "wandb", "tensorboard"]
     assert cfg.trainer.eqpo_restart_estimator is True
@@ -456,7 +458,8 @@ def expected_summary(step):
 
 
 def test_run_training_writes_the_run_files(tmp_path):
-    data, run = export(tmp_path / "data" / "paper" / "verl"), tmp_path / "results" / "paper" / "qwen2.5-vl-7b" / "eqpo" / "seed0"
+    data, run = (export(tmp_path / "data" / "paper" / "verl"),
+                 tmp_path / "results" / "paper" / "qwen2.5-vl-7b" / "eqpo" / "seed0")
     fake = FakeVerl()
     paths = launch.run_training(PAPER, "qwen2.5-vl-7b", "eqpo", 0, run, data, runner=fake, check_env=False)
     assert fake.calls[0][1:3] == ["-m", "verl.trainer.main_ppo"]

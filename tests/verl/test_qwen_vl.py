@@ -245,7 +245,8 @@ def test_export_row_reaches_prompt_ids_with_one_pad_per_merged_patch(loaded, tra
     assert n_pad == int(grid.prod()) // MERGE**2 == 4
     ids = trajectory.ids.tolist()
     start = ids.index(loaded.tokenizer.convert_tokens_to_ids(VISION_START))
-    assert ids[start + 1 + n_pad] == loaded.tokenizer.convert_tokens_to_ids(VISION_END)  # pads are contiguous between the markers
+    # pads are contiguous between the markers
+    assert ids[start + 1 + n_pad] == loaded.tokenizer.convert_tokens_to_ids(VISION_END)
 
     patch = FAMILIES[loaded.family][3]
     pixels = trajectory.features["pixel_values"]

@@ -450,7 +450,8 @@ def local_transfer_queue(verl_config):
         assert ray.available_resources().get("CPU", 0) >= needed, \
             f"TransferQueue needs {needed} free Ray CPUs, Ray has {ray.available_resources()}"
         conf = OmegaConf.merge(verl_config.transfer_queue,
-                               {"enable": True, "backend": {"SimpleStorage": {"num_data_storage_units": TQ_STORAGE_UNITS}}})
+                               {"enable": True,
+                                "backend": {"SimpleStorage": {"num_data_storage_units": TQ_STORAGE_UNITS}}})
         transfer_queue.init(conf)
         yield LocalTransferQueue()
     finally:
@@ -502,7 +503,8 @@ def test_cluster_log_truncated_on_resume(tmp_path):
 def test_checkpoint_paths(tmp_path):
     root = tmp_path / "ckpt"
     assert T.global_step_folder(str(root), 20) == str(root / "global_step_20")
-    assert T.estimator_state_path(T.global_step_folder(str(root), 20)) == str(root / "global_step_20" / "eqpo_estimator.json")
+    assert (T.estimator_state_path(T.global_step_folder(str(root), 20))
+            == str(root / "global_step_20" / "eqpo_estimator.json"))
     cfg = OmegaConf.create({"resume_mode": "auto", "default_local_dir": "ckpt", "resume_from_path": None})
     assert T.resume_folder(cfg, cwd=str(tmp_path)) is None  # no tracker file yet: from scratch
     (root / "global_step_20").mkdir(parents=True)
@@ -521,7 +523,8 @@ def test_estimator_state_round_trip_through_checkpoint_file(name, tmp_path):
 
     def run(rows):
         with E.batch_context(context_of(rows)):
-            return compute_advantage(to_dataproto(rows), adv_estimator=name, config=algo_config(name)).batch["advantages"]
+            return compute_advantage(to_dataproto(rows), adv_estimator=name,
+                                     config=algo_config(name)).batch["advantages"]
 
     uninterrupted = [run(rows) for rows in steps]
     E.reset_estimators()
@@ -547,7 +550,8 @@ def test_trainer_checkpoint_overrides(verl_config, workdir, monkeypatch):
     def base_save(self):
         calls.append(os.path.exists(T.estimator_state_path(T.global_step_folder(self.config.trainer.default_local_dir,
                                                                                  self.global_steps))))
-        Path(self.config.trainer.default_local_dir, "latest_checkpointed_iteration.txt").write_text(str(self.global_steps))
+        Path(self.config.trainer.default_local_dir, "latest_checkpointed_iteration.txt").write_text(
+            str(self.global_steps))
 
     def base_load(self):
         self.global_steps = 5
@@ -688,7 +692,8 @@ def test_registration_in_fresh_processes():
     actors get it); without TransferQueue the package still imports and registers the estimators."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     runs = [
-        subprocess.Popen([sys.executable, "-c", VERL_ENV_CHECK], env={**env, "VERL_USE_EXTERNAL_MODULES": "eqpo.verl_ext"},
+        subprocess.Popen([sys.executable, "-c", VERL_ENV_CHECK],
+                         env={**env, "VERL_USE_EXTERNAL_MODULES": "eqpo.verl_ext"},
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
         subprocess.Popen([sys.executable, "-c", NO_TQ_CHECK], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),

@@ -14,8 +14,9 @@ A replicate is a vector of multiplicities: how often each test row was drawn
 (:func:`bootstrap_counts`). Per dataset, the one-vs-rest indicators (true, predicted, both) of every
 row and its demographic group memberships are encoded once; a replicate's per-group TP/FP/FN/TN are
 then ``counts @ indicators`` (exact integer sums), and the rest of
-:func:`eqpo.metrics.fairness_summary` is applied to all replicates at once. Everything the full metric recomputes from the data is
-recomputed per replicate: a class that no resampled row carries drops out of that dataset's class
+:func:`eqpo.metrics.fairness_summary` is applied to all replicates at once. Everything the full
+metric recomputes from the data is recomputed per replicate: a class that no resampled row carries
+drops out of that dataset's class
 mean, a demographic group with no resampled row is not "present", an attribute left with fewer than
 two groups is skipped (with the one-group "all" fallback when none is left). The result equals
 ``fairness_summary`` of the explicitly resampled frame, bit for bit (tests check this).

@@ -467,11 +467,13 @@ class RLTrainer:
                     logp = dist.log_prob(ro.actions[d][sel])
                     ratio = torch.exp(logp - ro.old_logp[idx])
                     a = adv[idx]
-                    surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - self.config.clip, 1 + self.config.clip) * a)
+                    surrogate = torch.minimum(ratio * a,
+                                              torch.clamp(ratio, 1 - self.config.clip, 1 + self.config.clip) * a)
                     loss = -surrogate
                     if self.reference is not None:
                         with torch.no_grad():
-                            ref_logp = self.reference.distribution(x, d, self.config.temperature).log_prob(ro.actions[d][sel])
+                            ref_logp = self.reference.distribution(x, d, self.config.temperature).log_prob(
+                                ro.actions[d][sel])
                         log_ratio = ref_logp - logp
                         loss = loss + self.config.kl_coef * (torch.exp(log_ratio) - 1 - log_ratio)
                     losses.append(loss)
@@ -510,7 +512,8 @@ class RLTrainer:
                 for r, c in zip(mine, clusters):
                     if c >= 0:
                         self.clusters_log.append({"sample_id": self.train.sample_id[r], "step": self.step, "dataset": d,
-                                                  "cluster": int(c), "k": int(k), "true_group": self.train.true_group[r]})
+                                                  "cluster": int(c), "k": int(k),
+                                                  "true_group": self.train.true_group[r]})
 
     # -- checkpoints ------------------------------------------------------------------------
     def _save(self) -> None:
@@ -569,7 +572,8 @@ class RLTrainer:
             ro = self._generate(rows)
             t1 = time.perf_counter()
             uids = np.array([f"{self.step}:{p}" for p in ro.prompt], dtype=object)
-            adv = self.estimator(ro.rewards, uids, self.train.dataset[rows][ro.prompt], self.train.group[rows][ro.prompt])
+            adv = self.estimator(ro.rewards, uids, self.train.dataset[rows][ro.prompt],
+                                 self.train.group[rows][ro.prompt])
             t2 = time.perf_counter()
             self._update(ro, adv)
             t3 = time.perf_counter()

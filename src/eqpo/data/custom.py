@@ -48,7 +48,8 @@ def spec_from_entry(entry: dict[str, Any]) -> DatasetSpec:
 def _read(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"data.custom file {path} does not exist")
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"sample_id": str, "patient_id": str})
+    return (pd.read_parquet(path) if path.suffix == ".parquet"
+            else pd.read_csv(path, dtype={"sample_id": str, "patient_id": str}))
 
 
 def _split_list(value: Any) -> list[str]:
@@ -76,7 +77,7 @@ def load_custom(entry: dict[str, Any]) -> pd.DataFrame:
     if problems:
         raise ValueError(f"data.custom {spec.name} ({path}): " + "; ".join(problems))
     labels = [_split_list(v) for v in raw["labels" if "labels" in raw.columns else "label"]]
-    bad_labels = [(i, l) for i, ls in enumerate(labels) for l in ls if l not in spec.labels]
+    bad_labels = [(i, label) for i, ls in enumerate(labels) for label in ls if label not in spec.labels]
     empty = [i for i, ls in enumerate(labels) if not ls]
     multi = [i for i, ls in enumerate(labels) if len(ls) > 1 and not spec.multi_label]
     bad_split = raw.index[~raw["split"].isin(SPLITS)].tolist()
@@ -85,13 +86,15 @@ def load_custom(entry: dict[str, Any]) -> pd.DataFrame:
         if rows:
             problems.append(f"{len(rows)} row(s) with {what}, e.g. {rows[:3]}")
     if raw["sample_id"].duplicated().any():
-        problems.append(f"duplicate sample_id values, e.g. {raw.loc[raw['sample_id'].duplicated(), 'sample_id'].head(3).tolist()}")
+        problems.append("duplicate sample_id values, e.g. "
+                        f"{raw.loc[raw['sample_id'].duplicated(), 'sample_id'].head(3).tolist()}")
     if problems:
         raise ValueError(f"data.custom {spec.name} ({path}): " + "; ".join(problems))
     table = pd.DataFrame({
         "sample_id": raw["sample_id"].astype(str), "patient_id": raw["patient_id"].astype(str),
         "split": raw["split"], "labels": labels,
-        "images": [[str((path.parent / p)) for p in _split_list(v)] for v in raw[image_col]] if image_col else [[] for _ in labels],
+        "images": ([[str((path.parent / p)) for p in _split_list(v)] for v in raw[image_col]] if image_col
+                   else [[] for _ in labels]),
         "age": pd.to_numeric(raw["age"], errors="coerce") if "age" in raw.columns else float("nan"),
         "sex": [normalize_sex(v) for v in raw["sex"]] if "sex" in raw.columns else None,
     })

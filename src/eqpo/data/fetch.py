@@ -352,7 +352,8 @@ def _obtain_missing(source: DatasetSource, raw_dir: Path, missing: list[str]) ->
         credentials = kaggle_credentials()
         if credentials is None:
             raise MissingDataError(source.instructions(
-                raw_dir, missing, "no Kaggle token (set KAGGLE_USERNAME and KAGGLE_KEY, or place ~/.kaggle/kaggle.json)"))
+                raw_dir, missing,
+                "no Kaggle token (set KAGGLE_USERNAME and KAGGLE_KEY, or place ~/.kaggle/kaggle.json)"))
     if source.access is Access.GIT:
         try:
             git_clone(source.git_url, raw_dir / Path(source.expected[0]).parts[0])

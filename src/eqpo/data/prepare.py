@@ -78,7 +78,8 @@ def prepare(dataset: str | DatasetSource, root: str | Path, seed: int = 0,
         out_dir.mkdir(parents=True, exist_ok=True)
         table = pd.DataFrame({c: pd.Series(dtype=object) for c in TABLE_COLUMNS})
         table.to_parquet(out_dir / "table.parquet", index=False)
-        (out_dir / "manifest.json").write_text(json.dumps({"dataset": name, "skipped": True, "reason": str(err)}, indent=1))
+        (out_dir / "manifest.json").write_text(
+            json.dumps({"dataset": name, "skipped": True, "reason": str(err)}, indent=1))
         print(f"SKIPPED {name} (data.skip_unavailable is set):\n{err}", file=sys.stderr)
         return table
     rows = source.preprocess(raw_dir, out_dir, manifest, seed, fractions)

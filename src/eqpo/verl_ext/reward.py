@@ -63,9 +63,10 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     ``data_source`` that encodes a group for per-group validation metrics still works when
     extra_info names the dataset). score: :func:`eqpo.rewards.score_response` with ``function``,
     ``matching`` and ``format_weight``; format_ok and parsed are 0.0/1.0; unparsed_items and items
-    count the answer's items outside the vocabulary and all its items (floats); prediction is the parsed labels joined by ", " ("" when
-    unparseable); sample_id is ``str(extra_info["sample_id"])`` ("" when absent) and dataset the
-    dataset whose vocabulary was used, both strings. Extra keyword arguments verl may pass (reward_router_address, ...) are ignored.
+    count the answer's items outside the vocabulary and all its items (floats); prediction is the
+    parsed labels joined by ", " ("" when unparseable); sample_id is ``str(extra_info["sample_id"])``
+    ("" when absent) and dataset the dataset whose vocabulary was used, both strings. Extra keyword
+    arguments verl may pass (reward_router_address, ...) are ignored.
     """
     info = extra_info if isinstance(extra_info, Mapping) else {}
     dataset = info.get("dataset") or data_source

@@ -80,7 +80,8 @@ def verify_listed(raw_dir: Path, sums: dict[str, str], names: tuple[str, ...]) -
         path = raw_dir / name
         if name in sums and path.exists() and sha256_of(path) != sums[name]:
             path.unlink()
-            raise IOError(f"{path} does not match its SHA-256 in {SUMS}; it was removed, run again to download it afresh")
+            raise IOError(f"{path} does not match its SHA-256 in {SUMS}; "
+                          "it was removed, run again to download it afresh")
 
 
 def listed_images(annotations: Path) -> list[tuple[str, str]]:
