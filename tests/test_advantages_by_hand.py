@@ -185,3 +185,25 @@ def test_drpo_kl_damping_by_hand():
     damped = call(make_estimator("drpo", scope="batch", k_max=1, kl_quantile=0.5), prompts,
                   kl=np.array([0.1, 0.2, 0.3, 0.4]))
     np.testing.assert_allclose(damped, [c / 3, -c, -c, c / 9], rtol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------
+# Group DRO's cell statistics (what the backends log)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_group_dro_cell_stats_by_hand():
+    """Cells (D, F): prompts p0 [1, 1] and p1 [1, 0]; (D, UNK): p2 [0, 0] (no group). After one call
+    with eta = 0.5 both cells start at log q = 0, then (D, F) += 0.5 * (1 - 3/4), (D, UNK) += 0.5 * 1:
+    weights C * q = 2 * e^x / (e^0.125 + e^0.5). A padding row (prompt id None) counts nowhere."""
+    est = make_estimator("grpo_dro", eta=0.5)
+    rewards = [1, 1, 1, 0, 0, 0, 0.7]
+    args = (rewards, ["p0", "p0", "p1", "p1", "p2", "p2", None], ["D"] * 7, ["F", "F", "F", "F", None, None, "F"])
+    est(*args)
+    stats = {(c["dataset"], c["group"]): c for c in est.cell_stats(*args)}
+    total = math.exp(0.125) + math.exp(0.5)
+    assert stats[("D", "F")]["N"] == 2 and stats[("D", "F")]["rbar"] == pytest.approx(0.75)
+    assert stats[("D", "UNK")]["N"] == 1 and stats[("D", "UNK")]["rbar"] == 0.0
+    assert stats[("D", "F")]["weight"] == pytest.approx(2 * math.exp(0.125) / total)
+    assert stats[("D", "UNK")]["weight"] == pytest.approx(2 * math.exp(0.5) / total)
+    assert not any(c["implicit"] for c in stats.values())

@@ -331,8 +331,28 @@ class GroupDRO(Estimator):
         q = np.exp(logs - logs.max())
         return dict(zip(self.log_q, q / q.sum()))
 
+    @staticmethod
+    def _cells(batch: Batch) -> list[tuple[str, str]]:
+        return [(d, "UNK" if g is None else g) for d, g in zip(batch.prompt_dataset, batch.prompt_group)]
+
+    def cell_stats(self, rewards, prompt_ids, datasets, groups) -> list[dict]:
+        """The cells of one batch as :meth:`compute` forms them (per response, as its arguments):
+        dataset, group, implicit (False), N (prompts), rbar (mean reward of their rollouts) and
+        weight (C * q_c with the current weights; 0 for a cell not seen yet). Logged by the
+        backends next to EQPO's group statistics."""
+        batch = layout_batch(rewards, prompt_ids, datasets, groups)
+        weights, sums = self.weights, batch.prompt_sums()
+        cells: dict[tuple[str, str], list[float]] = {}
+        for p, cell in enumerate(self._cells(batch)):
+            acc = cells.setdefault(cell, [0, 0.0, 0.0])
+            acc[0] += 1
+            acc[1] += sums[p]
+            acc[2] += batch.n[p]
+        return [{"dataset": d, "group": g, "implicit": False, "N": int(n), "rbar": total / count,
+                 "weight": len(weights) * weights.get((d, g), 0.0)} for (d, g), (n, total, count) in cells.items()]
+
     def compute(self, batch: Batch) -> np.ndarray:
-        cells = [(d, "UNK" if g is None else g) for d, g in zip(batch.prompt_dataset, batch.prompt_group)]
+        cells = self._cells(batch)
         sums = batch.prompt_sums()
         seen: dict[tuple[str, str], list[float]] = {}
         for p, cell in enumerate(cells):

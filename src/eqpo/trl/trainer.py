@@ -131,25 +131,6 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def dro_stats(est: Any, rewards: np.ndarray, prompt_ids: Sequence, datasets: Sequence, groups: Sequence) -> list[dict]:
-    """Group DRO: per (dataset, group) cell of the batch, prompts N, mean reward rbar and weight C * q_c."""
-    weights = est.weights
-    cells: dict[tuple, dict] = {}
-    seen: set = set()
-    for r, pid, d, g in zip(rewards, prompt_ids, datasets, groups):
-        if pid is None:
-            continue
-        key = (d or "Unknown", g or "UNK")
-        cell = cells.setdefault(key, {"N": 0, "sum": 0.0, "count": 0})
-        cell["sum"] += float(r)
-        cell["count"] += 1
-        if pid not in seen:
-            seen.add(pid)
-            cell["N"] += 1
-    return [{"dataset": d, "group": g, "implicit": False, "N": c["N"], "rbar": c["sum"] / c["count"],
-             "weight": len(weights) * weights.get((d, g), 0.0)} for (d, g), c in cells.items()]
-
-
 def advantage_metrics(seconds: float, group_stats: Sequence[Mapping], k: Mapping[str, int]) -> dict[str, float]:
     """``eqpo/adv_time_s``, ``eqpo/group/<dataset>/<group>/{N,rbar,factor,weight}``, ``eqpo/k/<dataset>``."""
     out = {"eqpo/adv_time_s": float(seconds)}
@@ -200,7 +181,7 @@ def compute_advantages(estimator: Any, method: str, rewards: np.ndarray, rows: S
     adv = np.asarray(estimator(clean, prompt_ids, datasets, groups), dtype=np.float64)
     seconds = time.perf_counter() - start
     if method == "grpo_dro":
-        stats = dro_stats(estimator, clean, prompt_ids, datasets, groups)
+        stats = estimator.cell_stats(clean, prompt_ids, datasets, groups)
     else:
         stats = [{k: _plain(v) for k, v in row.items()} for row in getattr(estimator, "last_group_stats", [])]
     k = {d: int(v) for d, v in getattr(estimator, "last_k", {}).items()}

@@ -351,29 +351,6 @@ def last_advantage_stats() -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def _dro_stats(est: Any, rewards: np.ndarray, prompt_ids: list, datasets: tuple, groups: tuple) -> list[dict]:
-    """Per (dataset, group) cell of this batch: prompts N, mean reward rbar and DRO weight C * q_c."""
-    weights = est.weights
-    cells: dict[tuple, dict] = {}
-    seen_prompts: set = set()
-    for r, pid, d, g in zip(rewards, prompt_ids, datasets, groups):
-        if pid is None:
-            continue
-        key = ("Unknown" if d is None else d, "UNK" if g is None else g)
-        cell = cells.setdefault(key, {"dataset": key[0], "group": key[1], "implicit": False,
-                                      "N": 0, "sum": 0.0, "count": 0})
-        cell["sum"] += float(r)
-        cell["count"] += 1
-        if pid not in seen_prompts:
-            seen_prompts.add(pid)
-            cell["N"] += 1
-    rows = []
-    for key, cell in cells.items():
-        rows.append({"dataset": cell["dataset"], "group": cell["group"], "implicit": False, "N": cell["N"],
-                     "rbar": cell["sum"] / cell["count"], "weight": len(weights) * weights.get(key, 0.0)})
-    return rows
-
-
 def _record(method: str, est: Any, seconds: float, context: BatchContext, uids: list, prompt_ids: list,
             rewards: np.ndarray) -> None:
     sample_of_uid: dict = {}
@@ -383,7 +360,7 @@ def _record(method: str, est: Any, seconds: float, context: BatchContext, uids: 
     clusters = {sample_of_uid[uid]: int(c) for uid, c in getattr(est, "last_clusters", {}).items()
                 if uid in sample_of_uid}
     if method == "grpo_dro":
-        group_stats = _dro_stats(est, rewards, prompt_ids, context.datasets, context.groups)
+        group_stats = est.cell_stats(rewards, prompt_ids, context.datasets, context.groups)
     else:
         group_stats = [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
                        for row in getattr(est, "last_group_stats", [])]
