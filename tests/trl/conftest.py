@@ -4,7 +4,7 @@ tiny PNGs exported as the verl backend's parquet files.
 
 The model (2 text layers of width 32, one vision block, 56x56 images -> 4 image tokens) and the
 processor (a byte-level tokenizer with the Qwen special tokens, the PIL Qwen2-VL image processor, a
-Qwen-style chat template) follow tests/verl/test_qwen_vl.py. A random model never writes
+Qwen-style chat template) come from tests/tiny_models.py, as in tests/verl/test_qwen_vl.py. A random model never writes
 ``\\boxed{...}``, so :func:`build_model` teaches it a few supervised steps of
 ``\\boxed{<label>}`` answers with labels drawn at random (the warm start stands in
 for a pretrained model's format-following): sampled rollouts then parse, and differ in reward.
@@ -24,49 +24,11 @@ import torch
 pytest.importorskip("trl")
 pytest.importorskip("tokenizers")
 
-VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from tiny_models import QWEN_CHAT_TEMPLATE, qwen_tokenizer, tiny_qwen_config  # noqa: E402
+
 LABELS = ["Nevus", "Melanoma"]
 DATASET = "TinyDerm"
 QUESTION = "Nevus or melanoma? Answer with one word from the following:"
-
-
-def _tokenizer():
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(SPECIALS)}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-
-
-def _config(tokenizer):
-    from transformers import Qwen2_5_VLConfig
-
-    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
-        ("image_token_id", IMAGE_PAD), ("video_token_id", VIDEO_PAD),
-        ("vision_start_token_id", VISION_START), ("vision_end_token_id", VISION_END))}
-    text = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=2048,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
-    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
-                  temporal_patch_size=2, out_hidden_size=32, window_size=56, fullatt_block_indexes=[0])
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
-    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
-    return config
 
 
 def write_images(folder: Path, n: int, seed: int = 0) -> list[str]:
@@ -115,17 +77,17 @@ def build_model(path: Path, warm_steps: int = 40, seed: int = 0) -> Path:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tokenizer()
+    tokenizer = qwen_tokenizer()
     side = 14 * 2 * 2  # every image becomes a 4x4 patch grid -> 4 merged image tokens
     images = Qwen2VLImageProcessorPil(size={"shortest_edge": side * side, "longest_edge": side * side},
                                       patch_size=14, merge_size=2, temporal_patch_size=2)
     tokenizer.save_pretrained(path)
     images.save_pretrained(path)
-    (path / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    (path / "chat_template.jinja").write_text(QWEN_CHAT_TEMPLATE)
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = transformers.Qwen2_5_VLForConditionalGeneration(_config(tokenizer))
+        model = transformers.Qwen2_5_VLForConditionalGeneration(tiny_qwen_config("qwen2_5_vl", tokenizer, 2048))
     if warm_steps:
         from eqpo.trl.data import load_processor
 

@@ -36,78 +36,17 @@ pytest.importorskip("verl")
 pytest.importorskip("tokenizers")
 
 from eqpo.data.export import to_verl  # noqa: E402
+from tiny_models import (IMAGE_PAD, MERGE, QWEN_CHAT_TEMPLATE, VISION_END, VISION_START,  # noqa: E402
+                         qwen_tokenizer, tiny_qwen_config)
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER = yaml.safe_load((REPO / "config.yaml").read_text())
-
-VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD]
-MERGE = 2
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 # family -> (paper model key, processor class, model class, verl model_type, vision patch size)
 FAMILIES = {
     "qwen2_5_vl": ("qwen2.5-vl-7b", "Qwen2_5_VLProcessor", "Qwen2_5_VLForConditionalGeneration", 14),
     "qwen3_vl": ("qoq-med3-vl-8b", "Qwen3VLProcessor", "Qwen3VLForConditionalGeneration", 16),
 }
-
-
-def _tiny_tokenizer():
-    """A byte-level BPE tokenizer (no merges) with the Qwen chat and vision special tokens."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(SPECIALS)}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-
-
-def _token_ids(tokenizer) -> dict:
-    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
-        ("image_token_id", IMAGE_PAD), ("video_token_id", VIDEO_PAD),
-        ("vision_start_token_id", VISION_START), ("vision_end_token_id", VISION_END))}
-    assert len(set(ids.values())) == 4
-    return ids
-
-
-def _text_config(tokenizer, mrope_section, **extra) -> dict:
-    return dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section,
-                                 **extra})
-
-
-def _tiny_config(family: str, tokenizer):
-    """A tiny config of ``family``: head_dim 16 -> 8 rotary frequencies split over (t, h, w)."""
-    if family == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLConfig as Config
-
-        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
-                      spatial_merge_size=MERGE, temporal_patch_size=2, out_hidden_size=32, window_size=56,
-                      fullatt_block_indexes=[0])
-        text = _text_config(tokenizer, [2, 3, 3])
-    else:
-        from transformers import Qwen3VLConfig as Config
-
-        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
-                      spatial_merge_size=MERGE, temporal_patch_size=2, out_hidden_size=32,
-                      num_position_embeddings=16, deepstack_visual_indexes=[0])
-        text = _text_config(tokenizer, [4, 2, 2], mrope_interleaved=True)
-    config = Config(text_config=text, vision_config=vision, **_token_ids(tokenizer))
-    config.architectures = [FAMILIES[family][2]]
-    return config
 
 
 def _has_torchvision() -> bool:
@@ -151,7 +90,7 @@ def _save_processor(family: str, tokenizer, path: Path) -> None:
                                       patch_size=patch, merge_size=MERGE, temporal_patch_size=2)
     tokenizer.save_pretrained(path)
     images.save_pretrained(path)
-    (path / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    (path / "chat_template.jinja").write_text(QWEN_CHAT_TEMPLATE)
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -161,11 +100,11 @@ def checkpoint(request, tmp_path_factory, video_processor_stand_in):
 
     family = request.param
     path = tmp_path_factory.mktemp(family)
-    tokenizer = _tiny_tokenizer()
+    tokenizer = qwen_tokenizer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
-        getattr(transformers, FAMILIES[family][2])(_tiny_config(family, tokenizer)).save_pretrained(path)
+        getattr(transformers, FAMILIES[family][2])(tiny_qwen_config(family, tokenizer)).save_pretrained(path)
         _save_processor(family, tokenizer, path)
     return types.SimpleNamespace(family=family, path=path)
 
