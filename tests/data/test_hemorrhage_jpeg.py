@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dataset_fixtures import write_ct_ich_demographics
 from eqpo.data.datasets import hemorrhage
 from eqpo.data.prepare import get_source, prepare
 from eqpo.data.sources import MissingDataError, RemoteFile, patient_split
@@ -52,15 +53,7 @@ def _jpeg(pixels: np.ndarray) -> bytes:
 
 
 def _write_demographics(path: Path) -> None:
-    with open(path, "w", newline="") as handle:
-        out = csv.writer(handle)
-        out.writerow(["Patient Number", "Age\n(years)", "Gender",
-                      "Hemorrhage type based on the radiologists diagnosis ", "", "", "", "",
-                      "Fracture (yes 1/no 0)", "Note1"])
-        out.writerow(["", "", "", "Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural", "Subdural",
-                      "", ""])
-        for patient, (age, sex) in DEMOGRAPHICS.items():
-            out.writerow([patient, age, sex, "", "", "", "", "", "0", ""])
+    write_ct_ich_demographics(path, DEMOGRAPHICS)
 
 
 def build_release(directory: Path, checksums: bool = True) -> Path:
