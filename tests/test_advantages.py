@@ -177,18 +177,11 @@ def test_grpo_dro_new_cell_enters_at_mean_weight():
     assert w[("A", "M")] / w[("A", "F")] == pytest.approx(math.exp(0.5))
 
 
-def test_drpo_kl_damping_shrinks_large_positive_products():
-    rewards = [1, 0, 0, 0, 1, 1, 0, 1]
-    pids = [0, 0, 0, 0, 1, 1, 1, 1]
-    _, plain = run("drpo", rewards, pids, scope="batch")
-    kl = np.linspace(0.0, 2.0, 8)
+def test_drpo_kl_damping_needs_the_kl():
+    """The damping itself is worked by hand in test_advantages_by_hand.py."""
     est = make_estimator("drpo", scope="batch", kl_quantile=0.9)
-    damped = est(rewards, pids, ["A"] * 8, [None] * 8, kl=kl)
-    z = np.maximum(plain * kl, 0)
-    t = max(np.quantile(z, 0.9), 1e-6)
-    np.testing.assert_allclose(damped, plain * t / (t + z))
     with pytest.raises(ValueError, match="needs per-response KL"):
-        est(rewards, pids, ["A"] * 8, [None] * 8)
+        est([1, 0, 0, 1], [0, 0, 1, 1], ["A"] * 4, [None] * 4)
 
 
 @pytest.mark.parametrize("method", sorted(ESTIMATORS))

@@ -18,8 +18,8 @@ rule train_trl:
         model=model_config,
         estimator=estimator_options,
         train=lambda w: train_settings(config, w.model, w.method),
-        trl=config.get("trl", {}),
-        max_samples=config.get("evaluation", {}).get("max_samples"),
+        trl=config["trl"],
+        max_samples=config["evaluation"]["max_samples"],
         run_dir=run_dir,
     log:
         f"{LOGS}/train/{{model}}/{{method}}/seed{{seed}}.log",
@@ -46,9 +46,9 @@ rule predict_trl:
     output:
         f"{RUN}/predictions.parquet",
     params:
-        trl=config.get("trl", {}),
+        trl=config["trl"],
         train=lambda w: train_settings(config, w.model, w.method),
-        max_samples=config.get("evaluation", {}).get("max_samples"),
+        max_samples=config["evaluation"]["max_samples"],
     log:
         f"{LOGS}/predict/{{model}}/{{method}}/seed{{seed}}.log",
     wildcard_constraints:
