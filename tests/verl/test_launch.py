@@ -332,6 +332,22 @@ def test_disk_tracking_resume_and_evaluation_settings(tmp_path):
         composed_run(PAPER, tmp_path=tmp_path, num_cpus=0)
 
 
+def test_too_few_ray_cpus_for_transfer_queue_are_refused(tmp_path):
+    """verl's TransferQueue holds a Ray CPU per storage unit (8 by default) plus its controller, and
+    the TaskRunner one more: 10 is the least; below it tq.init would wait forever."""
+    cfg, _ = composed_run(PAPER, tmp_path=tmp_path, num_cpus=10)
+    assert cfg.transfer_queue.backend.SimpleStorage.num_data_storage_units == launch.TQ_DEFAULT_STORAGE_UNITS == 8
+    with pytest.raises(ValueError, match=r"Ray gets 9 CPU\(s\) but .* need 10"):
+        composed_run(PAPER, tmp_path=tmp_path, num_cpus=9)
+    config = copy.deepcopy(PAPER)
+    config["models"]["qwen2.5-vl-7b"]["overrides"] = {launch.TQ_STORAGE_UNITS_KEY: 2}
+    composed_run(config, tmp_path=tmp_path, num_cpus=4)  # 2 units + controller + TaskRunner
+    two_nodes = copy.deepcopy(PAPER)
+    two_nodes["train"]["nnodes"] = 2
+    build_overrides(two_nodes, "qwen2.5-vl-7b", "eqpo", 0, RunPaths.for_run(tmp_path), tmp_path,
+                    ray_address="10.0.0.1:6379", num_cpus=5)  # 2 x 5 CPUs over the cluster
+
+
 def test_trackers_write_next_to_the_run_unless_told_otherwise(tmp_path):
     paths = RunPaths.for_run(tmp_path / "run")
     _, env = build_command(PAPER, "medgemma-4b", "grpo", 0, paths, tmp_path, base_env={})

@@ -54,6 +54,9 @@ RAY_ADDRESS_KEY = "+ray_kwargs.ray_init.address"
 RAY_LOCAL = "local"
 # Experiment trackers verl's Tracking can add to its console and file loggers (train.loggers).
 TRACKERS = ("wandb", "tensorboard", "mlflow")
+# verl 0.9.1's TransferQueue storage (ppo_trainer.yaml: transfer_queue.backend.SimpleStorage).
+TQ_STORAGE_UNITS_KEY = "transfer_queue.backend.SimpleStorage.num_data_storage_units"
+TQ_DEFAULT_STORAGE_UNITS = 8
 # Set by train.restart_estimator_on_resume: read by eqpo.verl_ext.trainer on resume.
 RESTART_ESTIMATOR_KEY = "+trainer.eqpo_restart_estimator"
 
@@ -276,7 +279,8 @@ def build_overrides(config: Mapping[str, Any], model: str, method: str, seed: in
     default of the same key. ``ray_address`` (``host:port`` of the Ray cluster over the SLURM nodes,
     multi-node runs only) becomes ``+ray_kwargs.ray_init.address``; a single-node run starts its own
     local Ray instead, with ``num_cpus`` CPUs (the job's threads; verl asks for a fixed number under
-    SLURM). The attention implementation and its companions come from :mod:`eqpo.base_models`.
+    SLURM; on a multi-node run each node's ``ray start`` gets them). Too few CPUs for verl's
+    TransferQueue is an error. The attention implementation and its companions come from :mod:`eqpo.base_models`.
     """
     entry = model_entry(config, model)
     kind = base_models.model_type(entry, model, _weights_if_resolvable(entry))
@@ -352,8 +356,24 @@ def build_overrides(config: Mapping[str, Any], model: str, method: str, seed: in
         out.set(RAY_ADDRESS_KEY, ray_address)
     else:
         out.update(_local_ray_overrides(num_cpus))
-    out.update(flatten_overrides(entry.get("overrides")))
+    model_overrides = flatten_overrides(entry.get("overrides"))
+    out.update(model_overrides)
+    if num_cpus is not None:
+        _check_ray_cpus(num_cpus * nnodes, model_overrides)
     return out.render()
+
+
+def _check_ray_cpus(total: int, model_overrides: Mapping[str, Any]) -> None:
+    """TransferQueue's controller and storage units each hold a Ray CPU, as does verl's TaskRunner;
+    with fewer CPUs than that ``tq.init`` waits forever without an error, so refuse up front."""
+    units = model_overrides.get(TQ_STORAGE_UNITS_KEY, model_overrides.get("+" + TQ_STORAGE_UNITS_KEY,
+                                                                           TQ_DEFAULT_STORAGE_UNITS))
+    needed = int(units) + 2
+    if total < needed:
+        raise ValueError(
+            f"Ray gets {total} CPU(s) but verl's TransferQueue ({units} storage units and a controller) and its "
+            f"TaskRunner alone need {needed}, and TransferQueue would wait forever: give the train_verl job more "
+            f"threads (it has 32 in workflow/rules/train.smk) or lower {TQ_STORAGE_UNITS_KEY} in models.<m>.overrides")
 
 
 def _local_ray_overrides(num_cpus: int | None) -> dict[str, Any]:
@@ -587,8 +607,7 @@ def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, 
         _say(f"Ray cluster up at {cluster.address}: {', '.join(cluster.nodes)}")
     try:
         argv, env = build_command(config, model, method, seed, paths, data_dir,
-                                  ray_address=cluster.address if cluster else None,
-                                  num_cpus=None if cluster else num_cpus)
+                                  ray_address=cluster.address if cluster else None, num_cpus=num_cpus)
         resumed = prepare_work_dir(paths, resume_key(argv[3:]))
         _say(("resuming from " + str(paths.checkpoints)) if resumed else f"starting {model}/{method}/seed{seed}")
         _say("command: " + " ".join(argv))
