@@ -50,6 +50,11 @@ def _is_missing(value: Any) -> bool:
     return isinstance(value, str) and value in MISSING_GROUP_TOKENS
 
 
+def normalize_group(value: Any) -> str | None:
+    """An explicit group label, or None when missing (None, NaN, "", "UNK"), as the estimators read it."""
+    return None if _is_missing(value) else str(value)
+
+
 @dataclass
 class Batch:
     """One batch of responses laid out by prompt.
@@ -120,7 +125,7 @@ def layout_batch(rewards: Any, prompt_ids: Any, datasets: Any, groups: Any) -> B
     n = np.bincount(codes[valid], minlength=n_prompts)
     first = order[np.concatenate([[0], np.cumsum(n)[:-1]])] if n_prompts else np.zeros(0, dtype=int)
     ds_clean = _clean(ds, lambda d: UNKNOWN_DATASET if _is_missing(d) else str(d))
-    gr_clean = _clean(gr, lambda g: None if _is_missing(g) else str(g))
+    gr_clean = _clean(gr, normalize_group)
     prompt_dataset, prompt_group = ds_clean[first], gr_clean[first]
     for name, per_resp, per_prompt in (("dataset", ds_clean, prompt_dataset), ("group", gr_clean, prompt_group)):
         mismatch = np.zeros(n_resp, dtype=bool)

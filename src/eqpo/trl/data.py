@@ -17,7 +17,6 @@ The trl backend reads the same parquet files as the verl backend (:func:`eqpo.da
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from pathlib import Path
@@ -25,22 +24,15 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from ..advantages import normalize_group
 from ..data.export import image_paths, read_export
 
 _PLACEHOLDER = re.compile(r"(<image>)")
-MISSING_GROUPS = ("", "UNK")
 
 
 # ----------------------------------------------------------------------------------------------
 # Export rows
 # ----------------------------------------------------------------------------------------------
-
-
-def _group(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    text = str(value)
-    return None if text in MISSING_GROUPS else text
 
 
 def chat(messages: Sequence[dict], n_images: int, where: str = "row") -> list[dict]:
@@ -78,14 +70,14 @@ def records(rows: pd.DataFrame, check_files: bool = True) -> list[dict]:
         sample_id = info.get("sample_id")
         where = f"row {i} ({sample_id})"
         images = image_paths(row.images, where, check_files)
-        group = _group(info.get("group"))
+        group = normalize_group(info.get("group"))
         out.append({
             "prompt": chat([dict(m) for m in row.prompt], len(images), where),
             "images": images,
             "ground_truth": _truth(row.reward_model["ground_truth"]),
             "dataset": str(info.get("dataset") or row.data_source),
             "group": group,
-            "true_group": _group(info.get("true_group", info.get("group"))),
+            "true_group": normalize_group(info.get("true_group", info.get("group"))),
             "sample_id": str(sample_id if sample_id is not None else info.get("index", i)),
         })
     return out

@@ -41,7 +41,6 @@ reports the last call (time, group statistics, chosen k, cluster of each sample 
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ import numpy as np
 import torch
 from verl.trainer.ppo import core_algos
 
-from eqpo.advantages import MISSING_GROUP_TOKENS, Estimator, estimator_options, make_estimator
+from eqpo.advantages import Estimator, estimator_options, make_estimator, normalize_group
 
 # ----------------------------------------------------------------------------------------------
 # Names
@@ -102,14 +101,6 @@ class MissingBatchContextError(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 # The batch context (module-level hand-off from the trainer subclass)
 # ----------------------------------------------------------------------------------------------
-
-
-def normalize_group(value: Any) -> str | None:
-    """An explicit group label, or None when missing (None, NaN, "", "UNK")."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    text = str(value)
-    return None if text in MISSING_GROUP_TOKENS else text
 
 
 @dataclass(frozen=True)
