@@ -192,6 +192,24 @@ def register_estimator(name: str) -> Callable:
     return decorate
 
 
+# The estimator state in a training checkpoint: one JSON file per checkpoint folder (every backend).
+ESTIMATOR_STATE_FILE = "eqpo_estimator.json"
+
+
+class MissingEstimatorStateError(RuntimeError):
+    """A checkpoint to resume from has no estimator state and no fresh start was asked for."""
+
+
+def missing_estimator_state(checkpoint: Any, written_by: str) -> MissingEstimatorStateError:
+    """The error for resuming from ``checkpoint`` without :data:`ESTIMATOR_STATE_FILE` (``written_by``:
+    the trainer whose checkpoints carry it)."""
+    return MissingEstimatorStateError(
+        f"the checkpoint {checkpoint} has no {ESTIMATOR_STATE_FILE}: resuming from it would restart the stateful "
+        "estimators (EQPO's history statistics, Group-DRO's weights) from nothing and change the run. Resume from "
+        f"a checkpoint written by {written_by}, delete this checkpoint folder to start over, or set "
+        "train.restart_estimator_on_resume: true to accept a fresh estimator.")
+
+
 def estimator_defaults(method: str) -> dict[str, Any]:
     """The options ``make_estimator(method, ...)`` accepts, with their defaults.
 

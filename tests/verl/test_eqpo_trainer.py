@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from eqpo.advantages import MissingEstimatorStateError
 from eqpo.verl_ext import estimators as E
 from eqpo.verl_ext import trainer as T
 
@@ -39,7 +40,7 @@ def trainer_at(tmp_path: Path, monkeypatch, restart: bool | None = None, step: i
 
 def test_a_checkpoint_without_estimator_state_stops_the_resume_and_names_it(tmp_path, monkeypatch):
     trainer = trainer_at(tmp_path, monkeypatch)
-    with pytest.raises(T.MissingEstimatorStateError) as err:
+    with pytest.raises(MissingEstimatorStateError) as err:
         trainer._load_checkpoint()
     message = str(err.value)
     assert str(tmp_path / "ckpt" / "global_step_20") in message and "eqpo_estimator.json" in message
@@ -52,7 +53,7 @@ def test_a_fresh_estimator_only_when_asked(tmp_path, monkeypatch, caplog):
         trainer._load_checkpoint()
     assert trainer.global_steps == 20 and "start afresh" in caplog.text
     trainer = trainer_at(tmp_path / "off", monkeypatch, restart=False)
-    with pytest.raises(T.MissingEstimatorStateError):
+    with pytest.raises(MissingEstimatorStateError):
         trainer._load_checkpoint()
 
 

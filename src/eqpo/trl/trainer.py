@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..advantages import make_estimator
+from ..advantages import ESTIMATOR_STATE_FILE, MissingEstimatorStateError, make_estimator, missing_estimator_state
 from ..rewards import LabelParser, score_response
 from ..run_settings import ReproductionOptions
 from ..vocabularies import get_spec
@@ -54,15 +54,10 @@ from accelerate.utils import gather_object  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-ESTIMATOR_STATE_FILE = "eqpo_estimator.json"
 STATE_FORMAT = "eqpo.trl/1"
 CLUSTER_COLUMNS = ["sample_id", "step", "dataset", "cluster", "k", "true_group"]
 ROW_COLUMNS = ("dataset", "group", "true_group", "sample_id")
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
-
-
-class MissingEstimatorStateError(RuntimeError):
-    """A TRL checkpoint to resume from has no estimator state and no fresh start was asked for."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -408,11 +403,7 @@ class EqpoGRPOTrainer(GRPOTrainer):
         if path.exists():
             self.load_estimator_state(json.loads(path.read_text()))
         elif not self.restart_estimator_on_resume:
-            raise MissingEstimatorStateError(
-                f"the checkpoint {checkpoint} has no {ESTIMATOR_STATE_FILE}: resuming from it would restart the "
-                "stateful estimators (EQPO's history statistics, Group-DRO's weights) from nothing. Resume from a "
-                "checkpoint written by EqpoGRPOTrainer, delete the checkpoint to start over, or set "
-                "train.restart_estimator_on_resume: true to accept a fresh estimator.")
+            raise missing_estimator_state(checkpoint, "EqpoGRPOTrainer")
         match = _CHECKPOINT.search(str(Path(checkpoint).name))
         if match and self._main and self.eqpo_log_dir is not None:
             for name in ("clusters.jsonl", "rollouts.jsonl", "loss_inputs.jsonl"):

@@ -36,13 +36,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from eqpo import jsonl
+from eqpo.advantages import ESTIMATOR_STATE_FILE, missing_estimator_state
 
 from . import estimators
 from .estimators import TRAINER_NAME, BatchContext, make_batch_context, normalize_group
 
 logger = logging.getLogger(__name__)
 
-ESTIMATOR_STATE_FILE = "eqpo_estimator.json"
 CONTEXT_FIELDS = ["uid", "extra_info", "data_source"]
 # Where the agent loop stores each response's reward_extra_info (our reward's item counts).
 REWARD_INFO_FIELD = "extra_fields"
@@ -264,10 +264,6 @@ def load_estimator_checkpoint(step_folder: str) -> bool:
     return True
 
 
-class MissingEstimatorStateError(RuntimeError):
-    """A checkpoint to resume from has no estimator state and no fresh start was asked for."""
-
-
 def restart_estimator_or_stop(folder: str, trainer_config: Any) -> None:
     """Resuming from ``folder``, which has no ``eqpo_estimator.json``: stop, because EQPO's history
     statistics and Group-DRO's weights would silently restart from nothing, unless
@@ -277,11 +273,7 @@ def restart_estimator_or_stop(folder: str, trainer_config: Any) -> None:
         logger.warning("resuming from %s without %s: the estimators start afresh (train.restart_estimator_on_resume)",
                        folder, ESTIMATOR_STATE_FILE)
         return
-    raise MissingEstimatorStateError(
-        f"the checkpoint {folder} has no {ESTIMATOR_STATE_FILE}: resuming from it would restart the stateful "
-        "estimators (EQPO's history statistics, Group-DRO's weights) from nothing and change the run. Resume from "
-        "a checkpoint written by the eqpo_sync trainer, delete this checkpoint folder to start over, or set "
-        "train.restart_estimator_on_resume: true to accept a fresh estimator.")
+    raise missing_estimator_state(folder, "the eqpo_sync trainer")
 
 
 def base_trainer_mode(mode: str) -> str:
