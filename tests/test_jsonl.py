@@ -7,7 +7,6 @@ import json
 import pytest
 
 from eqpo import jsonl
-from eqpo.cpu.trainer import _JsonlLog
 
 CUT_OFF = '{"step": 3, "reward_m'  # what a SIGKILL mid-write leaves
 
@@ -38,8 +37,9 @@ def test_truncate_after_keeps_the_covered_steps_verbatim_and_drops_a_cut_off_lin
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_the_cpu_trainers_log_resumes_past_a_cut_off_line(tmp_path):
-    log = _JsonlLog(tmp_path / "steps.jsonl")
+def test_a_training_log_resumes_past_a_cut_off_line(tmp_path):
+    """jsonl.Log, the work-folder log of the CPU and trl trainers."""
+    log = jsonl.Log(tmp_path / "steps.jsonl")
     log.append({"step": 1, "reward_mean": 0.25})
     log.append({"step": 2, "reward_mean": 0.5})
     with log.path.open("a") as handle:

@@ -38,6 +38,26 @@ def append(path: str | Path, rows: Iterable[Mapping[str, Any]], default: Callabl
         handle.writelines(json.dumps(row, default=default) + "\n" for row in rows)
 
 
+class Log:
+    """A training run's append-only log in a work folder: records of the steps run so far, cut back to
+    the steps a checkpoint covers on resume (a line cut off by a kill is dropped then)."""
+
+    def __init__(self, path: str | Path, default: Callable[[Any], Any] | None = None):
+        self.path, self.default = Path(path), default
+
+    def append(self, *records: Mapping[str, Any]) -> None:
+        append(self.path, (dict(r) for r in records), default=self.default)
+
+    def records(self) -> list[dict]:
+        return read(self.path, complete=False) if self.path.exists() else []
+
+    def truncate_after(self, step: int) -> int:
+        return truncate_after(self.path, step)
+
+    def reset(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def truncate_after(path: str | Path, step: int) -> int:
     """Keep the records with ``step`` <= step (the steps a checkpoint covers; the others run again
     after a resume) and drop a cut-off last line; returns how many lines went. Rewritten atomically."""

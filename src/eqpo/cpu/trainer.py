@@ -325,23 +325,6 @@ def _atomic_save(obj: Any, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-class _JsonlLog:
-    """Append-only JSON-lines log that can be cut back to the steps a checkpoint covers (a line cut
-    off by a kill is dropped then)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def truncate_after(self, step: int) -> None:
-        jsonl.truncate_after(self.path, step)
-
-    def append(self, record: dict) -> None:
-        jsonl.append(self.path, [record])
-
-    def records(self) -> list[dict]:
-        return jsonl.read(self.path, complete=False) if self.path.exists() else []
-
-
 @dataclass
 class _Rollouts:
     prompt: np.ndarray  # (N,) position of the response's prompt in the step's batch
@@ -394,9 +377,9 @@ class RLTrainer:
         # Work in progress lives in ckpt/ (not a declared output, so Snakemake leaves it alone when it
         # cleans up after a killed job); the declared files are written when the run completes.
         self.work = self.run_dir / "ckpt"
-        self.dynamics = _JsonlLog(self.work / "dynamics.jsonl")
-        self.steps_log = _JsonlLog(self.work / "steps.jsonl")
-        self.clusters_log = _JsonlLog(self.work / "clusters.jsonl")
+        self.dynamics = jsonl.Log(self.work / "dynamics.jsonl")
+        self.steps_log = jsonl.Log(self.work / "steps.jsonl")
+        self.clusters_log = jsonl.Log(self.work / "clusters.jsonl")
         self.ckpt = self.work / "last.pt"
         self.fingerprint = json.dumps({
             "method": method, "seed": seed, "estimator": estimator_options, "config": asdict(config),

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import jsonl
 from ..advantages import ESTIMATOR_STATE_FILE, MissingEstimatorStateError, make_estimator, missing_estimator_state
 from ..rewards import LabelParser, score_response
 from ..run_settings import ReproductionOptions
@@ -196,38 +197,6 @@ def compute_advantages(estimator: Any, method: str, rewards: np.ndarray, rows: S
 
 
 # ----------------------------------------------------------------------------------------------
-# JSON-lines logs that survive a resume
-# ----------------------------------------------------------------------------------------------
-
-
-class JsonlLog:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def append(self, *records: Mapping) -> None:
-        if not records:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(dict(record), default=_plain) + "\n")
-
-    def records(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-    def truncate_after(self, step: int) -> None:
-        """Drop records of steps after ``step`` (they run again after a resume)."""
-        if self.path.exists():
-            keep = [r for r in self.records() if int(r.get("step", 0)) <= step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
-
-    def reset(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-# ----------------------------------------------------------------------------------------------
 # The trainer
 # ----------------------------------------------------------------------------------------------
 
@@ -264,8 +233,8 @@ class EqpoGRPOTrainer(GRPOTrainer):
             raise ValueError(f"the train dataset lacks column(s) {missing}; build it with eqpo.trl.data.to_trl_dataset")
 
     # -- logs ---------------------------------------------------------------------------------
-    def _log(self, name: str) -> JsonlLog | None:
-        return None if self.eqpo_log_dir is None else JsonlLog(self.eqpo_log_dir / name)
+    def _log(self, name: str) -> jsonl.Log | None:
+        return None if self.eqpo_log_dir is None else jsonl.Log(self.eqpo_log_dir / name, default=_plain)
 
     @property
     def _main(self) -> bool:
@@ -525,8 +494,8 @@ class RunCallback(TrainerCallback):
                  test_freq: int, stop_after: int | None):
         self.trainer_ref, self.work, self.validate = trainer_ref, work, validate
         self.test_freq, self.stop_after = test_freq, stop_after
-        self.steps = JsonlLog(work / "steps.jsonl")
-        self.dynamics = JsonlLog(work / "dynamics.jsonl")
+        self.steps = jsonl.Log(work / "steps.jsonl", default=_plain)
+        self.dynamics = jsonl.Log(work / "dynamics.jsonl", default=_plain)
         self._t0 = None
         self._last_info: dict = {}
         self.killed = False
@@ -615,7 +584,7 @@ def run_training(train_parquet: str | Path, val_parquet: str | Path, model_dir: 
     resume = _checkpoints(out_dir)
     if not resume:
         for name in ("steps.jsonl", "dynamics.jsonl", "clusters.jsonl", "rollouts.jsonl", "loss_inputs.jsonl"):
-            JsonlLog(work / name).reset()
+            jsonl.Log(work / name).reset()
 
     processor = load_processor(model_dir)
     model = load_model(model_dir, settings.dtype)
@@ -631,13 +600,13 @@ def run_training(train_parquet: str | Path, val_parquet: str | Path, model_dir: 
             answers = generate_answers(model_, processor, val_recs, settings.max_response_length,
                                        settings.eval_batch_size)
             preds = predictions_from_outputs(val_rows, answers, options)
-            wall = sum(r["time_step_s"] for r in JsonlLog(work / "steps.jsonl").records() if r["step"] <= step)
+            wall = sum(r["time_step_s"] for r in jsonl.Log(work / "steps.jsonl").records() if r["step"] <= step)
             record = {"step": step, "wall_time_s": round(wall, 3), **fairness_summary(preds, options.class_set),
                       "unparseable": float((preds["prediction"].map(len) == 0).mean())}
             for d, part in preds.groupby("dataset"):
                 total = float(part["items"].sum())
                 record[f"unparsed_item_share/{d}"] = float(part["unparsed_items"].sum()) / total if total else 0.0
-            JsonlLog(work / "dynamics.jsonl").append(record)
+            jsonl.Log(work / "dynamics.jsonl", default=_plain).append(record)
             log(f"step {step}: validation F1 {record.get('F1', float('nan')):.4f}, "
                 f"unparseable {record['unparseable']:.1%}")
         trainer.accelerator.wait_for_everyone()
@@ -691,7 +660,7 @@ def _finish(trainer: EqpoGRPOTrainer, base: str | Path, processor: Any, work: Pa
         copy_processor_files(base, model_dir)
     else:
         processor.save_pretrained(model_dir)
-    clusters = pd.DataFrame(JsonlLog(work / "clusters.jsonl").records(), columns=CLUSTER_COLUMNS)
+    clusters = pd.DataFrame(jsonl.Log(work / "clusters.jsonl").records(), columns=CLUSTER_COLUMNS)
     clusters = clusters.drop_duplicates(["sample_id", "step"], keep="last")
     clusters["sample_id"] = clusters["sample_id"].astype(str)
     for column in ("step", "cluster", "k"):
