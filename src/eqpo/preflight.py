@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from eqpo import base_models
+from eqpo.data.export import train_part
 from eqpo.run_settings import train_settings
 
 VERL_VERSION = "0.9.1"
@@ -36,7 +37,6 @@ VERL_VERSION = "0.9.1"
 # "minimum required driver version" for Linux x86_64).
 MIN_DRIVER = {12: 525, 13: 580}
 TRACKER_PACKAGES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow"}
-RESAMPLED_METHODS = ("grpo_rs",)
 
 
 @dataclass(frozen=True)
@@ -230,8 +230,7 @@ def check_trackers(probe: Probe, loggers: Iterable[str]) -> list[Check]:
 def data_files(data_dir: Path, methods: Iterable[str], evaluation: bool = True) -> list[Path]:
     """The verl export files the methods train and validate on (and, with ``evaluation``, the test
     split that evaluation reads)."""
-    parts = {"val"} | ({"test"} if evaluation else set()) | {"train_rs" if m in RESAMPLED_METHODS else "train"
-                                                            for m in methods}
+    parts = {"val"} | ({"test"} if evaluation else set()) | {train_part(m) for m in methods}
     return [Path(data_dir) / f"{part}.parquet" for part in sorted(parts)]
 
 

@@ -18,6 +18,7 @@ SRC = str(Path(workflow.basedir) / "src")
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.getenv("PYTHONPATH", "")) if p))
 sys.path.insert(0, SRC)
 
+from eqpo.data.export import train_part
 from eqpo.run_settings import cpu_train_config, reproduction_options, train_settings
 
 # Reproduction options (metrics, groups, reward), checked once with errors that name the key.
@@ -84,8 +85,7 @@ def cpu_train_settings(wildcards):
 
 def verl_train_file(wildcards):
     """GRPO+RS trains on the oversampled export; every other method on the plain training split."""
-    part = "train_rs" if wildcards.method == "grpo_rs" else "train"
-    return f"{DATA}/verl/{part}.parquet"
+    return f"{DATA}/verl/{train_part(wildcards.method)}.parquet"
 
 
 def estimator_options(wildcards):

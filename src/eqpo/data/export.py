@@ -83,6 +83,15 @@ def to_verl(table: pd.DataFrame, root: str | Path, mask_demographics: bool = Fal
     return pd.DataFrame(rows)
 
 
+# Methods that train on the group-resampled export (GRPO+RS); every other one on train.parquet.
+RESAMPLED_METHODS = ("grpo_rs",)
+
+
+def train_part(method: str) -> str:
+    """The export a method trains on: ``train_rs`` (GRPO+RS) or ``train``."""
+    return "train_rs" if method in RESAMPLED_METHODS else "train"
+
+
 def export_verl(cohort: pd.DataFrame, root: str | Path, out_dir: str | Path, seed: int = 0,
                 questions: dict[str, str] | None = None) -> dict[str, Path]:
     """Write train/val/test.parquet, train_rs.parquet (GRPO+RS oversampling) and

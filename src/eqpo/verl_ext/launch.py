@@ -41,10 +41,9 @@ from typing import Any, Callable, Mapping, Sequence
 from eqpo import base_models
 
 from .estimators import EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, verl_overrides
+from ..data.export import train_part
 from ..run_settings import reproduction_options, train_settings
 
-# Methods that train on the group-resampled export (GRPO+RS); every other one on train.parquet.
-RESAMPLED_METHODS = ("grpo_rs",)
 ENTRYPOINT = "verl.trainer.main_ppo"
 # Where verl's driver finds its Ray cluster: main_ppo passes ray_kwargs.ray_init to ray.init; `address`
 # is not in verl's schema, hence the `+`. A single-node run starts its own Ray ("local": never joins
@@ -226,8 +225,7 @@ def method_to_verl(method: str) -> str:
 
 def train_file(data_dir: str | Path, method: str) -> Path:
     """The export a method trains on: ``train_rs.parquet`` for GRPO+RS, else ``train.parquet``."""
-    part = "train_rs" if method in RESAMPLED_METHODS else "train"
-    return Path(data_dir).expanduser().resolve() / f"{part}.parquet"
+    return Path(data_dir).expanduser().resolve() / f"{train_part(method)}.parquet"
 
 
 def val_file(data_dir: str | Path) -> Path:
