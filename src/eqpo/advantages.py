@@ -24,7 +24,7 @@ import inspect
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -190,6 +190,22 @@ def register_estimator(name: str) -> Callable:
         return factory
 
     return decorate
+
+
+def estimator_metrics(group_stats: Sequence[Mapping[str, Any]], k: Mapping[str, int]) -> dict[str, float]:
+    """Flat logger metrics of one estimator call's statistics (its ``last_group_stats`` / Group-DRO's
+    ``cell_stats`` and ``last_k``): ``eqpo/group/<dataset>/<group>/{N,rbar,factor,weight}`` (finite
+    values only) and ``eqpo/k/<dataset>``, as every backend logs them."""
+    out: dict[str, float] = {}
+    for row in group_stats:
+        prefix = f"eqpo/group/{row['dataset']}/{row['group']}"
+        for key in ("N", "rbar", "factor", "weight"):
+            value = row.get(key)
+            if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value):
+                out[f"{prefix}/{key}"] = float(value)
+    for dataset, value in k.items():
+        out[f"eqpo/k/{dataset}"] = float(value)
+    return out
 
 
 # The estimator state in a training checkpoint: one JSON file per checkpoint folder (every backend).

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -43,7 +42,8 @@ import pandas as pd
 import torch
 
 from .. import jsonl
-from ..advantages import ESTIMATOR_STATE_FILE, MissingEstimatorStateError, make_estimator, missing_estimator_state
+from ..advantages import (ESTIMATOR_STATE_FILE, MissingEstimatorStateError, estimator_metrics, make_estimator,
+                          missing_estimator_state)
 from ..rewards import LabelParser, score_response
 from ..run_settings import ReproductionOptions
 from ..vocabularies import get_spec
@@ -119,25 +119,13 @@ class EqpoReward:
 # ----------------------------------------------------------------------------------------------
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
 def advantage_metrics(seconds: float, group_stats: Sequence[Mapping], k: Mapping[str, int]) -> dict[str, float]:
     """``eqpo/adv_time_s``, ``eqpo/group/<dataset>/<group>/{N,rbar,factor,weight}``, ``eqpo/k/<dataset>``."""
-    out = {"eqpo/adv_time_s": float(seconds)}
-    for row in group_stats:
-        prefix = f"eqpo/group/{row['dataset']}/{row['group']}"
-        for key in ("N", "rbar", "factor", "weight"):
-            if _finite(row.get(key)):
-                out[f"{prefix}/{key}"] = float(row[key])
-    for dataset, value in k.items():
-        out[f"eqpo/k/{dataset}"] = float(value)
-    return out
+    return {"eqpo/adv_time_s": float(seconds), **estimator_metrics(group_stats, k)}
 
 
 @dataclass

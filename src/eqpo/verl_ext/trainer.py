@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from eqpo import jsonl
-from eqpo.advantages import ESTIMATOR_STATE_FILE, missing_estimator_state
+from eqpo.advantages import ESTIMATOR_STATE_FILE, estimator_metrics, missing_estimator_state
 
 from . import estimators
 from .estimators import TRAINER_NAME, BatchContext, make_batch_context, normalize_group
@@ -123,10 +123,6 @@ def column_as_list(td: Any, name: str, n: int) -> list:
 # ----------------------------------------------------------------------------------------------
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def unparsed_item_metrics(extra_fields: Sequence, context: BatchContext) -> dict[str, float]:
     """``eqpo/unparsed_item_share/<dataset>``: the share of the answer items of a step's responses that
     name no label of the dataset (the reward's ``unparsed_items`` / ``items``, summed per dataset over
@@ -152,13 +148,7 @@ def advantage_metrics(adv_time_s: float, stats: Mapping, context: BatchContext |
         out["eqpo/padding_rows"] = float(context.n_padding)
     if "time_s" in stats:
         out["eqpo/estimator_time_s"] = float(stats["time_s"])
-    for row in stats.get("group_stats", []):
-        prefix = f"eqpo/group/{row['dataset']}/{row['group']}"
-        for key in ("N", "rbar", "factor", "weight"):
-            if _finite(row.get(key)):
-                out[f"{prefix}/{key}"] = float(row[key])
-    for dataset, k in stats.get("k", {}).items():
-        out[f"eqpo/k/{dataset}"] = float(k)
+    out.update(estimator_metrics(stats.get("group_stats", []), stats.get("k", {})))
     return out
 
 
