@@ -120,6 +120,7 @@ def test_prepare_runs_the_module_preprocess_and_validates(tmp_path):
 
     raw = tmp_path / "ISIC-2020" / "raw"
     (raw / "images").mkdir(parents=True)
+    (raw / "images" / "x.png").write_text("x")
     (raw / "labels.csv").write_text("x")
     table = prepare(_manual_source(preprocess), tmp_path)
     assert table["group"].tolist() == ["M|a2", None]

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from eqpo.data.prepare import prepare
-from eqpo.data.sources import Access, DatasetSource, count_warning, paper_count_check, published_range
+from eqpo.data.sources import (Access, DatasetSource, assign_splits, count_warning, paper_count_check,
+                               published_range)
 from eqpo.data.table1 import table1
 from eqpo.vocabularies import PAPER_DATASETS
 
@@ -49,9 +50,10 @@ def _source(name: str, n: int) -> DatasetSource:
     spec = PAPER_DATASETS[name]
 
     def preprocess(raw_dir, out_dir, manifest, seed, fractions):
-        return pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)],
-                             "split": ["train"] * n, "images": [[f"x{i}.png"] for i in range(n)],
+        rows = pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)],
+                             "images": [[f"x{i}.png"] for i in range(n)],
                              "labels": [[spec.labels[0]]] * n, "age": [50.0] * n, "sex": ["F"] * n})
+        return assign_splits(rows, seed, fractions)
 
     return DatasetSource(spec=spec, access=Access.MANUAL, landing_page="https://example.org", license="test",
                          expected=("here.txt",), preprocess=preprocess)

@@ -55,6 +55,13 @@ def one_of(names):
     return "|".join(map(re_escape, names)) if names else "(?!x)x"
 
 
+def release_of(dataset):
+    """The configured source choice of a dataset that has one (eqpo.data.prepare.get_sources):
+    Hemorrhage's ct-ich release, COVID-BLUES' git revision; "" for the others."""
+    choices = {"Hemorrhage": "hemorrhage_release", "COVID-BLUES": "covid_blues_commit"}
+    return str(config["data"][choices[dataset]]) if dataset in choices else ""
+
+
 def re_escape(name):
     import re
 

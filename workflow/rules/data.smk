@@ -31,8 +31,8 @@ else:
             seed=config["data"]["seed"],
             split=config["data"]["split"],
             skip_unavailable=config["data"]["skip_unavailable"],
-            # only Hemorrhage has a choice of release (a change re-runs only its job)
-            release=lambda w: config["data"]["hemorrhage_release"] if w.dataset == "Hemorrhage" else "",
+            # the datasets with a choice of source (a change re-runs only that dataset's job)
+            release=lambda w: release_of(w.dataset),
         log:
             f"{LOGS}/prepare_dataset/{{dataset}}.log",
         wildcard_constraints:

@@ -71,12 +71,30 @@ def _session() -> requests.Session:
     return _local.session
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def digest_of(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file (``algorithm``: any hashlib name, e.g. "sha256", "md5")."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    return digest_of(path, "sha256")
+
+
+def mismatch(path: Path, sha256: str | None = None, md5: str | None = None, size: int | None = None) -> str | None:
+    """How a file differs from what its publisher states (size in bytes, checked first as it is
+    cheap; SHA-256; MD5), or None when it matches everything given."""
+    if size is not None and path.stat().st_size != size:
+        return f"size {path.stat().st_size} bytes, expected {size}"
+    for algorithm, expected in (("sha256", sha256), ("md5", md5)):
+        if expected is not None:
+            got = digest_of(path, algorithm)
+            if got != expected.lower():
+                return f"{algorithm.upper()} {got}, expected {expected.lower()}"
+    return None
 
 
 def _bar(name: str, total: int | None, initial: int, progress) -> tqdm:
@@ -86,32 +104,38 @@ def _bar(name: str, total: int | None, initial: int, progress) -> tqdm:
 
 
 def download(url: str, dest: Path, sha256: str | None = None, credentials: tuple[str, str] | None = None,
-             timeout: float = 60.0, retries: int | None = None, progress: bool = True) -> Path:
+             timeout: float = 60.0, retries: int | None = None, progress: bool = True, md5: str | None = None,
+             size: int | None = None, credentialed: bool | None = None) -> Path:
     """Fetch ``url`` to ``dest`` through ``dest.part``, resuming a partial transfer with an HTTP
     Range request and retrying transient failures (``retries`` extra attempts, default
-    :data:`RETRIES`, with exponential backoff); verify the SHA-256 when given; rename into place only
-    when complete.
+    :data:`RETRIES`, with exponential backoff); verify the size (bytes), SHA-256 and MD5 given;
+    rename into place only when they match. A part file longer than the remote file (or than
+    ``size``) is discarded and the download restarts.
 
-    An existing ``dest`` with the right checksum (or none to check) is kept as it is. Raises
-    :class:`RemoteFileNotFound` (404), :class:`MissingDataError` (401/403: credentials or agreement)
-    or :class:`DownloadError` (anything else that did not go away).
+    An existing ``dest`` that matches (or with nothing to check) is kept as it is. Raises
+    :class:`RemoteFileNotFound` (404), :class:`MissingDataError` (401/403: ``credentialed``, default
+    whether credentials are sent, says whether the host needs a login, which the message names) or
+    :class:`DownloadError` (a checksum mismatch, or anything else that did not go away).
     """
     dest = Path(dest)
-    if dest.exists() and (sha256 is None or sha256_of(dest) == sha256):
+    if dest.exists() and mismatch(dest, sha256, md5, size) is None:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    if size is not None and part.exists() and part.stat().st_size > size:
+        part.unlink()  # longer than the published file: not a prefix of it
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":
         _copy_resuming(Path(urllib.request.url2pathname(parsed.path)), part, progress)
     else:
-        _http_with_retries(url, part, credentials, timeout, RETRIES if retries is None else retries, progress)
-    if sha256 is not None:
-        got = sha256_of(part)
-        if got != sha256:
-            part.unlink()
-            raise DownloadError(f"checksum mismatch for {url}: expected {sha256}, got {got}; the partial file was "
-                                "removed, run again to download it afresh")
+        login = credentials is not None if credentialed is None else credentialed
+        _http_with_retries(url, part, credentials, timeout, RETRIES if retries is None else retries, progress, login)
+    problem = mismatch(part, sha256, md5, size)
+    if problem is not None:
+        part.unlink()
+        raise DownloadError(f"checksum mismatch for {url}: {problem}; the partial file was removed, run again to "
+                            "download it afresh (if it keeps failing, the publisher changed the file: see the "
+                            "landing page)")
     os.replace(part, dest)
     return dest
 
@@ -120,6 +144,9 @@ def _copy_resuming(source: Path, part: Path, progress: bool = True) -> None:
     if not source.exists():
         raise RemoteFileNotFound(f"{source} does not exist")
     done = part.stat().st_size if part.exists() else 0
+    if done > source.stat().st_size:  # longer than the source: not a prefix of it, start again
+        part.unlink()
+        done = 0
     with open(source, "rb") as src, open(part, "ab") as out, \
             _bar(part.name[:-5], source.stat().st_size, done, progress) as bar:
         src.seek(done)
@@ -128,10 +155,11 @@ def _copy_resuming(source: Path, part: Path, progress: bool = True) -> None:
             bar.update(len(block))
 
 
-def _http_with_retries(url: str, part: Path, credentials, timeout: float, retries: int, progress: bool) -> None:
+def _http_with_retries(url: str, part: Path, credentials, timeout: float, retries: int, progress: bool,
+                       credentialed: bool = False) -> None:
     for attempt in range(retries + 1):
         try:
-            _http_attempt(url, part, credentials, timeout, progress)
+            _http_attempt(url, part, credentials, timeout, progress, credentialed)
             return
         except _Transient as err:
             kept = part.stat().st_size if part.exists() else 0
@@ -145,7 +173,26 @@ def _http_with_retries(url: str, part: Path, credentials, timeout: float, retrie
             time.sleep(wait)
 
 
-def _http_attempt(url: str, part: Path, credentials, timeout: float, progress: bool) -> None:
+def refused(url: str, status: int, credentialed: bool) -> str:
+    """What a 401/403 means: from a host that needs a login, the credentials or the agreement; from
+    an open host, an expired or withdrawn link or a refused client (never the credentials)."""
+    if credentialed:
+        return (f"{url} refused access (HTTP {status}): check the credentials and that this account has accepted "
+                "the data use agreement on the landing page")
+    return (f"{url} refused the download (HTTP {status}) although it needs no login: the link may have expired or "
+            "the file been withdrawn or moved, or the host refused this client (rate limit, blocked network). Try "
+            "again later or from another network, or open the landing page for the current link and place the file "
+            "by hand")
+
+
+def _remote_length(response) -> int | None:
+    """The full size from a Content-Range header ("bytes 0-9/10", or "bytes */10" with a 416)."""
+    total = response.headers.get("Content-Range", "").rpartition("/")[2].strip()
+    return int(total) if total.isdigit() else None
+
+
+def _http_attempt(url: str, part: Path, credentials, timeout: float, progress: bool,
+                  credentialed: bool = False) -> None:
     """One GET, resumed from the part file; raises _Transient for what a retry may fix."""
     done = part.stat().st_size if part.exists() else 0
     # identity encoding: Range offsets and Content-Length then count the bytes written to the file
@@ -160,11 +207,16 @@ def _http_attempt(url: str, part: Path, credentials, timeout: float, progress: b
         raise _Transient(f"no connection ({_reason(err)})") from None
     with response:
         status = response.status_code
-        if status == 416:  # nothing after `done`: the part file is already complete
-            return
+        if status == 416:  # nothing after `done`: complete, unless the part file is longer than the remote file
+            remote = _remote_length(response)
+            if remote is None or done == remote:
+                return
+            print(f"{url}: the partial file has {done} bytes but the server's file {remote}; downloading it afresh",
+                  file=sys.stderr, flush=True)
+            part.unlink()
+            return _http_attempt(url, part, credentials, timeout, progress, credentialed)
         if status in (401, 403):
-            raise MissingDataError(f"{url} refused access ({status}): check the credentials and that the data use "
-                                   "agreement has been accepted on the landing page")
+            raise MissingDataError(refused(url, status, credentialed))
         if status == 404:
             raise RemoteFileNotFound(f"{url} is not on the server (HTTP 404)")
         if status in RETRY_STATUS:
@@ -212,7 +264,7 @@ def _reason(err: Exception) -> str:
 
 
 def download_all(jobs: Sequence[tuple[str, Path, str | None]], credentials=None, threads: int = 4,
-                 desc: str = "files", skip_not_served: bool = False) -> list[str]:
+                 desc: str = "files", skip_not_served: bool = False, credentialed: bool | None = None) -> list[str]:
     """Download many (url, dest, sha256) files with one progress bar over the files (count, rate,
     time left) instead of one bar each. Returns the URLs the server does not have when
     ``skip_not_served`` (else that is an error); the first other failure stops the rest."""
@@ -221,7 +273,7 @@ def download_all(jobs: Sequence[tuple[str, Path, str | None]], credentials=None,
         def one(job) -> None:
             url, dest, sha = job
             try:
-                download(url, dest, sha, credentials, progress=False)
+                download(url, dest, sha, credentials, progress=False, credentialed=credentialed)
             except RemoteFileNotFound:
                 if not skip_not_served:
                     raise
@@ -259,9 +311,59 @@ def kaggle_credentials() -> tuple[str, str] | None:
     return None
 
 
-def git_clone(url: str, dest: Path) -> None:
-    """Shallow clone (or leave an existing clone as it is)."""
+def _git(*args: str, what: str) -> str:
+    """Run git, streaming its progress (stderr) to our stderr, i.e. the rule's log; returns stdout.
+    A failure raises IOError("<what> failed: <git's fatal/error lines>")."""
+    process = subprocess.Popen(["git", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tail = b""
+    for chunk in iter(lambda: process.stderr.read1(4096), b""):
+        sys.stderr.write(chunk.decode(errors="replace"))
+        tail = (tail + chunk)[-4000:]
+    sys.stderr.flush()
+    out = process.stdout.read().decode(errors="replace")
+    if process.wait() != 0:
+        text = tail.decode(errors="replace").replace("\r", "\n")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith(("fatal:", "error:"))] or lines[-1:] or ["no message"]
+        raise IOError(f"{what} failed: {'; '.join(errors)}")
+    return out
+
+
+def git_head(repo: Path) -> str | None:
+    """The commit checked out in ``repo`` (None when it is not a git clone)."""
+    try:
+        result = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _resolves_to_head(repo: Path, rev: str) -> bool:
+    result = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                            capture_output=True, text=True)
+    return result.returncode == 0 and result.stdout.strip() == git_head(repo)
+
+
+def _checkout(repo: Path, url: str, rev: str) -> None:
+    """Check out ``rev`` in ``repo``: a shallow fetch of just that revision (a full commit hash, tag
+    or branch), else, for an abbreviated hash, a fetch of the whole history."""
+    what = f"git fetch {url} {rev}"
+    try:
+        _git("-C", str(repo), "fetch", "--progress", "--depth", "1", url, rev, what=what)
+        _git("-C", str(repo), "checkout", "--quiet", "--detach", "FETCH_HEAD", what=f"git checkout {rev}")
+    except IOError:
+        _git("-C", str(repo), "fetch", "--progress", url, what=f"git fetch {url}")
+        _git("-C", str(repo), "checkout", "--quiet", "--detach", rev, what=f"git checkout {rev} (from {url})")
+
+
+def git_clone(url: str, dest: Path, rev: str = "") -> None:
+    """Clone ``url`` into ``dest`` at revision ``rev`` (a commit, tag or branch; "" = the default
+    branch's head, shallow). An existing clone at another commit is moved to ``rev``; files placed
+    by hand (not a clone) are left as they are."""
+    dest = Path(dest)
     if (dest / ".git").exists():
+        if rev and not _resolves_to_head(dest, rev):
+            _checkout(dest, url, rev)
         return
     if dest.exists() and any(dest.iterdir()):
         return  # files placed by hand
@@ -269,18 +371,11 @@ def git_clone(url: str, dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".clone")
     shutil.rmtree(tmp, ignore_errors=True)
     # git's own progress (objects, bytes, rate) goes to stderr, i.e. the rule's log, as it comes
-    process = subprocess.Popen(["git", "clone", "--progress", "--depth", "1", url, str(tmp)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    tail = b""
-    for chunk in iter(lambda: process.stderr.read1(4096), b""):
-        sys.stderr.write(chunk.decode(errors="replace"))
-        tail = (tail + chunk)[-4000:]
-    sys.stderr.flush()
-    if process.wait() != 0:
-        text = tail.decode(errors="replace").replace("\r", "\n")
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        errors = [line for line in lines if line.startswith(("fatal:", "error:"))] or lines[-1:] or ["no message"]
-        raise IOError(f"git clone {url} failed: {'; '.join(errors)}")
+    if rev:
+        _git("init", "--quiet", str(tmp), what=f"git init {tmp}")
+        _checkout(tmp, url, rev)
+    else:
+        _git("clone", "--progress", "--depth", "1", url, str(tmp), what=f"git clone {url}")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
 
@@ -329,6 +424,9 @@ def obtain(source: DatasetSource, raw_dir: Path) -> None:
         if str(err).startswith(f"Dataset {source.name} is not available"):
             raise
         raise MissingDataError(source.instructions(raw_dir, missing, str(err))) from None
+    except RemoteFileNotFound as err:  # withdrawn or moved: unavailable like a refused download
+        raise MissingDataError(source.instructions(
+            raw_dir, missing, f"{err}; the file may have been withdrawn or moved")) from None
     if source.arrange is not None:
         source.arrange(raw_dir)
     missing = source.missing_files(raw_dir)
@@ -356,14 +454,16 @@ def _obtain_missing(source: DatasetSource, raw_dir: Path, missing: list[str]) ->
                 "no Kaggle token (set KAGGLE_USERNAME and KAGGLE_KEY, or place ~/.kaggle/kaggle.json)"))
     if source.access is Access.GIT:
         try:
-            git_clone(source.git_url, raw_dir / Path(source.expected[0]).parts[0])
+            git_clone(source.git_url, raw_dir / Path(source.expected[0]).parts[0], source.git_rev)
         except IOError as err:  # offline, or the repository moved: tell the person what to place
             raise MissingDataError(source.instructions(raw_dir, missing, str(err))) from None
     remote = list(source.remote)
     if source.access is Access.KAGGLE and not remote:
         remote = [RemoteFile(KAGGLE_API.format(dataset=source.kaggle_dataset), "kaggle.zip", extract=True)]
+    credentialed = source.access in (Access.PHYSIONET, Access.KAGGLE)
     for item in remote:
-        path = download(item.url, raw_dir / item.name, item.sha256, credentials)
+        path = download(item.url, raw_dir / item.name, item.sha256, credentials, md5=item.md5, size=item.size,
+                        credentialed=credentialed)
         if item.extract:
             marker = raw_dir / f".{item.name}.extracted"
             if not marker.exists():

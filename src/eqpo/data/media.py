@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MAX_SIDE = 512  # pixels; large medical images are resized (Qwen-VL spends a token per 28x28 patch)
-# CT windows, (level, width) in Hounsfield units: those of the ct-ich JPEG release (its README), so
-# slices windowed from the NIfTI release look like the JPEG release's slices.
+# CT windows, (level, width) in Hounsfield units, that the ct-ich 1.3.1 README gives for the JPEG
+# images, so slices windowed from the NIfTI release look like the JPEG releases' slices.
 BRAIN_WINDOW = (40.0, 120.0)
 BONE_WINDOW = (700.0, 3200.0)
 

@@ -97,7 +97,7 @@ def build_rows(records: pd.DataFrame, images: Mapping[str, Path], out_dir: Path,
     reasons = convert_images([(images.get(native), dest) for native, dest in zip(records["native"], dests)])
     for sample_id, reason in zip(records["sample_id"], reasons):
         if reason is not None:
-            manifest.skip(sample_id, reason)
+            manifest.skip(sample_id, reason, unreadable=True)
     rows = assign_splits(records, seed, fractions).assign(
         images=[[dest.relative_to(out_dir.parent).as_posix()] for dest in dests])
     rows = rows[[reason is None for reason in reasons]]

@@ -47,18 +47,27 @@ class Access(str, enum.Enum):
 @dataclass(frozen=True)
 class RemoteFile:
     """One file to download: url (https, file:// in tests), the name it is saved under in raw/,
-    an optional SHA-256 to verify and whether it is an archive to extract afterwards."""
+    an optional SHA-256 to verify, whether it is an archive to extract afterwards, and the MD5
+    (hex) and size (bytes) the publisher states, verified before extraction when given."""
 
     url: str
     name: str
     sha256: str | None = None
     extract: bool = False
+    md5: str | None = None
+    size: int | None = None
 
 
 class MissingDataError(RuntimeError):
     """Raised when a dataset's files or credentials are missing; ``str()`` is the instructions."""
 
     exit_status = EXIT_MISSING_DATA
+
+
+class IncompleteDataError(MissingDataError):
+    """Preprocessing found far fewer usable samples than the dataset's files list, or a split came
+    out empty: the files on disk are incomplete (``str()`` says what was found and where). Not
+    covered by ``data.skip_unavailable``: the data is there but broken, which a run must not hide."""
 
 
 @dataclass
@@ -71,12 +80,16 @@ class Manifest:
     skipped: list[dict] = field(default_factory=list)
     missing_age: int = 0
     missing_sex: int = 0
+    unreadable: int = 0  # samples skipped because their image/video/volume file is missing or unreadable
     files: dict[str, str] = field(default_factory=dict)
     release: str = ""  # which release of the dataset was read, where there is a choice
     paper: dict = field(default_factory=dict)  # the sample count against paper Table 1 (paper_count_check)
 
-    def skip(self, sample_id: str, reason: str) -> None:
-        self.skipped.append({"sample_id": sample_id, "reason": reason})
+    def skip(self, sample_id: str, reason: str, unreadable: bool = False) -> None:
+        """Record a sample left out; ``unreadable``: because its media file is missing or broken
+        (counted against what the metadata promises, see :func:`completeness_problems`)."""
+        self.skipped.append({"sample_id": sample_id, "reason": reason, **({"unreadable": True} if unreadable else {})})
+        self.unreadable += int(unreadable)
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.__dict__, indent=1, default=str))
@@ -116,13 +129,18 @@ class DatasetSource:
     # What a person fetches by hand when it differs from the expected files it turns into (e.g.
     # CheXpert's four download zips): listed first in the instructions.
     to_place: tuple[str, ...] = ()
+    # Access.GIT: the revision checked out (a commit, tag or branch; "" = the default branch's head).
+    git_rev: str = ""
+    # A short name of this source among a dataset's alternatives (e.g. "ct-ich 1.2.0 from PhysioNet").
+    label: str = ""
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     def missing_files(self, raw_dir: Path) -> list[str]:
-        return [p for p in self.expected if not (raw_dir / p).exists()]
+        """The expected entries not in raw_dir; a directory entry ("x/") that is empty counts as missing."""
+        return [p for p in self.expected if not present(Path(raw_dir) / p, p.endswith("/"))]
 
     def instructions(self, raw_dir: Path, missing: Sequence[str], reason: str = "") -> str:
         """One block telling a person exactly what to do to provide this dataset."""
@@ -148,6 +166,28 @@ class DatasetSource:
         lines.append("  Or leave it out of this run explicitly: data.skip_unavailable: true in the config "
                      "(the run then reports which datasets it skipped).")
         return "\n".join(lines)
+
+
+def present(path: Path, directory: bool = False) -> bool:
+    """A file that exists, or (``directory``) a folder holding at least one entry: an empty folder
+    left by an interrupted or failed step must not pass for the data."""
+    if not directory:
+        return path.exists()
+    return path.is_dir() and next(path.iterdir(), None) is not None
+
+
+def instructions_for_all(sources: Sequence[DatasetSource], raw_dirs: Sequence[Path], reasons: Sequence[str]) -> str:
+    """One block naming every alternative source of a dataset, in the order they were tried, each
+    with why it was not available and what to do; one closing line on data.skip_unavailable."""
+    name = sources[0].name
+    lines = [f"Dataset {name} is not available from any of its {len(sources)} sources, tried in this order:"]
+    for k, (source, raw_dir, reason) in enumerate(zip(sources, raw_dirs, reasons), start=1):
+        block = source.instructions(raw_dir, source.missing_files(raw_dir), reason).splitlines()
+        lines.append(f"{k}. {source.label or source.access.value}: {reason}")
+        lines += ["   " + line for line in block[1:-1]]  # without the per-source header and skip line
+    lines.append("Provide any one of them. Or leave the dataset out of this run explicitly: "
+                 "data.skip_unavailable: true in the config (the run then reports which datasets it skipped).")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,3 +315,54 @@ def count_warning(check: dict, dataset: str) -> str | None:
     return (f"{dataset}: {check['samples']} samples after preprocessing, but paper Table 1 reports "
             f"{check['published_as']} (counts from {check['low']:g} to below {check['high']:g} round to that); "
             "see manifest.json for the samples skipped and why")
+
+
+# ----------------------------------------------------------------------------------------------
+# Completeness: what preprocessing found against what the files promise
+# ----------------------------------------------------------------------------------------------
+
+# Below this share of readable samples (among the labelled samples the metadata lists) the files on
+# disk are taken as incomplete (a zip not unpacked, a download cut short), not as a few corrupt files.
+MIN_READABLE_SHARE = 0.5
+# A split is checked for emptiness only when its fraction of the patients found is at least this many
+# patients: a handful of patients may leave a small split empty by rounding, thousands may not.
+MIN_EXPECTED_PATIENTS = 3
+
+
+def completeness_problems(table: pd.DataFrame, manifest: Manifest, fractions) -> list[str]:
+    """What is wrong with a preprocessed table, as sentences ([] when nothing): fewer than
+    :data:`MIN_READABLE_SHARE` of the samples the metadata lists could be read, or a split that
+    should hold patients (its fraction times the patients found is at least
+    :data:`MIN_EXPECTED_PATIENTS`; an official test split counts under the test fraction) holds none."""
+    problems = []
+    promised = len(table) + manifest.unreadable
+    if promised == 0:
+        return ["no labelled sample at all"]
+    if len(table) < MIN_READABLE_SHARE * promised:
+        problems.append(f"only {len(table)} of the {promised} labelled samples the metadata lists have a readable "
+                        f"file ({manifest.unreadable} missing or unreadable)")
+    patients = table.groupby("split")["patient_id"].nunique().to_dict()
+    total = table["patient_id"].nunique()
+    for split, share in zip(SPLITS, fractions):
+        if share > 0 and share * total >= MIN_EXPECTED_PATIENTS and patients.get(split, 0) == 0:
+            problems.append(f"the {split} split is empty although it should hold {share:g} of the {total} "
+                            "patients found")
+    return problems
+
+
+def incomplete_message(name: str, raw_dir: Path, table: pd.DataFrame, manifest: Manifest,
+                       problems: Sequence[str], examples: int = 3) -> str:
+    """The error text for :class:`IncompleteDataError`: the problems, the samples per split, a few
+    of the unreadable files, and where the files were read from."""
+    counts = table["split"].value_counts().to_dict() if len(table) else {}
+    found = ", ".join(f"{split} {counts.get(split, 0)}" for split in SPLITS)
+    lines = [f"Dataset {name} is incomplete: " + "; ".join(problems) + ".",
+             f"  Read from:   {raw_dir}",
+             f"  Samples:     {found} (after preprocessing)"]
+    unreadable = [item["reason"] for item in manifest.skipped if item.get("unreadable")]
+    if unreadable:
+        lines.append(f"  Unreadable:  {len(unreadable)} samples, e.g.")
+        lines += [f"    - {reason}" for reason in unreadable[:examples]]
+    lines.append("  Check that every archive of the dataset was downloaded completely and unpacked (or left zipped "
+                 "where the dataset accepts that), then run again; manifest.json lists every skipped sample.")
+    return "\n".join(lines)

@@ -2,15 +2,18 @@
 
 Access is manual: registration on Stanford AIMI plus the CheXpert Research Use Agreement, then a
 time-limited Azure link. The dataset page offers four zips; fetch all four into
-``<root>/CheXpert/raw/`` (unpacked or not):
+``<root>/CheXpert/raw/`` (unpacked or not; ``azcopy copy <link> raw/ --recursive`` puts them one
+folder down, in the container's folder ``chexpertchestxrays-u20210408/``, which is searched too):
 
 - ``CheXpert-v1.0 batch 1 (validate & csv).zip``: ``valid/``, ``train.csv``, ``valid.csv``;
 - ``CheXpert-v1.0 batch 2 (train 1).zip``, ``... batch 3 (train 2).zip``, ``... batch 4 (train 3).zip``:
   the training images as ``patientNNNNN/studyN/viewN_*.jpg`` folders, with no ``train/`` above them.
 
-:func:`arrange_aimi` unpacks the zips it finds and moves the pieces into the layout the CSVs' Path
-column names (``CheXpert-v1.0/train/patientNNNNN/...``): ``CheXpert-v1.0/{train.csv, valid.csv,
-train/, valid/}``. The downsampled ``CheXpert-v1.0-small/`` folder (same four entries, e.g. from an
+Each zip keeps its entries under a folder named after it (``CheXpert-v1.0 batch 2 (train 1)/
+patient00001/...``). :func:`arrange_aimi` unpacks the zips it finds and moves the pieces, wherever
+they lie below raw/, into the layout the CSVs' Path column names (``CheXpert-v1.0/train/
+patientNNNNN/...``): ``CheXpert-v1.0/{train.csv, valid.csv, train/, valid/}``. The downsampled
+``CheXpert-v1.0-small/`` folder (same four entries, e.g. from an
 older download) is accepted too; when both are complete the full-resolution one is used.
 
 CSV columns (``train.csv`` / ``valid.csv``): ``Path`` (``CheXpert-v1.0/train/patient00001/study1/
@@ -40,7 +43,7 @@ from ...groups import normalize_sex
 from ...vocabularies import PAPER_DATASETS
 from ..fetch import extract, sha256_of
 from ..media import CorruptMedia, resize_image
-from ..sources import Access, DatasetSource, Manifest, MissingDataError, assign_splits, normalise_header
+from ..sources import Access, DatasetSource, Manifest, MissingDataError, assign_splits, normalise_header, present
 
 SPEC = PAPER_DATASETS["CheXpert"]
 FULL, SMALL = "CheXpert-v1.0", "CheXpert-v1.0-small"
@@ -48,6 +51,9 @@ FOLDERS = (FULL, SMALL)  # in order of preference
 AIMI_ZIPS = ("CheXpert-v1.0 batch 1 (validate & csv).zip", "CheXpert-v1.0 batch 2 (train 1).zip",
              "CheXpert-v1.0 batch 3 (train 2).zip", "CheXpert-v1.0 batch 4 (train 3).zip")
 AIMI_ZIP_GLOB = "CheXpert-v1.0 batch *.zip"
+AZCOPY_CONTAINER = "chexpertchestxrays-u20210408"  # the folder `azcopy copy <link> raw/ --recursive` creates
+UNPACKED = ".unpacked"
+SCAN_DEPTH = 5  # raw/[container/].unpacked/<zip stem>/<wrapper>/patientNNNNN
 PATIENT_DIR_RE = re.compile(r"^patient\d+$", re.IGNORECASE)
 log = logging.getLogger("eqpo")
 MARKERS = ("train.csv", "valid.csv", "train/", "valid/")
@@ -70,7 +76,7 @@ class EitherFolderSource(DatasetSource):
     def found_folder(self, raw_dir: Path) -> str | None:
         """The first folder of ``folders`` that holds every expected entry, else None."""
         for folder in self.folders:
-            if all((Path(raw_dir) / path).exists() for path in self.variant(folder)):
+            if all(present(Path(raw_dir) / path, path.endswith("/")) for path in self.variant(folder)):
                 return folder
         return None
 
@@ -83,7 +89,7 @@ class EitherFolderSource(DatasetSource):
 # ----------------------------------------------------------------------------------------------
 
 
-def _scan(raw_dir: Path, max_depth: int = 3) -> tuple[list[Path], list[Path]]:
+def _scan(raw_dir: Path, max_depth: int = SCAN_DEPTH) -> tuple[list[Path], list[Path]]:
     """Folders below raw_dir (at most ``max_depth`` deep) holding train.csv and valid.csv, and
     ``patientNNNNN`` training folders; the small release, the assembled train/ and every valid/
     folder are not searched (their patients are where they belong)."""
@@ -106,21 +112,30 @@ def _scan(raw_dir: Path, max_depth: int = 3) -> tuple[list[Path], list[Path]]:
     return sorted(homes), sorted(patients)
 
 
+def aimi_zips(raw_dir: Path) -> list[Path]:
+    """The ``CheXpert-v1.0 batch *.zip`` files in raw_dir or one folder below it (azcopy's
+    container folder, or any other), sorted by name."""
+    found = [*raw_dir.glob(AIMI_ZIP_GLOB), *raw_dir.glob(f"*/{AIMI_ZIP_GLOB}")]
+    return sorted((p for p in found if p.is_file() and UNPACKED not in p.parts), key=lambda p: (p.name, str(p)))
+
+
 def arrange_aimi(raw_dir: Path) -> None:
     """Bring the Stanford AIMI download into ``CheXpert-v1.0/{train.csv, valid.csv, train/, valid/}``:
-    unpack the ``CheXpert-v1.0 batch *.zip`` files found in raw_dir (once each), move the CSVs and
-    ``valid/`` of batch 1 into ``CheXpert-v1.0/`` and every ``patientNNNNN/`` folder of batches 2-4
-    into ``CheXpert-v1.0/train/``. Moves are renames within raw_dir (no copy); nothing is done when
-    the layout is already complete, and a rerun after an interruption finishes the job."""
+    unpack the ``CheXpert-v1.0 batch *.zip`` files found in raw_dir or one folder below (once each),
+    move the CSVs and ``valid/`` of batch 1 into ``CheXpert-v1.0/`` and every ``patientNNNNN/``
+    folder of batches 2-4, at any depth up to :data:`SCAN_DEPTH`, into ``CheXpert-v1.0/train/``.
+    Moves are renames within raw_dir (no copy); nothing is done when the layout is already complete,
+    a rerun after an interruption finishes the job, and ``train/`` is only created when a patient
+    folder is moved into it (an empty one would pass for the data on the next run)."""
     raw_dir = Path(raw_dir)
     target = raw_dir / FULL
-    if all((target / marker).exists() for marker in MARKERS):
+    if all(present(target / marker, marker.endswith("/")) for marker in MARKERS):
         return
-    for archive in sorted(raw_dir.glob(AIMI_ZIP_GLOB)):
+    for archive in aimi_zips(raw_dir):
         done = raw_dir / f".{archive.name}.extracted"
         if not done.exists():
-            log.info(f"CheXpert: unpacking {archive.name}")
-            extract(archive, raw_dir / ".unpacked" / archive.stem, nested=False)
+            log.info(f"CheXpert: unpacking {archive.relative_to(raw_dir)}")
+            extract(archive, raw_dir / UNPACKED / archive.stem, nested=False)
             done.touch()
     homes, patients = _scan(raw_dir)
     if not homes and not patients:
@@ -130,10 +145,10 @@ def arrange_aimi(raw_dir: Path) -> None:
         for name in ("train.csv", "valid.csv", "valid"):
             if (home / name).exists() and not (target / name).exists():
                 os.replace(home / name, target / name)
-    (target / "train").mkdir(exist_ok=True)
     moved = 0
     for folder in patients:
         dest = target / "train" / folder.name
+        dest.parent.mkdir(exist_ok=True)
         if dest.exists():  # the same patient in two places: keep what is there, add what is not
             for study in sorted(folder.iterdir()):
                 if not (dest / study.name).exists():
@@ -232,7 +247,7 @@ def convert_images(rows: list[dict], out_dir: Path, manifest: Manifest) -> list[
         if error is None:
             kept.append({**row, "images": [row["dest"].relative_to(out_dir.parent).as_posix()]})
         else:
-            manifest.skip(row["sample_id"], f"unreadable image: {error}")
+            manifest.skip(row["sample_id"], f"unreadable image: {error}", unreadable=True)
     return kept
 
 
@@ -261,9 +276,11 @@ SOURCE = EitherFolderSource(
     expected=tuple(f"{FOLDERS[0]}/{marker}" for marker in MARKERS),
     preprocess=preprocess,
     example_command="azcopy copy '<the SAS link from the AIMI page>' {raw_dir} --recursive  "
-                    "(the four zips may stay zipped: they are unpacked and arranged on the next run)",
-    notes="The batch zips unpack without a train/ folder above the patient folders; the next run moves them into "
-          "CheXpert-v1.0/train/ as the CSVs' Path column expects. A complete CheXpert-v1.0-small/ (same four "
+                    "(the four zips may stay zipped, here or in the container folder azcopy creates: they are "
+                    "unpacked and arranged on the next run)",
+    notes="Each batch zip holds a folder named after it, with the patient folders and no train/ above them; the "
+          "next run finds them wherever they lie below raw/ and moves them into CheXpert-v1.0/train/ as the CSVs' "
+          "Path column expects. A complete CheXpert-v1.0-small/ (same four "
           "entries) is accepted instead; the full-resolution folder is preferred when both are there. Also linked "
           "from https://stanfordmlgroup.github.io/competitions/chexpert/.",
     folders=FOLDERS,

@@ -1,5 +1,6 @@
 """COVID-BLUES: bluepoint lung-ultrasound videos of COVID-19 suspects (Maastricht UMC+), public
-git repository ``NinaWie/COVID-BLUES`` (no login).
+git repository ``NinaWie/COVID-BLUES`` (no login), checked out at a pinned commit
+(:data:`PINNED_COMMIT`, config ``data.covid_blues_commit``) so every run reads the same files.
 
 Files used (the repository is cloned to ``<root>/COVID-BLUES/raw/COVID-BLUES/``):
 
@@ -17,7 +18,7 @@ splits): patients are split with :func:`patient_split`.
 from __future__ import annotations
 
 import re
-import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ from ..sources import Access, DatasetSource, Manifest, assign_splits, normalise_
 
 SPEC = PAPER_DATASETS["COVID-BLUES"]
 GIT_URL = "https://github.com/NinaWie/COVID-BLUES.git"
+# The commit the pipeline was run against (362 videos, 63 patients; the repository's head in 2026).
+PINNED_COMMIT = "1857a6fba9b8d00614f133fe8ffb7bc1f1a14f78"
 LANDING_PAGE = "https://github.com/NinaWie/COVID-BLUES"
 REPO = "COVID-BLUES"  # the clone's folder under raw/
 CLINICAL = f"{REPO}/clinical_variables.csv"
@@ -93,7 +96,7 @@ def _video_row(video: Path, clinical: pd.DataFrame, out_dir: Path, manifest: Man
     try:
         images = write_frames(video, out_dir)
     except media.CorruptMedia as err:
-        manifest.skip(sample_id, f"unreadable video: {err}")
+        manifest.skip(sample_id, f"unreadable video: {err}", unreadable=True)
         return None
     return {"sample_id": sample_id, "patient_id": patient, "images": images, "labels": [label],
             "age": clinical["age"].get(patient, np.nan), "sex": None}
@@ -101,10 +104,9 @@ def _video_row(video: Path, clinical: pd.DataFrame, out_dir: Path, manifest: Man
 
 def _record_files(raw_dir: Path, manifest: Manifest) -> None:
     """The clone's commit (or 'not a git clone') and the clinical table's SHA-256."""
-    from ..fetch import sha256_of
+    from ..fetch import git_head, sha256_of
 
-    result = subprocess.run(["git", "-C", str(raw_dir / REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
-    manifest.files["git_commit"] = result.stdout.strip() if result.returncode == 0 else "not a git clone"
+    manifest.files["git_commit"] = git_head(raw_dir / REPO) or "not a git clone"
     manifest.files["clinical_variables.csv"] = sha256_of(raw_dir / CLINICAL)
 
 
@@ -128,7 +130,14 @@ SOURCE = DatasetSource(
     expected=(CLINICAL, f"{VIDEOS}/"),
     preprocess=preprocess,
     git_url=GIT_URL,
-    example_command=f"git clone --depth 1 {GIT_URL} {{raw_dir}}/{REPO}",
-    notes=("About 73 MB, no login. Also on Hugging Face as jannisborn/COVID-BLUES (same files). "
-           "The paper reports this dataset for age only; pat_sex is not used."),
+    git_rev=PINNED_COMMIT,
+    example_command=(f"git clone {GIT_URL} {{raw_dir}}/{REPO} && git -C {{raw_dir}}/{REPO} checkout "
+                     f"{PINNED_COMMIT[:7]}"),
+    notes=("About 73 MB, no login; checked out at the commit in data.covid_blues_commit. Also on Hugging Face as "
+           "jannisborn/COVID-BLUES. The paper reports this dataset for age only; pat_sex is not used."),
 )
+
+
+def sources(release: str | None = None) -> list[DatasetSource]:
+    """The source checked out at ``release`` (a commit, tag or branch; None: :data:`PINNED_COMMIT`)."""
+    return [SOURCE if not release else replace(SOURCE, git_rev=release)]

@@ -39,6 +39,8 @@ IMAGES_URL = f"https://isic-challenge-data.s3.amazonaws.com/2018/{IMAGES_ZIP}"
 # Harvard Dataverse file id of HAM10000_metadata in dataset version 4 (looked up from a public
 # download record; the landing page lists the current id). format=original gives the CSV.
 METADATA_URL = "https://dataverse.harvard.edu/api/access/datafile/4338392?format=original"
+# The MD5 Dataverse publishes for that file (dataset version 4.0), verified before the file is used.
+METADATA_MD5 = "8f85fb1aa29d80a2797247e434deb79d"
 DX = {
     "mel": "Melanoma",
     "nv": "Nevus",
@@ -82,12 +84,13 @@ SOURCE = DatasetSource(
     expected=(METADATA, f"{IMAGES_DIR}/"),
     preprocess=preprocess,
     remote=(
-        RemoteFile(METADATA_URL, METADATA),
+        RemoteFile(METADATA_URL, METADATA, md5=METADATA_MD5),
         RemoteFile(IMAGES_URL, IMAGES_ZIP, extract=True),
     ),
     example_command=(f"wget -c -O {{raw_dir}}/{METADATA} '{METADATA_URL}' && wget -c -P {{raw_dir}} {IMAGES_URL} "
                      f"&& unzip -q {{raw_dir}}/{IMAGES_ZIP} -d {{raw_dir}}"),
-    notes=("Images: the ISIC 2018 Task 3 training zip (the same 10,015 HAM10000 images, about 2.6 GB). "
+    notes=("Images: the ISIC 2018 Task 3 training zip (the same 10,015 HAM10000 images, about 2.6 GB; ISIC publishes "
+           "no checksum for it). The metadata is checked against the MD5 Dataverse publishes. "
            "Age and sex come only from HAM10000_metadata on Harvard Dataverse (CSV or its .tab ingest, "
            "saved without an extension); if the file id has changed, download it from the landing page. "
            "No patient ids: lesion_id is the split unit."),

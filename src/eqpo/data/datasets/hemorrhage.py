@@ -1,35 +1,50 @@
 """Hemorrhage: "Computed Tomography Images for Intracranial Hemorrhage Detection and Segmentation"
-(Hssayeni et al., PhysioNet ``ct-ich``). Two releases can be used (config ``data.hemorrhage_release``):
+(Hssayeni et al., PhysioNet ``ct-ich``): one CT volume per patient, 82 patients.
 
-``1.2.0`` (default): the JPEG release the paper and CLIMB used. Open access on PhysioNet under CC BY
-4.0 (no account needed); the same files are mirrored on Kaggle as
-``vbookshelf/computed-tomography-ct-images`` (that one needs a Kaggle token, so it is the hand-placed
-alternative). Files used, under ``<root>/Hemorrhage/raw/`` (or one or two folders below it, as the
-PhysioNet and Kaggle zips unpack):
+Three sources, tried in this order (config ``data.hemorrhage_release: auto``, the default; or pin
+one of them by its release):
+
+1. ``1.2.0``: the JPEG release on PhysioNet, open access under CC BY 4.0 (no account needed), 2,501
+   slices of 82 patients. Its author wrote in February/March 2020 that the JPEG files had been taken
+   down from PhysioNet for de-identification and replaced by 1.3.1, so it may no longer be served;
+   a refusal or a 404 moves on to the next source. Files under ``<root>/Hemorrhage/raw/``.
+2. ``1.0.0``: the Kaggle mirror ``vbookshelf/computed-tomography-ct-images``, the JPEG release
+   1.0.0 (its zip unpacks to ``computed-tomography-images-for-intracranial-hemorrhage-detection-
+   and-segmentation-1.0.0/``). This is what CLIMB, whose loader the paper used, downloads. It needs
+   a Kaggle token (``KAGGLE_USERNAME``/``KAGGLE_KEY`` or ``~/.kaggle/kaggle.json``). Files under
+   ``<root>/Hemorrhage/raw-1.0.0/``. Same layout as 1.2.0; whether 1.0.0 and 1.2.0 differ in content
+   is not documented publicly.
+3. ``1.3.1``: the NIfTI release (restricted access: PhysioNet account plus data use agreement),
+   2,814 slices of 75 patients, faces blurred. Files under ``<root>/Hemorrhage/raw-1.3.1/``.
+
+A source whose files are already complete on disk is used first (in the same order), without a
+download. When none is available, one block of instructions names all three.
+
+The JPEG releases (1.2.0, 1.0.0), under their folder (or one or two folders below it, as the zips
+unpack):
 
 - ``hemorrhage_diagnosis.csv``: one row per slice, 2,501 rows. Columns ``PatientNumber``,
   ``SliceNumber``, ``Intraventricular``, ``Intraparenchymal``, ``Subarachnoid``, ``Epidural``,
-  ``Subdural``, ``No_Hemorrhage``, ``Fracture_Yes_No`` (all 0/1).
+  ``Subdural``, ``No_Hemorrhage``, ``Fracture_Yes_No`` (all 0/1; the file starts with a UTF-8 BOM).
 - ``Patients_CT/<NNN>/brain/<SliceNumber>.jpg`` and ``.../bone/<SliceNumber>.jpg``: the slice in the
-  brain window (level 40, width 120) and the bone window (level 700, width 3200), as the release
-  README states. Masks (``<N>_HGE_Seg.jpg``) are not used.
-- ``Patient_demographics.csv`` (see below).
+  brain and the bone window (650x650 greyscale). Masks (``<N>_HGE_Seg.jpg``) are not used.
+- ``patient_demographics.csv`` (see below).
 
-``1.3.1``: the NIfTI release (restricted access: PhysioNet account plus data use agreement), 2,814
-slices of 75 patients, faces blurred. Files under ``<root>/Hemorrhage/raw-1.3.1/``:
+1.3.1, under ``raw-1.3.1/``:
 
 - ``hemorrhage_diagnosis_raw_ct.csv``: the same columns for the NIfTI slices (``SliceNumber`` is the
   1-based index along the volume's last axis).
 - ``ct_scans/<NNN>.nii``: one CT volume per patient in Hounsfield units, shape (X, Y, slices); the
-  release has no scans for patients 59-65. Each slice is windowed exactly as the JPEG release was
-  (:data:`eqpo.data.media.BRAIN_WINDOW`, :data:`eqpo.data.media.BONE_WINDOW`), so both releases give
-  the same kind of image.
+  release has no scans for patients 59-65. Each slice is windowed with the windows the 1.3.1 README
+  states for the JPEG images (brain level 40 / width 120, bone 700 / 3200:
+  :data:`eqpo.data.media.BRAIN_WINDOW`, :data:`eqpo.data.media.BONE_WINDOW`), so both kinds of
+  release give the same kind of image.
 
-``Patient_demographics.csv`` (the case of the name differs between releases): one row per patient.
-Header quirks: ``Age\\n(years)`` has an embedded newline, and the hemorrhage-type block is a two-row
-header (``Hemorrhage type based on the radiologists diagnosis `` with a trailing space, then
-``Unnamed: 4..7``, with the subtype names on a second header row). Only ``Patient Number``, age and
-``Gender`` are used.
+``patient_demographics.csv`` (JPEG releases; ``Patient_demographics.csv`` in 1.3.1): one row per
+patient. Columns ``Patient Number``, ``Age\\n(years)`` (an embedded newline; fractional years for
+infants), ``Gender`` (Male/Female), the subtype columns, ``Condition on file``, ``Note``. The JPEG
+releases have one header row; a two-row header (subtype names on a second row) is read too. Only the
+patient number, age and gender are used.
 
 One sample per CT slice (as CLIMB and the paper): label "Has Hemorrhage" when ``No_Hemorrhage`` is 0,
 else "No Hemorrhage"; two PNG images per sample, the brain window and the bone window. There is no
@@ -47,6 +62,7 @@ import io
 import os
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -59,16 +75,17 @@ from ..sources import (Access, DatasetSource, Manifest, MissingDataError, Remote
                        normalise_header)
 
 SPEC = PAPER_DATASETS["Hemorrhage"]
-JPEG_RELEASE, NIFTI_RELEASE = "1.2.0", "1.3.1"
-DEFAULT_RELEASE = JPEG_RELEASE  # the release the paper (and CLIMB) used
-RELEASES = (JPEG_RELEASE, NIFTI_RELEASE)
-BASE_URLS = {release: f"https://physionet.org/files/ct-ich/{release}/" for release in RELEASES}
-LANDING_PAGES = {release: f"https://physionet.org/content/ct-ich/{release}/" for release in RELEASES}
+JPEG_RELEASE, KAGGLE_RELEASE, NIFTI_RELEASE = "1.2.0", "1.0.0", "1.3.1"
+AUTO = "auto"
+ORDER = (JPEG_RELEASE, KAGGLE_RELEASE, NIFTI_RELEASE)  # the order the sources are tried in
+BASE_URLS = {release: f"https://physionet.org/files/ct-ich/{release}/" for release in (JPEG_RELEASE, NIFTI_RELEASE)}
+LANDING_PAGES = {release: f"https://physionet.org/content/ct-ich/{release}/" for release in ORDER}
 KAGGLE_MIRROR = "vbookshelf/computed-tomography-ct-images"
+KAGGLE_PAGE = f"https://www.kaggle.com/datasets/{KAGGLE_MIRROR}"
 JPEG_DIAGNOSIS = "hemorrhage_diagnosis.csv"
 DIAGNOSIS = "hemorrhage_diagnosis_raw_ct.csv"
 DEMOGRAPHICS = "Patient_demographics.csv"
-DEMOGRAPHICS_NAMES = (DEMOGRAPHICS, "patient_demographics.csv")  # served name, then the v1.0 spelling
+DEMOGRAPHICS_NAMES = (DEMOGRAPHICS, "patient_demographics.csv")  # the 1.3.1 spelling, then the JPEG releases'
 SCANS = "ct_scans"
 PATIENTS = "Patients_CT"
 WINDOWS = ("brain", "bone")
@@ -358,7 +375,7 @@ def _patient_rows(patient: int, slices: pd.DataFrame, raw_dir: Path, out_dir: Pa
             raise media.CorruptMedia(f"{path.name}: expected a 3-D volume, got shape {volume.shape}")
     except media.CorruptMedia as err:
         for sample_id in sample_ids.values():
-            manifest.skip(sample_id, str(err))
+            manifest.skip(sample_id, str(err), unreadable=True)
         return []
     rows = []
     for row in slices.itertuples(index=False):
@@ -389,7 +406,7 @@ def _jpeg_row(row, folder: Path, out_dir: Path, manifest: Manifest) -> dict | No
                 raise media.CorruptMedia(f"no image {rel}")
             media.resize_image(folder / rel, dest)
         except media.CorruptMedia as err:
-            manifest.skip(sample_id, str(err))
+            manifest.skip(sample_id, str(err), unreadable=True)
             return None
         images.append(dest.relative_to(out_dir.parent).as_posix())
     return {"sample_id": sample_id, "patient_id": f"{patient:03d}", "images": images, "labels": [label]}
@@ -423,7 +440,7 @@ def preprocess_nifti(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int
     diagnosis = read_diagnosis(raw_dir / DIAGNOSIS).drop_duplicates(["patient", "slice"])
     demographics_path = find_demographics(raw_dir)
     _record_files(raw_dir, DIAGNOSIS, demographics_path, manifest, SCANS)
-    manifest.release = f"ct-ich {NIFTI_RELEASE} (NIfTI)"
+    manifest.release = NIFTI_SOURCE.label
     rows = []
     for patient, slices in diagnosis.groupby("patient", sort=True):
         rows += _patient_rows(int(patient), slices.sort_values("slice"), raw_dir, out_dir, manifest)
@@ -431,17 +448,19 @@ def preprocess_nifti(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int
 
 
 def preprocess_jpeg(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int,
-                    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> pd.DataFrame:
-    """ct-ich 1.2.0 (JPEG, the paper's release) -> one row per labelled slice with its two PNGs."""
+                    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                    release: str = JPEG_RELEASE) -> pd.DataFrame:
+    """A JPEG release of ct-ich (1.2.0, or the Kaggle mirror of 1.0.0) -> one row per labelled
+    slice with its two PNGs."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     folder = release_folder(raw_dir)
     if folder is None:
-        raise MissingDataError(JPEG_SOURCE.instructions(raw_dir, list(JPEG_SOURCE.expected)))
+        raise MissingDataError(SOURCES[release].instructions(raw_dir, list(SOURCES[release].expected)))
     diagnosis = read_diagnosis(folder / JPEG_DIAGNOSIS).drop_duplicates(["patient", "slice"])
     diagnosis = diagnosis.sort_values(["patient", "slice"])
     demographics_path = find_demographics(folder)
     _record_files(folder, JPEG_DIAGNOSIS, demographics_path, manifest, PATIENTS)
-    manifest.release = f"ct-ich {JPEG_RELEASE} (JPEG)"
+    manifest.release = SOURCES[release].label
     rows = [r for r in (_jpeg_row(row, folder, out_dir, manifest) for row in diagnosis.itertuples(index=False))
             if r is not None]
     return _finish(rows, read_demographics(demographics_path), seed, fractions)
@@ -457,13 +476,28 @@ JPEG_SOURCE = JpegReleaseSource(
     preprocess=preprocess_jpeg,
     fetch=fetch_jpeg_release,
     optional_login=Access.PHYSIONET,
-    example_command=("wget -r -N -c -np -nH --cut-dirs=3 -P {raw_dir} " + BASE_URLS[JPEG_RELEASE]
-                     + "   (or: kaggle datasets download " + KAGGLE_MIRROR + " and unzip it into {raw_dir})"),
-    notes=("The JPEG release the paper and CLIMB used (2,501 slices of 82 patients). It is downloaded without an "
-           "account from PhysioNet; the Kaggle mirror " + KAGGLE_MIRROR + " holds the same files (its zip may be "
-           "unpacked as it comes, one folder below raw/). PhysioNet credentials (PHYSIONET_USERNAME / "
-           "PHYSIONET_PASSWORD or ~/.netrc) are sent when set. The NIfTI release 1.3.1 is the alternative: "
-           "data.hemorrhage_release: \"1.3.1\"."),
+    example_command="wget -r -N -c -np -nH --cut-dirs=3 -P {raw_dir} " + BASE_URLS[JPEG_RELEASE],
+    notes=("JPEG release, 2,501 slices of 82 patients, open access (no account; PhysioNet credentials are sent "
+           "when set). Its author wrote in 2020 that the JPEG files were taken down for de-identification and "
+           "replaced by 1.3.1, so PhysioNet may no longer serve them."),
+    label=f"ct-ich {JPEG_RELEASE} (JPEG) from PhysioNet, open access",
+)
+
+KAGGLE_SOURCE = JpegReleaseSource(
+    spec=SPEC,
+    access=Access.KAGGLE,
+    landing_page=KAGGLE_PAGE,
+    license="CC BY 4.0 as the open JPEG release on PhysioNet (see the Kaggle page)",
+    expected=(JPEG_DIAGNOSIS, DEMOGRAPHICS, f"{PATIENTS}/"),
+    preprocess=partial(preprocess_jpeg, release=KAGGLE_RELEASE),
+    kaggle_dataset=KAGGLE_MIRROR,
+    example_command=f"kaggle datasets download {KAGGLE_MIRROR} -p {{raw_dir}} --unzip",
+    notes=("The JPEG release 1.0.0 mirrored on Kaggle, which CLIMB (the loader the paper used) downloads; its zip "
+           "unpacks to computed-tomography-images-for-intracranial-hemorrhage-detection-and-segmentation-1.0.0/, "
+           "which may stay one folder below this one. Needs a Kaggle token: KAGGLE_USERNAME and KAGGLE_KEY, or "
+           "~/.kaggle/kaggle.json."),
+    raw_name=f"raw-{KAGGLE_RELEASE}",
+    label=f"ct-ich {KAGGLE_RELEASE} (JPEG), Kaggle mirror {KAGGLE_MIRROR} (as CLIMB used)",
 )
 
 NIFTI_SOURCE = DatasetSource(
@@ -478,12 +512,22 @@ NIFTI_SOURCE = DatasetSource(
     fetch=fetch_ct_ich,
     example_command=("wget -r -N -c -np -nH --cut-dirs=3 -P {raw_dir} --user $PHYSIONET_USERNAME --ask-password "
                      + BASE_URLS[NIFTI_RELEASE]),
-    notes=("Only ct_scans/, the diagnosis CSV and the demographics CSV are used (masks/ is not needed). "
-           "Scans of patients 59-65 are not in the release. Credentials: PHYSIONET_USERNAME and "
-           "PHYSIONET_PASSWORD, or a ~/.netrc entry for physionet.org. The slices are windowed as the "
-           "JPEG release's (brain 40/120, bone 700/3200)."),
+    notes=("NIfTI release, 2,814 slices of 75 patients (scans of patients 59-65 are not in it), faces blurred. "
+           "Only ct_scans/, the diagnosis CSV and the demographics CSV are used (masks/ is not needed). "
+           "Credentials: PHYSIONET_USERNAME and PHYSIONET_PASSWORD, or a ~/.netrc entry for physionet.org. "
+           "The slices are windowed as the JPEG images (brain 40/120, bone 700/3200)."),
     raw_name=f"raw-{NIFTI_RELEASE}",
+    label=f"ct-ich {NIFTI_RELEASE} (NIfTI) from PhysioNet, restricted access",
 )
 
-SOURCES = {JPEG_RELEASE: JPEG_SOURCE, NIFTI_RELEASE: NIFTI_SOURCE}
-SOURCE = SOURCES[DEFAULT_RELEASE]
+SOURCES = {JPEG_RELEASE: JPEG_SOURCE, KAGGLE_RELEASE: KAGGLE_SOURCE, NIFTI_RELEASE: NIFTI_SOURCE}
+SOURCE = JPEG_SOURCE  # the first one tried
+
+
+def sources(release: str | None = None) -> list[DatasetSource]:
+    """The sources to try, in order: all three for "auto" (or None), else the one release named."""
+    if release in (None, AUTO):
+        return [SOURCES[r] for r in ORDER]
+    if release not in SOURCES:
+        raise ValueError(f"Hemorrhage has no release {release!r}; choose {AUTO!r} or one of {list(ORDER)}")
+    return [SOURCES[release]]

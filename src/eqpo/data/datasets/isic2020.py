@@ -7,8 +7,8 @@ Files under ``raw/`` (both from the ISIC S3 bucket, no login):
   blank), ``anatom_site_general_challenge``, ``diagnosis``, ``benign_malignant``
   (benign/malignant) and ``target`` (1 = malignant).
 - ``train/<image_name>.jpg``: the JPEG photos, extracted from ``ISIC_2020_Training_JPEG.zip``
-  (about 23 GB, up to about 6000x4000 pixels). Images are looked up by name anywhere under raw/,
-  so a copy unpacked with an extra top folder works too.
+  (24,707,698,022 bytes, checked before unpacking; images up to about 6000x4000 pixels). Images
+  are looked up by name anywhere under raw/, so a copy unpacked with an extra top folder works too.
 
 Labels: ``target`` 1 -> "Malignant", 0 -> "Benign" (``benign_malignant`` when ``target`` is blank).
 There is no labelled official test set, so the split is a seeded patient-level split on
@@ -31,6 +31,8 @@ NAME = "ISIC-2020"
 S3 = "https://isic-challenge-data.s3.amazonaws.com/2020/"
 GROUND_TRUTH = "ISIC_2020_Training_GroundTruth.csv"
 IMAGES_ZIP = "ISIC_2020_Training_JPEG.zip"
+# The zip's size in bytes as the bucket serves it (ISIC publishes no checksum); checked before unpacking.
+IMAGES_ZIP_BYTES = 24_707_698_022
 SEX = {"male": "M", "female": "F"}
 
 
@@ -77,10 +79,11 @@ SOURCE = DatasetSource(
     preprocess=preprocess,
     remote=(
         RemoteFile(S3 + GROUND_TRUTH, GROUND_TRUTH),
-        RemoteFile(S3 + IMAGES_ZIP, IMAGES_ZIP, extract=True),
+        RemoteFile(S3 + IMAGES_ZIP, IMAGES_ZIP, extract=True, size=IMAGES_ZIP_BYTES),
     ),
     example_command=(f"wget -c -P {{raw_dir}} {S3}{GROUND_TRUTH} {S3}{IMAGES_ZIP} && "
                      f"unzip -q {{raw_dir}}/{IMAGES_ZIP} -d {{raw_dir}}"),
-    notes=("Open S3 files, no login; the JPEG zip is about 23 GB and unpacks to train/<image_name>.jpg. "
-           "ISIC publishes no checksums. No labelled official test set: seeded split by patient_id."),
+    notes=("Open S3 files, no login; the JPEG zip (24,707,698,022 bytes, checked) unpacks to "
+           "train/<image_name>.jpg. ISIC publishes no checksums. No labelled official test set: seeded split by "
+           "patient_id."),
 )

@@ -223,7 +223,7 @@ def convert_images(rows: list[dict], out_dir: Path, manifest: Manifest) -> list[
             if NO_DECODER in result:
                 raise RuntimeError(f"pydicom cannot decode these DICOMs: {result}\nInstall a decoder, e.g. "
                                    "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm)")
-            manifest.skip(row["sample_id"], f"unreadable DICOM: {result}")
+            manifest.skip(row["sample_id"], f"unreadable DICOM: {result}", unreadable=True)
             continue
         age = row["age"] if not math.isnan(row["age"]) else dicom_age(result.get("age"))
         kept.append({**row, "age": age, "images": [row["dest"].relative_to(out_dir.parent).as_posix()]})
