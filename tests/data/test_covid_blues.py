@@ -87,8 +87,9 @@ def repo(tmp_path):
     return build_repo(tmp_path)
 
 
-def test_source(url) -> object:
-    return replace(covid_blues.SOURCE, git_url=str(url))
+def test_source(url, rev: str = "") -> object:
+    """The real source pointed at a local repository, at ``rev`` ("" = its head)."""
+    return replace(covid_blues.SOURCE, git_url=str(url), git_rev=rev)
 
 
 test_source.__test__ = False  # a helper, not a test
@@ -97,7 +98,7 @@ test_source.__test__ = False  # a helper, not a test
 def test_prepare_end_to_end(tmp_path, repo):
     bare, commit = repo
     root = tmp_path / "data"
-    table = prepare(test_source(bare), root, seed=1)
+    table = prepare(test_source(bare, commit), root, seed=1)
     assert (root / "COVID-BLUES" / "raw" / "COVID-BLUES" / ".git").exists()
 
     kept = ["patient_1_L1", "patient_1_R1", "patient_1_R1_2", "patient_2_L3", "patient_3_R2", "patient_5_L2",
@@ -179,3 +180,52 @@ def test_read_clinical_is_defensive(tmp_path):
     assert covid_blues.label_of(clinical.loc["2", "cov_test"]) is None and np.isnan(clinical.loc["2", "age"])
     assert covid_blues.VIDEO_NAME.match("patient_15_L2_2")["patient"] == "15"
     assert covid_blues.VIDEO_NAME.match("patient_15_X2") is None
+
+
+def _second_commit(tmp_path: Path, bare: Path) -> str:
+    """A later commit on the repository that relabels patient 1 (cov_test 1 -> 0)."""
+    work = tmp_path / "work"
+    text = (work / "clinical_variables.csv").read_text()
+    (work / "clinical_variables.csv").write_text(text.replace("\n1,1,", "\n1,0,"))
+    _git("commit", "-q", "-am", "relabel", cwd=work)
+    _git("push", "-q", str(bare), "main", cwd=work)
+    return _git("rev-parse", "HEAD", cwd=work)
+
+
+def _labels_of_patient_1(table) -> set:
+    return {label for labels in table.loc[table["patient_id"] == "1", "labels"] for label in labels}
+
+
+def test_the_pinned_commit_is_checked_out_not_the_head(tmp_path, repo):
+    bare, first = repo
+    head = _second_commit(tmp_path, bare)
+    pinned = prepare(test_source(bare, first), tmp_path / "a")
+    assert _labels_of_patient_1(pinned) == {"Has COVID"}
+    manifest = json.loads((tmp_path / "a" / "COVID-BLUES" / "manifest.json").read_text())
+    assert manifest["files"]["git_commit"] == first
+    abbreviated = prepare(test_source(bare, first[:7]), tmp_path / "b")  # a short hash: fetched with the history
+    assert _labels_of_patient_1(abbreviated) == {"Has COVID"}
+    latest = prepare(test_source(bare, "main"), tmp_path / "c")  # a branch, when the config asks for one
+    assert _labels_of_patient_1(latest) == {"No COVID"}
+    assert json.loads((tmp_path / "c" / "COVID-BLUES" / "manifest.json").read_text())["files"]["git_commit"] == head
+
+
+def test_an_existing_clone_at_another_commit_is_moved_to_the_pinned_one(tmp_path, repo):
+    bare, first = repo
+    head = _second_commit(tmp_path, bare)
+    root = tmp_path / "data"
+    assert _labels_of_patient_1(prepare(test_source(bare), root)) == {"No COVID"}  # an unpinned clone of the head
+    clone = root / "COVID-BLUES" / "raw" / "COVID-BLUES"
+    assert subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() == head
+    assert _labels_of_patient_1(prepare(test_source(bare, first), root)) == {"Has COVID"}
+    assert json.loads((root / "COVID-BLUES" / "manifest.json").read_text())["files"]["git_commit"] == first
+
+
+def test_the_commit_is_pinned_unless_the_config_asks_for_another():
+    from eqpo.data.prepare import get_sources
+
+    assert covid_blues.PINNED_COMMIT.startswith("1857a6f") and len(covid_blues.PINNED_COMMIT) == 40
+    assert get_sources("COVID-BLUES") == [covid_blues.SOURCE]
+    assert covid_blues.SOURCE.git_rev == covid_blues.PINNED_COMMIT
+    assert get_sources("COVID-BLUES", "v2")[0].git_rev == "v2"

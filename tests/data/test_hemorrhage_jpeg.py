@@ -26,7 +26,7 @@ from PIL import Image
 
 from dataset_fixtures import write_ct_ich_demographics
 from eqpo.data.datasets import hemorrhage
-from eqpo.data.prepare import get_source, prepare
+from eqpo.data.prepare import get_source, get_sources, prepare
 from eqpo.data.sources import MissingDataError, RemoteFile, patient_split
 
 # (patient, slice, No_Hemorrhage) rows of hemorrhage_diagnosis.csv; "" = blank
@@ -100,13 +100,18 @@ def no_login(monkeypatch, tmp_path):
 KEPT = [(p, s, n) for p, s, n in DIAGNOSIS if (p, s) not in (NO_BONE, CORRUPT, BLANK)]
 
 
-def test_the_paper_release_is_the_default():
-    assert hemorrhage.SOURCE is hemorrhage.JPEG_SOURCE and get_source("Hemorrhage") is hemorrhage.JPEG_SOURCE
-    assert get_source("Hemorrhage", "1.2.0") is hemorrhage.JPEG_SOURCE
-    assert get_source("Hemorrhage", "1.3.1") is hemorrhage.NIFTI_SOURCE
+def test_the_sources_are_tried_in_the_stated_order():
+    order = [hemorrhage.JPEG_SOURCE, hemorrhage.KAGGLE_SOURCE, hemorrhage.NIFTI_SOURCE]
+    assert get_sources("Hemorrhage") == order and get_sources("Hemorrhage", "auto") == order
+    assert get_source("Hemorrhage") is hemorrhage.JPEG_SOURCE
+    assert get_sources("Hemorrhage", "1.2.0") == [hemorrhage.JPEG_SOURCE]
+    assert get_sources("Hemorrhage", "1.0.0") == [hemorrhage.KAGGLE_SOURCE]
+    assert get_sources("Hemorrhage", "1.3.1") == [hemorrhage.NIFTI_SOURCE]
     assert hemorrhage.JPEG_SOURCE.access.value == "open_url" and "CC BY 4.0" in hemorrhage.JPEG_SOURCE.license
-    with pytest.raises(ValueError, match="no release '1.0.0'.*1.2.0.*1.3.1"):
-        get_source("Hemorrhage", "1.0.0")
+    assert hemorrhage.KAGGLE_SOURCE.access.value == "kaggle" and "1.0.0" in hemorrhage.KAGGLE_SOURCE.label
+    assert len({s.raw_name for s in order}) == 3  # each source has its own folder
+    with pytest.raises(ValueError, match="no release '1.1.0'.*auto.*1.2.0.*1.0.0.*1.3.1"):
+        get_sources("Hemorrhage", "1.1.0")
 
 
 def test_prepare_downloads_without_a_login_and_preprocesses(tmp_path, file_server, no_login):
@@ -140,7 +145,7 @@ def test_prepare_downloads_without_a_login_and_preprocesses(tmp_path, file_serve
     assert set(reasons) == {"Hemorrhage-050-002", "Hemorrhage-051-001", "Hemorrhage-053-001"}
     assert "no image Patients_CT/050/bone/2.jpg" in reasons["Hemorrhage-050-002"]
     assert "1.jpg" in reasons["Hemorrhage-051-001"] and "not 0/1" in reasons["Hemorrhage-053-001"]
-    assert manifest["release"] == "ct-ich 1.2.0 (JPEG)"
+    assert manifest["release"] == hemorrhage.JPEG_SOURCE.label and "1.2.0" in manifest["release"]
     assert manifest["files"]["hemorrhage_diagnosis.csv"] == hashlib.sha256(
         (directory / "hemorrhage_diagnosis.csv").read_bytes()).hexdigest()
     assert manifest["files"]["Patients_CT"] == f"{2 * len(DIAGNOSIS) - 1} JPEG files"
@@ -174,7 +179,7 @@ def test_a_server_that_asks_for_a_login_gets_physionet_credentials_when_set(tmp_
     with pytest.raises(MissingDataError) as err:
         prepare(jpeg_source(base), tmp_path / "data")
     text = str(err.value)
-    assert "refused access (401)" in text and hemorrhage.KAGGLE_MIRROR in text
+    assert "refused the download (HTTP 401) although it needs no login" in text
     assert hemorrhage.LANDING_PAGES["1.2.0"] in text and "- Patients_CT/" in text
     monkeypatch.setenv("PHYSIONET_USERNAME", "ann")
     monkeypatch.setenv("PHYSIONET_PASSWORD", "pw")
@@ -254,5 +259,5 @@ def test_the_release_is_a_validated_config_key(tmp_path):
                               capture_output=True, text=True)
 
     assert dry_run("1.3.1").returncode == 0
-    bad = dry_run("1.0.0")
+    bad = dry_run("1.1.0")
     assert bad.returncode != 0 and "hemorrhage_release" in bad.stdout + bad.stderr

@@ -415,6 +415,7 @@ def obtain(source: DatasetSource, raw_dir: Path) -> None:
     raw_dir = Path(raw_dir)
     if source.arrange is not None and raw_dir.exists():
         source.arrange(raw_dir)
+    _pin_clone(source, raw_dir)
     missing = source.missing_files(raw_dir)
     if not missing:
         return
@@ -432,6 +433,18 @@ def obtain(source: DatasetSource, raw_dir: Path) -> None:
     missing = source.missing_files(raw_dir)
     if missing:
         raise MissingDataError(source.instructions(raw_dir, missing, "the download did not produce them"))
+
+
+def _pin_clone(source: DatasetSource, raw_dir: Path) -> None:
+    """A git source's existing clone at another commit than ``source.git_rev`` is moved to it."""
+    clone = raw_dir / Path(source.expected[0]).parts[0]
+    if source.access is not Access.GIT or not source.git_rev or not (clone / ".git").exists():
+        return
+    try:
+        git_clone(source.git_url, clone, source.git_rev)
+    except IOError as err:
+        reason = f"the clone in {clone} is not at {source.git_rev}: {err}"
+        raise MissingDataError(source.instructions(raw_dir, source.missing_files(raw_dir), reason)) from None
 
 
 def _obtain_missing(source: DatasetSource, raw_dir: Path, missing: list[str]) -> None:
