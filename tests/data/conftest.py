@@ -1,5 +1,7 @@
 """Shared fixtures for the dataset tests: a local file server (loopback only) with HTTP Range and
-Basic-auth support, so the real download code runs without network."""
+Basic-auth support, so the real download code runs without network. It answers as S3, PhysioNet
+and Dataverse do: 206 with ``Content-Range: bytes a-b/N``, 416 with ``Content-Range: bytes */N``
+for a range past the end, 401 for missing credentials, and (``refuse``) 403 for everything."""
 
 import base64
 import functools
@@ -12,6 +14,7 @@ import pytest
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     credentials: tuple[str, str] | None = None
+    refuse: int | None = None  # answer every request with this status (e.g. 403 from an S3 bucket)
 
     def log_message(self, *args):  # keep test output quiet
         pass
@@ -23,6 +26,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         return self.headers.get("Authorization") == expected
 
     def do_GET(self):
+        if self.refuse is not None:
+            self.send_response(self.refuse)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if not self._authorised():
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="test"')
@@ -38,6 +46,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             start = int(self.headers["Range"][6:].split("-")[0])
             if start >= len(data):
                 self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
             self.send_response(206)
@@ -51,11 +61,12 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def file_server(tmp_path):
-    """Returns serve(directory, credentials=None) -> base URL "http://127.0.0.1:<port>"; stopped after the test."""
+    """Returns serve(directory, credentials=None, refuse=None) -> base URL "http://127.0.0.1:<port>";
+    stopped after the test."""
     servers = []
 
-    def serve(directory: Path, credentials: tuple[str, str] | None = None) -> str:
-        handler = type("Handler", (_Handler,), {"credentials": credentials})
+    def serve(directory: Path, credentials: tuple[str, str] | None = None, refuse: int | None = None) -> str:
+        handler = type("Handler", (_Handler,), {"credentials": credentials, "refuse": refuse})
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)

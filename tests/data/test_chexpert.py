@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import math
+import shutil
 import zipfile
 
 import numpy as np
@@ -21,7 +22,7 @@ from PIL import Image
 
 from eqpo.data.datasets import chexpert
 from eqpo.data.prepare import main, prepare
-from eqpo.data.sources import MissingDataError, train_val_fractions
+from eqpo.data.sources import IncompleteDataError, MissingDataError, train_val_fractions
 from eqpo.vocabularies import CHEXPERT_LABELS
 
 HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS]
@@ -302,3 +303,90 @@ def test_full_resolution_is_preferred_over_small_when_both_are_there(tmp_path):
     image = table.loc[table["sample_id"] == sample, "images"].iloc[0][0]
     with Image.open(root / image) as png:
         assert png.size == (420, 512)  # 640 x 780 shrunk to 512 on the longer side: 640 * 512 / 780 = 420.1
+
+
+def test_the_zips_as_published_left_zipped_give_the_full_table(tmp_path):
+    """Each AIMI zip keeps its entries under a folder named after it; left zipped (the documented
+    path), every training patient is still found."""
+    root = tmp_path / "data"
+    raw = root / "CheXpert" / "raw"
+    patients = _aimi_zips(tmp_path, raw, wrapper=True)
+    with zipfile.ZipFile(raw / chexpert.AIMI_ZIPS[2]) as bundle:  # the layout as published
+        assert all(n.startswith("CheXpert-v1.0 batch 3 (train 2)/patient") for n in bundle.namelist())
+    table = prepare(chexpert.SOURCE, root, seed=0)
+    assert sorted(table["sample_id"]) == sorted(EXPECTED)
+    assert sorted(p.name for p in (raw / "CheXpert-v1.0" / "train").iterdir()) == patients
+    assert set(table["split"]) == {"train", "val", "test"}
+
+
+def test_the_azcopy_layout_gives_the_full_table(tmp_path):
+    """`azcopy copy <link> raw/ --recursive` puts the container's files one folder down."""
+    root = tmp_path / "data"
+    container = root / "CheXpert" / "raw" / chexpert.AZCOPY_CONTAINER
+    _aimi_zips(tmp_path, container, wrapper=True)
+    for other in ("README.md", "train_cheXbert.csv", "train_visualCheXbert.csv", "CHEXPERT DEMO.xlsx"):
+        (container / other).write_text("x")  # the container's other files, not needed
+    table = prepare(chexpert.SOURCE, root, seed=0)
+    assert sorted(table["sample_id"]) == sorted(EXPECTED)
+    again = prepare(chexpert.SOURCE, root, seed=0)
+    pd.testing.assert_frame_equal(table, again)
+
+
+def test_an_empty_train_folder_left_by_an_earlier_run_does_not_pass_for_the_data(tmp_path):
+    """An earlier version left CheXpert-v1.0/train/ empty when it found no patient: that folder
+    counts as missing, so the zips next to it are unpacked and arranged."""
+    root = tmp_path / "data"
+    raw = root / "CheXpert" / "raw"
+    _aimi_zips(tmp_path, raw, wrapper=True)
+    with zipfile.ZipFile(raw / chexpert.AIMI_ZIPS[0]) as bundle:
+        bundle.extractall(tmp_path / "batch1")
+    batch1 = tmp_path / "batch1" / chexpert.AIMI_ZIPS[0][:-4]
+    target = raw / "CheXpert-v1.0"
+    target.mkdir()
+    for name in ("train.csv", "valid.csv", "valid"):
+        (batch1 / name).rename(target / name)
+    (target / "train").mkdir()
+    (raw / f".{chexpert.AIMI_ZIPS[0]}.extracted").touch()
+    assert chexpert.SOURCE.missing_files(raw) == ["CheXpert-v1.0/train/"]
+    table = prepare(chexpert.SOURCE, root, seed=0)
+    assert sorted(table["sample_id"]) == sorted(EXPECTED)
+
+
+def test_no_training_patient_found_creates_no_train_folder(tmp_path):
+    root = tmp_path / "data"
+    raw = root / "CheXpert" / "raw"
+    _aimi_zips(tmp_path, raw, wrapper=True)
+    for name in chexpert.AIMI_ZIPS[1:]:  # only batch 1 (the CSVs and valid/) was fetched
+        (raw / name).unlink()
+    with pytest.raises(MissingDataError) as err:
+        prepare(chexpert.SOURCE, root)
+    assert "- CheXpert-v1.0/train/" in str(err.value)
+    assert not (raw / "CheXpert-v1.0" / "train").exists()
+    with pytest.raises(MissingDataError):  # a rerun still stops: nothing was left to hide the problem
+        prepare(chexpert.SOURCE, root)
+
+
+def test_a_far_too_small_training_split_stops_with_what_was_found_and_where(tmp_path, capsys):
+    """train/ holds one of the eight training patients (the other batches never arrived): the rule
+    fails, naming the counts, the folder and unreadable files, and writes no table."""
+    root = tmp_path / "data"
+    raw = root / "CheXpert" / "raw"
+    base = _write_release(raw, folder="CheXpert-v1.0")
+    for patient in (base / "train").iterdir():
+        if patient.name != "patient00002":
+            shutil.rmtree(patient)
+    (root / "CheXpert" / "table.parquet").parent.mkdir(parents=True, exist_ok=True)
+    (root / "CheXpert" / "table.parquet").write_text("an older table")
+    with pytest.raises(IncompleteDataError) as err:
+        prepare(chexpert.SOURCE, root)
+    text = str(err.value)
+    # 12 labelled rows listed: 1 train row of patient00002 + 3 valid rows readable, 8 train rows not
+    assert "only 4 of the 12 labelled samples the metadata lists have a readable file (8 missing or unreadable)" \
+        in text
+    assert f"Read from:   {raw}" in text and "train 1, val 0, test 3" in text
+    assert "patient00001" in text and "unreadable image" in text
+    assert not (root / "CheXpert" / "table.parquet").exists()  # neither a new nor the older table
+    manifest = json.loads((root / "CheXpert" / "manifest.json").read_text())
+    assert manifest["unreadable"] == 8
+    assert main(["CheXpert", "--root", str(root)]) == IncompleteDataError.exit_status
+    assert "is incomplete" in capsys.readouterr().err
