@@ -15,7 +15,8 @@ from eqpo.data.custom import load_custom
 from eqpo.data.export import FORMAT_INSTRUCTION, export_verl, to_verl
 from eqpo.data.fetch import download, extract, obtain
 from eqpo.data.prepare import prepare
-from eqpo.data.sources import Access, DatasetSource, MissingDataError, RemoteFile, patient_split
+from eqpo.data.sources import (Access, DatasetSource, IncompleteDataError, Manifest, MissingDataError, RemoteFile,
+                               completeness_problems, patient_split)
 from eqpo.vocabularies import PAPER_DATASETS, get_spec
 
 
@@ -210,3 +211,65 @@ def test_kaggle_token_from_kaggle_json_is_used_for_the_download(tmp_path, file_s
     (config_dir / "kaggle.json").write_text(json.dumps({"username": "kuser", "key": "kkey"}))
     obtain(source, tmp_path / "raw")
     assert (tmp_path / "raw" / "labels.csv").exists() and (tmp_path / "raw" / "images" / "x.txt").exists()
+
+
+def _table(splits: dict[str, int]) -> pd.DataFrame:
+    """One sample per patient, ``splits`` = patients per split."""
+    rows = [(f"{split}{i}", split) for split, n in splits.items() for i in range(n)]
+    return pd.DataFrame({"sample_id": [r[0] for r in rows], "patient_id": [r[0] for r in rows],
+                         "split": [r[1] for r in rows]})
+
+
+def test_completeness_flags_an_empty_split_only_where_patients_were_due():
+    manifest = Manifest(dataset="X")
+    fractions = (0.7, 0.15, 0.15)
+    assert completeness_problems(_table({"train": 14, "val": 3, "test": 3}), manifest, fractions) == []
+    # 20 patients, all in train: val and test were due 0.15 * 20 = 3 patients each
+    problems = completeness_problems(_table({"train": 20}), manifest, fractions)
+    assert problems == ["the val split is empty although it should hold 0.15 of the 20 patients found",
+                        "the test split is empty although it should hold 0.15 of the 20 patients found"]
+    # 19 patients: 0.15 * 19 = 2.85 < 3, a rounding-sized split; not flagged
+    assert completeness_problems(_table({"train": 17, "test": 2}), manifest, fractions) == []
+    # an official test split alone (CheXpert with no training image): train was due 0.7 * 200
+    assert completeness_problems(_table({"test": 200}), manifest, fractions)[0].startswith("the train split is empty")
+    # a fraction of 0 asks for no split
+    assert completeness_problems(_table({"train": 20, "val": 20}), manifest, (0.5, 0.5, 0.0)) == []
+    assert completeness_problems(_table({}), manifest, fractions) == ["no labelled sample at all"]
+
+
+def test_completeness_compares_readable_samples_with_what_the_metadata_lists():
+    table = _table({"train": 14, "val": 3, "test": 3})
+    manifest = Manifest(dataset="X")
+    for i in range(20):  # 20 readable, 20 unreadable: exactly half is not "far below"
+        manifest.skip(f"u{i}", "no image", unreadable=True)
+    manifest.skip("v", "no label")  # a skip for another reason does not count
+    assert completeness_problems(table, manifest, (0.7, 0.15, 0.15)) == []
+    manifest.skip("u20", "no image", unreadable=True)
+    assert completeness_problems(table, manifest, (0.7, 0.15, 0.15)) == [
+        "only 20 of the 41 labelled samples the metadata lists have a readable file (21 missing or unreadable)"]
+
+
+def test_prepare_refuses_a_table_with_an_empty_split_and_writes_none(tmp_path):
+    def preprocess(raw_dir, out_dir, manifest, seed, fractions):
+        return pd.DataFrame({"sample_id": [f"s{i}" for i in range(30)], "patient_id": [f"p{i}" for i in range(30)],
+                             "split": ["train"] * 30, "images": [["x.png"]] * 30, "labels": [["Benign"]] * 30,
+                             "age": [40.0] * 30, "sex": ["F"] * 30})
+
+    raw = tmp_path / "ISIC-2020" / "raw"
+    (raw / "images").mkdir(parents=True)
+    (raw / "images" / "x.png").write_text("x")
+    (raw / "labels.csv").write_text("x")
+    with pytest.raises(IncompleteDataError, match="the val split is empty") as err:
+        prepare(_manual_source(preprocess), tmp_path)
+    assert f"Read from:   {raw}" in str(err.value) and "train 30, val 0, test 0" in str(err.value)
+    assert not (tmp_path / "ISIC-2020" / "table.parquet").exists()
+
+
+def test_an_empty_expected_folder_counts_as_missing(tmp_path):
+    source = _manual_source()
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    (raw / "labels.csv").write_text("x")
+    assert source.missing_files(raw) == ["images/"]
+    (raw / "images" / "a.png").write_text("x")
+    assert source.missing_files(raw) == []

@@ -261,3 +261,93 @@ def test_the_release_is_a_validated_config_key(tmp_path):
     assert dry_run("1.3.1").returncode == 0
     bad = dry_run("1.1.0")
     assert bad.returncode != 0 and "hemorrhage_release" in bad.stdout + bad.stderr
+
+
+MIRROR_TOP = "computed-tomography-images-for-intracranial-hemorrhage-detection-and-segmentation-1.0.0"
+
+
+def _kaggle_zip(tmp_path: Path, served: Path) -> None:
+    """The Kaggle mirror's download: one zip whose entries sit under the release's folder, with the
+    demographics under the JPEG releases' spelling."""
+    directory = build_release(tmp_path / "mirror", checksums=False)
+    (directory / "Patient_demographics.csv").rename(directory / "patient_demographics.csv")
+    served.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(served / "computed-tomography-ct-images.zip", "w") as bundle:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                bundle.write(path, f"{MIRROR_TOP}/{path.relative_to(directory).as_posix()}")
+
+
+def _ordered(physionet_base: str, kaggle_base: str, nifti_base: str) -> list:
+    """The three sources in the module's order, their URLs pointed at test servers."""
+    return [jpeg_source(physionet_base),
+            replace(hemorrhage.KAGGLE_SOURCE, remote=(RemoteFile(f"{kaggle_base}/computed-tomography-ct-images.zip",
+                                                                 "kaggle.zip", extract=True),)),
+            replace(hemorrhage.NIFTI_SOURCE, remote=(RemoteFile(f"{nifti_base}/hemorrhage_diagnosis_raw_ct.csv",
+                                                                "hemorrhage_diagnosis_raw_ct.csv"),))]
+
+
+@pytest.fixture
+def no_kaggle(monkeypatch, tmp_path):
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.delenv("KAGGLE_KEY", raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle"))
+
+
+@pytest.mark.parametrize("gone", [404, 403])
+def test_when_physionet_no_longer_serves_1_2_0_the_kaggle_mirror_is_used(tmp_path, file_server, no_login,
+                                                                          no_kaggle, monkeypatch, gone):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    physionet = file_server(empty) if gone == 404 else file_server(empty, refuse=403)
+    _kaggle_zip(tmp_path, tmp_path / "kaggle")
+    kaggle = file_server(tmp_path / "kaggle", credentials=("kuser", "kkey"))
+    monkeypatch.setenv("KAGGLE_USERNAME", "kuser")
+    monkeypatch.setenv("KAGGLE_KEY", "kkey")
+    root = tmp_path / "data"
+    table = prepare(_ordered(physionet, kaggle, "http://127.0.0.1:9"), root, seed=4)
+    assert list(table["sample_id"]) == [f"Hemorrhage-{p:03d}-{s:03d}" for p, s, _ in KEPT]
+    assert (root / "Hemorrhage" / "raw-1.0.0" / MIRROR_TOP / "Patients_CT" / "049" / "brain" / "1.jpg").is_file()
+    manifest = json.loads((root / "Hemorrhage" / "manifest.json").read_text())
+    assert manifest["release"] == hemorrhage.KAGGLE_SOURCE.label and "1.0.0" in manifest["release"]
+    assert table["age"].notna().sum() == len(KEPT) - 1  # demographics read under the other spelling
+
+
+def test_when_no_source_is_available_one_block_names_each_and_skip_is_honoured(tmp_path, file_server, no_login,
+                                                                               no_kaggle):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    sources = _ordered(file_server(empty), "http://127.0.0.1:9", "http://127.0.0.1:9")
+    root = tmp_path / "data"
+    with pytest.raises(MissingDataError) as err:
+        prepare(sources, root)
+    text = str(err.value)
+    assert text.startswith("Dataset Hemorrhage is not available from any of its 3 sources, tried in this order:")
+    positions = [text.index(f"{k}. {source.label}: ") for k, source in enumerate(sources, start=1)]
+    assert positions == sorted(positions)
+    assert "HTTP 404" in text and "no Kaggle token" in text and "no PhysioNet credentials" in text
+    for page in (hemorrhage.LANDING_PAGES["1.2.0"], hemorrhage.KAGGLE_PAGE, hemorrhage.LANDING_PAGES["1.3.1"]):
+        assert page in text
+    for folder in ("raw/", "raw-1.0.0/", "raw-1.3.1/"):
+        assert str(root / "Hemorrhage" / folder) in text
+    assert text.count("data.skip_unavailable") == 1  # one block, one closing line
+
+    table = prepare(sources, root, skip_unavailable=True)
+    assert table.empty and pd.read_parquet(root / "Hemorrhage" / "table.parquet").empty
+    manifest = json.loads((root / "Hemorrhage" / "manifest.json").read_text())
+    assert manifest["skipped"] is True and hemorrhage.KAGGLE_PAGE in manifest["reason"]
+
+
+def test_a_source_already_on_disk_is_used_without_asking_the_earlier_ones(tmp_path, file_server, no_login,
+                                                                          no_kaggle):
+    """The mirror unpacked by hand under raw-1.0.0/ is used although PhysioNet would serve 1.2.0."""
+    _kaggle_zip(tmp_path, tmp_path / "kaggle")
+    raw = tmp_path / "data" / "Hemorrhage" / "raw-1.0.0"
+    raw.mkdir(parents=True)
+    zipfile.ZipFile(tmp_path / "kaggle" / "computed-tomography-ct-images.zip").extractall(raw)
+    physionet = file_server(build_release(tmp_path / "srv"))
+    table = prepare(_ordered(physionet, "http://127.0.0.1:9", "http://127.0.0.1:9"), tmp_path / "data")
+    assert len(table) == len(KEPT)
+    assert not (tmp_path / "data" / "Hemorrhage" / "raw").exists()  # nothing was downloaded from PhysioNet
+    manifest = json.loads((tmp_path / "data" / "Hemorrhage" / "manifest.json").read_text())
+    assert "1.0.0" in manifest["release"]

@@ -277,12 +277,10 @@ def test_skip_unavailable_without_credentials(served, tmp_path):
 
 def test_missing_decoder_stops_instead_of_skipping_everything(tmp_path):
     """A compressed transfer syntax with no installed decoder is an environment problem."""
-    pytest.importorskip("pydicom")
-    try:
-        import jpeg_ls  # noqa: F401
-        pytest.skip("a JPEG-LS decoder is installed")
-    except ImportError:
-        pass
+    from pydicom.pixels.decoders import JPEGLSLosslessDecoder
+
+    if JPEGLSLosslessDecoder.is_available:  # the data environment installs one (pylibjpeg-libjpeg)
+        pytest.skip(f"a JPEG-LS decoder is installed ({JPEGLSLosslessDecoder.available_plugins})")
     import pydicom
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGLSLossless
@@ -319,3 +317,46 @@ def test_helpers(tmp_path):
     pd.DataFrame([{"Series Instance UID": "ser1", "Patient's  AGE": "061Y"},
                   {"Series Instance UID": "ser2", "Patient's  AGE": ""}]).to_csv(meta, index=False)
     assert vindr_mammo.read_ages(meta) == ("series_id", {"ser1": 61.0})
+
+
+# pydicom's own test files (shipped with pydicom, MIT licence): one 64x64 16-bit MR slice stored
+# uncompressed and, losslessly, as JPEG-LS and as JPEG 2000: the compressions a mammography archive uses.
+COMPRESSED = {"i_raw": "MR_small.dcm", "i_jls": "MR_small_jpeg_ls_lossless.dcm",
+              "i_j2k": "MR_small_jp2klossless.dcm"}
+
+
+def test_compressed_dicoms_are_decoded_like_the_uncompressed_one(tmp_path):
+    """Through the module's preprocessing: a JPEG-LS and a JPEG 2000 lossless DICOM give exactly the
+    PNG of the same image stored uncompressed (needs the data environment's pylibjpeg decoders)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels.decoders import JPEG2000LosslessDecoder, JPEGLSLosslessDecoder
+
+    for decoder in (JPEGLSLosslessDecoder, JPEG2000LosslessDecoder):
+        if not decoder.is_available:
+            pytest.skip(f"no {decoder.UID.name} decoder: install the data environment's pylibjpeg plugins "
+                        "(pip install 'eqpo[data]' or envs/data.yaml)")
+    raw, out = tmp_path / "raw", tmp_path / "VinDr-Mammo"
+    syntaxes = {}
+    for image, name in COMPRESSED.items():
+        dest = raw / "images" / "s1" / f"{image}.dicom"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(get_testdata_file(name), dest)
+        syntaxes[image] = pydicom.dcmread(dest).file_meta.TransferSyntaxUID
+    assert syntaxes["i_jls"].is_compressed and syntaxes["i_j2k"].is_compressed
+    assert "JPEG-LS" in syntaxes["i_jls"].name and "JPEG 2000" in syntaxes["i_j2k"].name
+    pd.DataFrame([{"study_id": "s1", "series_id": "x", "image_id": image, "breast_birads": "BI-RADS 2",
+                   "split": "training"} for image in COMPRESSED]).to_csv(raw / "breast-level_annotations.csv",
+                                                                         index=False)
+    pd.DataFrame([{"SOP Instance UID": image, "Patient's Age": "050Y"} for image in COMPRESSED]).to_csv(
+        raw / "metadata.csv", index=False)
+    from eqpo.data.sources import Manifest
+
+    manifest = Manifest("VinDr-Mammo")
+    table = vindr_mammo.preprocess(raw, out, manifest, 0, (0.7, 0.15, 0.15))
+    assert manifest.skipped == [] and len(table) == 3
+    pixels = {row.sample_id: np.asarray(Image.open(tmp_path / row.images[0])) for row in table.itertuples()}
+    reference = pixels["VinDr-Mammo-i_raw"]
+    assert reference.shape == (64, 64) and reference.std() > 10  # a real image, not a blank
+    assert np.array_equal(pixels["VinDr-Mammo-i_jls"], reference)
+    assert np.array_equal(pixels["VinDr-Mammo-i_j2k"], reference)

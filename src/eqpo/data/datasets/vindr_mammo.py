@@ -10,7 +10,10 @@ Files under ``<root>/VinDr-Mammo/raw/`` (the layout of https://physionet.org/fil
   (= image_id); ``Series Instance UID`` (= series_id) or ``Study Instance UID`` (= study_id) are
   used when that column is absent (the notes could not confirm the exact key).
 - ``SHA256SUMS.txt``: PhysioNet's checksums of every file; used to verify the CSVs and each DICOM.
-- ``images/<study_id>/<image_id>.dicom``: the 20,000 DICOMs (about 340 GB).
+- ``images/<study_id>/<image_id>.dicom``: the 20,000 DICOMs (about 340 GB). Their transfer
+  syntax is not documented; compressed pixel data (JPEG lossless, JPEG-LS, JPEG 2000, as full-field
+  mammography archives often hold) is decoded by pydicom's pylibjpeg plugins, installed with the
+  ``data`` extra and ``envs/data.yaml``.
 
 Download: PhysioNet credentials from ``PHYSIONET_USERNAME``/``PHYSIONET_PASSWORD`` or ``~/.netrc``
 (never prompted). The CSVs come through ``SOURCE.remote``; :func:`fetch_images` then downloads the
@@ -221,8 +224,9 @@ def convert_images(rows: list[dict], out_dir: Path, manifest: Manifest) -> list[
     for row, result in zip(rows, results):
         if isinstance(result, str):
             if NO_DECODER in result:
-                raise RuntimeError(f"pydicom cannot decode these DICOMs: {result}\nInstall a decoder, e.g. "
-                                   "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm)")
+                raise RuntimeError(f"pydicom cannot decode these DICOMs: {result}\nInstall the decoders of the "
+                                   "data environment (envs/data.yaml, or pip install 'eqpo[data]'): pylibjpeg "
+                                   "pylibjpeg-libjpeg pylibjpeg-openjpeg")
             manifest.skip(row["sample_id"], f"unreadable DICOM: {result}", unreadable=True)
             continue
         age = row["age"] if not math.isnan(row["age"]) else dicom_age(result.get("age"))
