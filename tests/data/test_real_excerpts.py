@@ -107,7 +107,9 @@ def test_pad_ufes_20_metadata_reads_as_published():
     assert sexes == [{"FEMALE": "F", "MALE": "M"}.get(r["gender"]) for r in rows]
     assert sexes.count(None) == 9  # blank gender: the rows without background data
     assert records["age"].tolist() == [float(r["age"]) for r in rows]
-    assert (records["patient_id"] == "PAT_46").sum() == 3  # three lesions photographed of one patient
+    pat_46 = [r for r in rows if r["patient_id"] == "PAT_46"]
+    assert (records["patient_id"] == "PAT_46").sum() == len(pat_46) == 6  # six photos of one patient's
+    assert len({r["lesion_id"] for r in pat_46}) == 3  # three lesions
 
 
 def test_pad_ufes_20_metadata_through_the_mendeley_archive_layout(tmp_path, file_server):
