@@ -15,6 +15,7 @@ import pytest
 class _Handler(http.server.SimpleHTTPRequestHandler):
     credentials: tuple[str, str] | None = None
     refuse: int | None = None  # answer every request with this status (e.g. 403 from an S3 bucket)
+    bare_416: bool = False  # a 416 without Content-Range, as some servers send
 
     def log_message(self, *args):  # keep test output quiet
         pass
@@ -46,7 +47,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             start = int(self.headers["Range"][6:].split("-")[0])
             if start >= len(data):
                 self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
+                if not self.bare_416:
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
@@ -61,12 +63,13 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def file_server(tmp_path):
-    """Returns serve(directory, credentials=None, refuse=None) -> base URL "http://127.0.0.1:<port>";
-    stopped after the test."""
+    """Returns serve(directory, credentials=None, refuse=None, bare_416=False) -> base URL
+    "http://127.0.0.1:<port>"; stopped after the test."""
     servers = []
 
-    def serve(directory: Path, credentials: tuple[str, str] | None = None, refuse: int | None = None) -> str:
-        handler = type("Handler", (_Handler,), {"credentials": credentials, "refuse": refuse})
+    def serve(directory: Path, credentials: tuple[str, str] | None = None, refuse: int | None = None,
+              bare_416: bool = False) -> str:
+        handler = type("Handler", (_Handler,), {"credentials": credentials, "refuse": refuse, "bare_416": bare_416})
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)

@@ -74,13 +74,27 @@ def test_a_complete_part_file_is_taken_as_it_is(tmp_path, served):
     assert dest.read_bytes() == PAYLOAD
 
 
-def test_a_part_file_longer_than_the_published_size_restarts_without_asking_the_server(tmp_path):
+def test_a_part_file_longer_than_the_published_size_restarts(tmp_path, file_server):
+    """A server whose 416 does not say the file's size: the published size tells the part file is
+    too long before anything is asked."""
+    directory = tmp_path / "srv"
+    directory.mkdir()
+    (directory / "blob.zip").write_bytes(PAYLOAD)
+    url = file_server(directory, bare_416=True) + "/blob.zip"
+    dest = tmp_path / "out" / "blob.zip"
+    dest.parent.mkdir()
+    dest.with_name("blob.zip.part").write_bytes(PAYLOAD + b"junk")
+    download(url, dest, size=len(PAYLOAD))
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_a_local_part_file_longer_than_the_source_restarts(tmp_path):
     source = tmp_path / "blob.zip"
     source.write_bytes(PAYLOAD)
     dest = tmp_path / "out" / "blob.zip"
     dest.parent.mkdir()
     dest.with_name("blob.zip.part").write_bytes(PAYLOAD + b"junk")
-    download(source.as_uri(), dest, size=len(PAYLOAD))
+    download(source.as_uri(), dest)
     assert dest.read_bytes() == PAYLOAD
 
 
@@ -130,6 +144,16 @@ def test_a_refusal_from_a_credentialed_host_names_the_credentials_and_agreement(
     text = str(err.value)
     assert "refused access (HTTP 403): check the credentials" in text and "data use agreement" in text
     assert "needs no login" not in text and vindr_mammo.LANDING_PAGE in text
+
+
+def test_credentials_sent_to_an_open_host_are_not_blamed_for_its_refusal(tmp_path, file_server, monkeypatch):
+    """ct-ich 1.2.0 is open; PhysioNet credentials are sent when set. A 403 there is the open-host case."""
+    monkeypatch.setenv("PHYSIONET_USERNAME", "ann")
+    monkeypatch.setenv("PHYSIONET_PASSWORD", "pw")
+    url = file_server(tmp_path, refuse=403) + "/hemorrhage_diagnosis.csv"
+    source = replace(hemorrhage.JPEG_SOURCE, remote=(RemoteFile(url, "hemorrhage_diagnosis.csv"),))
+    with pytest.raises(MissingDataError, match="although it needs no login"):
+        obtain(source, tmp_path / "raw")
 
 
 def test_a_withdrawn_file_is_unavailable_and_can_be_skipped(tmp_path, file_server):
