@@ -13,8 +13,8 @@ Each zip keeps its entries under a folder named after it (``CheXpert-v1.0 batch 
 patient00001/...``). :func:`arrange_aimi` unpacks the zips it finds and moves the pieces, wherever
 they lie below raw/, into the layout the CSVs' Path column names (``CheXpert-v1.0/train/
 patientNNNNN/...``): ``CheXpert-v1.0/{train.csv, valid.csv, train/, valid/}``. The downsampled
-``CheXpert-v1.0-small/`` folder (same four entries, e.g. from an
-older download) is accepted too; when both are complete the full-resolution one is used.
+``CheXpert-v1.0-small/`` folder (same four entries, e.g. from an older download) is accepted too;
+when both are complete the full-resolution one is used.
 
 CSV columns (``train.csv`` / ``valid.csv``): ``Path`` (``CheXpert-v1.0/train/patient00001/study1/
 view1_frontal.jpg``; the patient id is the ``patientNNNNN`` part), ``Sex`` (Male/Female/Unknown),

@@ -50,9 +50,10 @@ One sample per CT slice (as CLIMB and the paper): label "Has Hemorrhage" when ``
 else "No Hemorrhage"; two PNG images per sample, the brain window and the bone window. There is no
 official split: patients are split with :func:`patient_split`.
 
-Download: the diagnosis CSV is the ``remote`` file; the ``fetch`` step then fetches the release's
-``SHA256SUMS.txt`` (checked when served), the demographics and every image or volume the diagnosis
-CSV lists, one progress bar over the files.
+Download (PhysioNet, 1.2.0 and 1.3.1): the diagnosis CSV is the ``remote`` file; the ``fetch`` step
+then fetches the release's ``SHA256SUMS.txt`` (checked when served), the demographics and every
+image or volume the diagnosis CSV lists, one progress bar over the files. The Kaggle mirror is one
+zip from Kaggle's API, unpacked where it lands.
 """
 
 from __future__ import annotations
