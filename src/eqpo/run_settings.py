@@ -1,8 +1,10 @@
 """What one run is configured with: its training settings and the reproduction options.
 
-- :func:`train_settings`: the ``train`` block (paper Table 3) with the per-(model, method)
-  overrides of ``runs.<model>.<method>`` (and ``runs.<model>.all``) on top. The verl launcher and
-  the CPU backend both read a run's settings through this one function.
+- :func:`train_settings`: the ``train`` block with the per-(model, method) overrides of
+  ``runs.<model>.<method>`` (and ``runs.<model>.all``) on top. The verl launcher and the CPU
+  backend both read a run's settings through this one function. :func:`estimator_options`: the
+  method's ``estimators`` entry with the run's ``estimator`` overrides; :func:`run_source`: where
+  a run's settings come from (the ``source`` of its ``runs`` blocks, else ``train_source``).
 - :class:`ReproductionOptions`: the choices where the paper text and the authors' released code
   differ (metric class set, answer extraction at evaluation, group definition, reward), read from
   the ``metrics``, ``groups`` and ``reward`` blocks of the config with a clear error for a bad value.
@@ -17,6 +19,11 @@ from typing import Any, Mapping
 
 RUNS_KEY = "runs"
 ALL_METHODS = "all"
+# Keys of a `runs` block that are not `train` keys: where its values come from, and estimator
+# options (merged over `estimators.<method>`).
+SOURCE_KEY = "source"
+ESTIMATOR_KEY = "estimator"
+DEFAULT_TRAIN_SOURCE = "paper Table 3"
 
 CLASS_SETS = ("group_present", "dataset")
 EXTRACTIONS = ("first_box", "last_box")
@@ -36,21 +43,51 @@ def _overrides(config: Mapping[str, Any], model: str) -> Mapping[str, Any]:
     return per_model
 
 
-def run_overrides(config: Mapping[str, Any], model: str, method: str) -> dict[str, Any]:
-    """The ``train`` keys that ``runs`` changes for (model, method): ``runs.<model>.all`` first,
-    then ``runs.<model>.<method>`` (which wins)."""
+def _blocks(config: Mapping[str, Any], model: str, method: str) -> list[Mapping[str, Any]]:
+    """``[runs.<model>.all, runs.<model>.<method>]`` ({} where absent), checked to be mappings."""
     per_model = _overrides(config, model)
-    out: dict[str, Any] = {}
+    out = []
     for key in (ALL_METHODS, method):
         block = per_model.get(key) or {}
         if not isinstance(block, Mapping):
             raise ValueError(f"{RUNS_KEY}.{model}.{key} must be a mapping of `train` keys, got {block!r}")
-        unknown = sorted(k for k in block if k not in _KNOWN_TRAIN_KEYS)
+        out.append(block)
+    return out
+
+
+def run_overrides(config: Mapping[str, Any], model: str, method: str) -> dict[str, Any]:
+    """The ``train`` keys that ``runs`` changes for (model, method): ``runs.<model>.all`` first,
+    then ``runs.<model>.<method>`` (which wins). ``source`` and ``estimator`` are not `train` keys."""
+    out: dict[str, Any] = {}
+    for key, block in zip((ALL_METHODS, method), _blocks(config, model, method)):
+        train = {k: v for k, v in block.items() if k not in (SOURCE_KEY, ESTIMATOR_KEY)}
+        unknown = sorted(k for k in train if k not in _KNOWN_TRAIN_KEYS)
         if unknown:
             raise ValueError(f"{RUNS_KEY}.{model}.{key}: unknown `train` key(s) {unknown}; "
                              f"known: {sorted(_KNOWN_TRAIN_KEYS)}")
-        out.update(block)
+        out.update(train)
     return out
+
+
+def estimator_options(config: Mapping[str, Any], model: str, method: str) -> dict[str, Any]:
+    """The estimator options of one run: ``estimators.<method>``, then the ``estimator`` mapping of
+    ``runs.<model>.all`` and ``runs.<model>.<method>`` (e.g. a script's ``k_max: 20``)."""
+    out = dict(((config.get("estimators") or {}).get(method)) or {})
+    for block in _blocks(config, model, method):
+        extra = block.get(ESTIMATOR_KEY) or {}
+        if not isinstance(extra, Mapping):
+            raise ValueError(f"{RUNS_KEY}.{model}: `estimator` must map estimator options to values, got {extra!r}")
+        out.update(extra)
+    return out
+
+
+def run_source(config: Mapping[str, Any], model: str, method: str) -> str:
+    """Where a run's settings come from: the ``source`` of ``runs.<model>.<method>``, else of
+    ``runs.<model>.all``, else ``train_source`` (default "paper Table 3")."""
+    for block in reversed(_blocks(config, model, method)):
+        if block.get(SOURCE_KEY):
+            return str(block[SOURCE_KEY])
+    return str(config.get("train_source") or DEFAULT_TRAIN_SOURCE)
 
 
 def train_settings(config: Mapping[str, Any], model: str, method: str) -> dict[str, Any]:
@@ -132,8 +169,10 @@ class ReproductionOptions:
         return asdict(self)
 
     def reward_kwargs(self) -> dict[str, str]:
-        """The reward function's keyword arguments (eqpo.rewards.score_response, the verl reward)."""
-        return {"function": self.reward, "matching": self.matching}
+        """The verl reward function's keyword arguments (:func:`eqpo.verl_ext.reward.compute_score`):
+        the reward and its matching, and the extraction of the ``prediction`` it reports for validation
+        (its score always reads the last box, as the training reward)."""
+        return {"function": self.reward, "matching": self.matching, "extraction": self.extraction}
 
     def config_rows(self) -> dict[str, str]:
         """config key -> value, for the tables that say which reading was used."""

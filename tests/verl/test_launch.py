@@ -152,9 +152,11 @@ def test_values_land_where_verl_reads_them(composed, run):
     # Ray: this job's own local instance (never another job's cluster), no dashboard port.
     assert cfg.ray_kwargs.ray_init.address == "local" and cfg.ray_kwargs.ray_init.include_dashboard is False
     assert "eqpo_restart_estimator" not in cfg.trainer and cfg.data.val_max_samples == -1
-    # the config's reward reading reaches verl's reward function (reward.function / matching)
+    # the config's reward reading reaches verl's reward function (reward.function / matching, and
+    # metrics.extraction for the prediction that validation is scored on)
     assert dict(cfg.reward.custom_reward_function.reward_kwargs) == {
-        "function": PAPER["reward"]["function"], "matching": PAPER["reward"]["matching"]}
+        "function": PAPER["reward"]["function"], "matching": PAPER["reward"]["matching"],
+        "extraction": PAPER["metrics"]["extraction"]}
     assert cfg.trainer.experiment_name == f"{model}_{method}_seed{seed}"
     eqpo = cfg.algorithm.get("eqpo")
     assert (OmegaConf.to_container(eqpo) if eqpo is not None else {}) == PAPER["estimators"].get(method, {})
