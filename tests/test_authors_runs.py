@@ -197,3 +197,30 @@ def test_records_with_demographics_drop_the_wholly_unknown(tmp_path):
     assert len(pd.read_parquet(paths["train"])) == 7
     # Hemorrhage cells F|a2 3, M|a3 1 -> 3 + 3; VinDr-Mammo a1 1, a3 2 -> 2 + 2
     assert len(pd.read_parquet(paths["train_rs"])) == 10
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The compute plan
+# ----------------------------------------------------------------------------------------------
+
+
+def test_compute_plan_from_the_authors_step_times():
+    from eqpo.analysis.plan import plan_markdown, plan_rows
+
+    config = {"experiment": "x", "base_models": ["qwen2.5-vl-7b", "qoq-med3-vl-8b", "demo-mlp", "other"],
+              "methods": ["eqpo"], "seeds": [0, 1],
+              "models": {"qwen2.5-vl-7b": {"backend": "verl", "params_billion": 10.0},
+                         "qoq-med3-vl-8b": {"backend": "verl"}, "demo-mlp": {"backend": "cpu"},
+                         "other": {"backend": "verl"}},
+              "train": {"steps": 90, "batch_prompts": 512, "rollouts": 10, "gpus": 4, "max_ckpt_to_keep": 1}}
+    rows = plan_rows(config).set_index("model")
+    # qwen: 886 s x (512 x 10) / (512 x 5) = 1772 s a step; 90 steps x 1772 s x 4 GPUs / 3600 = 177.2 GPU-h
+    assert rows.loc["qwen2.5-vl-7b", "step_seconds"] == pytest.approx(1772.0)
+    assert rows.loc["qwen2.5-vl-7b", "gpu_hours_per_run"] == pytest.approx(177.2)
+    assert rows.loc["qwen2.5-vl-7b", "gpu_hours"] == pytest.approx(354.4)  # two seeds
+    # peak disk: 10e9 parameters x (2 checkpoints x 12 + 2 merged) bytes = 260 GB
+    assert rows.loc["qwen2.5-vl-7b", "peak_disk_gb_per_run"] == pytest.approx(260.0)
+    assert "stand-in" in rows.loc["qoq-med3-vl-8b", "basis"]
+    assert rows.loc["demo-mlp", "gpu_hours"] == 0.0 and np.isnan(rows.loc["other", "gpu_hours"])
+    text = plan_markdown(config)
+    assert "Total: 708.8 GPU-hours over 8 training runs (1 (model, method) pairs without an estimate)." in text

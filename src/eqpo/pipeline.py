@@ -385,6 +385,15 @@ def render_paper_comparison(metrics: list, steps: list, dynamics: list, config: 
     _say(f"paper comparison -> {out_dir}")
 
 
+def render_plan(config: dict, out: str | Path) -> None:
+    """The compute plan of ``config`` (GPU-hours and disk per run and in all) as Markdown."""
+    from .analysis.plan import plan_markdown
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(plan_markdown(config))
+    _say(f"compute plan -> {out}")
+
+
 def render_paper_tables(metrics: list, config: dict, out_dir: str | Path) -> None:
     """Paper Table 3 (settings used), Table 4 (per-group F1, EQPO vs GRPO) and Tables 5-17."""
     from .analysis.collect import read_group_tables

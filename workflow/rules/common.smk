@@ -119,6 +119,7 @@ def notebook_parameters(figure_dir=None, table_dir=None, **inputs):
 def final_targets():
     tables = f"{RESULTS}/tables"
     targets = [
+        f"{RESULTS}/plan.md",
         f"{tables}/table1.csv",
         f"{tables}/table2.csv",
         f"{tables}/table2_ci.csv",

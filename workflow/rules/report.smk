@@ -156,3 +156,19 @@ rule notebook_cluster_stability:
         "../../envs/cpu.yaml"
     script:
         "../scripts/notebook.py"
+
+
+rule plan:
+    """The compute plan: GPU-hours and peak disk per run and in all, from the authors' step times
+    (cheap; `snakemake results/<experiment>/plan.md` before submitting the training jobs)."""
+    output:
+        f"{RESULTS}/plan.md",
+    params:
+        config=config,
+    log:
+        f"{LOGS}/plan.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/plan.py"
