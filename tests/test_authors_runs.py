@@ -5,10 +5,12 @@ and the records their files held. Expectations are worked out by hand in the com
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from eqpo.analysis.paper import paper_vs_reproduction_table2
 from eqpo.analysis.report_point import ReportPoint, reported_rows, validation_rows
@@ -19,6 +21,13 @@ from eqpo.metrics import TABLE2_COLUMNS
 from eqpo.run_settings import ReproductionOptions
 from eqpo.verl_ext import logs
 from eqpo.verl_ext.reward import compute_score
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_config() -> dict:
+    """config.yaml as written (its `runs` are the defaults this file checks)."""
+    return yaml.safe_load((REPO / "config.yaml").read_text())
 
 # ----------------------------------------------------------------------------------------------
 # 1. The reported point
@@ -224,3 +233,56 @@ def test_compute_plan_from_the_authors_step_times():
     assert rows.loc["demo-mlp", "gpu_hours"] == 0.0 and np.isnan(rows.loc["other", "gpu_hours"])
     text = plan_markdown(config)
     assert "Total: 708.8 GPU-hours over 8 training runs (1 (model, method) pairs without an estimate)." in text
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. The QoQ-Med3 runs: their scripts' reward and cluster count
+# ----------------------------------------------------------------------------------------------
+
+HEMORRHAGE = ["No Hemorrhage", "Has Hemorrhage"]
+
+
+def test_qoq_med3_reward_by_hand():
+    from eqpo.rewards import jaccard_tokens, score_response
+
+    def score(response, truth="Has Hemorrhage"):
+        return score_response(response, truth, HEMORRHAGE, function="qoq_med3", matching="strict").score
+
+    # right: 0.5 F1 1 + 0.1 format 0 + 0.2 Jaccard 1 = 0.7
+    assert score("<think>x</think> \\boxed{Has Hemorrhage}") == pytest.approx(0.7)
+    # wrong: F1 0; tokens {no, hemorrhage} vs {has, hemorrhage}: Jaccard 1/3 -> 0.2 / 3
+    assert score("<think>x</think> \\boxed{No Hemorrhage}") == pytest.approx(0.2 / 3)
+    # a fenced JSON list with one valid box: format 0.2 + 0.1 + 0.2 + 0.1 + 0.4 = 1.0 -> + 0.1
+    fenced = '```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "x"}]\n```\n<think>x</think> \\boxed{Has Hemorrhage}'
+    assert score(fenced) == pytest.approx(0.8)
+    assert score("no box at all") == 0.0
+    assert jaccard_tokens("<think>has</think> HAS  hemorrhage", "Has Hemorrhage") == 1.0  # think removed, case folded
+    assert jaccard_tokens("", "") == 1.0 and jaccard_tokens(None, "a") == 0.0
+
+
+def test_qoq_med3_runs_carry_their_reward_and_k_max():
+    from eqpo.analysis.paper_tables import table3
+    from eqpo.run_settings import estimator_options, run_reward
+
+    config = load_config()
+    assert run_reward(config, "qoq-med3-vl-8b", "eqpo") == run_reward(config, "qoq-med3-vl-8b", "eqpo_nd") == "qoq_med3"
+    assert run_reward(config, "qoq-med3-vl-8b", "grpo") == run_reward(config, "medgemma-4b", "eqpo") == (
+        "authors_composite")
+    assert estimator_options(config, "qoq-med3-vl-8b", "eqpo")["k_max"] == 20
+    assert estimator_options(config, "qoq-med3-vl-8b", "eqpo_nd")["k_max"] == 3
+    assert "reward=qoq_med3" in table3(config).loc["run: eqpo", "qoq-med3-vl-8b"]
+    with pytest.raises(ValueError, match=r"runs\.m\.eqpo\.reward must be one of"):
+        run_reward({"runs": {"m": {"eqpo": {"reward": "medical"}}}}, "m", "eqpo")
+
+
+def test_the_verl_command_of_a_qoq_med3_run_names_its_reward_and_k_max(tmp_path):
+    from eqpo.verl_ext.launch import RunPaths, build_overrides
+
+    config = load_config()
+    paths = RunPaths.for_run(tmp_path / "run")
+    qoq = build_overrides(config, "qoq-med3-vl-8b", "eqpo", 0, paths, tmp_path)
+    gemma = build_overrides(config, "medgemma-4b", "eqpo", 0, paths, tmp_path)
+    assert "+reward.custom_reward_function.reward_kwargs.function=qoq_med3" in qoq
+    assert "+algorithm.eqpo.k_max=20" in qoq
+    assert "+reward.custom_reward_function.reward_kwargs.function=authors_composite" in gemma
+    assert "+algorithm.eqpo.k_max=3" in gemma

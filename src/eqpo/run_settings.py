@@ -23,12 +23,13 @@ ALL_METHODS = "all"
 # options (merged over `estimators.<method>`).
 SOURCE_KEY = "source"
 ESTIMATOR_KEY = "estimator"
+REWARD_KEY = "reward"
 DEFAULT_TRAIN_SOURCE = "paper Table 3"
 
 CLASS_SETS = ("group_present", "dataset")
 EXTRACTIONS = ("first_box", "last_box")
 GROUP_DEFINITIONS = ("authors_code", "paper")
-REWARD_FUNCTIONS = ("authors_composite", "exact", "f1")
+REWARD_FUNCTIONS = ("authors_composite", "exact", "f1", "qoq_med3")
 MATCHINGS = ("strict", "lenient")
 
 
@@ -57,10 +58,11 @@ def _blocks(config: Mapping[str, Any], model: str, method: str) -> list[Mapping[
 
 def run_overrides(config: Mapping[str, Any], model: str, method: str) -> dict[str, Any]:
     """The ``train`` keys that ``runs`` changes for (model, method): ``runs.<model>.all`` first,
-    then ``runs.<model>.<method>`` (which wins). ``source`` and ``estimator`` are not `train` keys."""
+    then ``runs.<model>.<method>`` (which wins). ``source``, ``estimator`` and ``reward`` are not
+    `train` keys."""
     out: dict[str, Any] = {}
     for key, block in zip((ALL_METHODS, method), _blocks(config, model, method)):
-        train = {k: v for k, v in block.items() if k not in (SOURCE_KEY, ESTIMATOR_KEY)}
+        train = {k: v for k, v in block.items() if k not in (SOURCE_KEY, ESTIMATOR_KEY, REWARD_KEY)}
         unknown = sorted(k for k in train if k not in _KNOWN_TRAIN_KEYS)
         if unknown:
             raise ValueError(f"{RUNS_KEY}.{model}.{key}: unknown `train` key(s) {unknown}; "
@@ -79,6 +81,18 @@ def estimator_options(config: Mapping[str, Any], model: str, method: str) -> dic
             raise ValueError(f"{RUNS_KEY}.{model}: `estimator` must map estimator options to values, got {extra!r}")
         out.update(extra)
     return out
+
+
+def run_reward(config: Mapping[str, Any], model: str, method: str) -> str:
+    """The reward function one run trains with: the ``reward`` of ``runs.<model>.<method>``, else of
+    ``runs.<model>.all``, else config ``reward.function`` (e.g. the QoQ-Med3 scripts' ``qoq_med3``)."""
+    for key, block in reversed(list(zip((ALL_METHODS, method), _blocks(config, model, method)))):
+        if block.get(REWARD_KEY) is not None:
+            if block[REWARD_KEY] not in REWARD_FUNCTIONS:
+                raise ValueError(f"{RUNS_KEY}.{model}.{key}.{REWARD_KEY} must be one of {list(REWARD_FUNCTIONS)}, "
+                                 f"got {block[REWARD_KEY]!r}")
+            return str(block[REWARD_KEY])
+    return reproduction_options(config).reward
 
 
 def run_source(config: Mapping[str, Any], model: str, method: str) -> str:
@@ -142,7 +156,8 @@ class ReproductionOptions:
         Hemorrhage and PAD-UFES-20) or as paper Table 1 (``paper``: sex x age, any missing
         attribute makes the prompt unlabeled).
     reward: ``authors_composite`` (0.5 F1 + 0.3 IoU + 0.1 bbox-JSON format, IoU 0 here),
-        ``exact`` (1 when the whole label set is right, else 0) or ``f1`` (label-set F1).
+        ``exact`` (1 when the whole label set is right, else 0), ``f1`` (label-set F1) or
+        ``qoq_med3`` (the QoQ-Med3 scripts' reward: 0.5 F1 + 0.2 IoU + 0.1 format + 0.2 Jaccard).
     matching: ``strict`` (case-sensitive, an item outside the label vocabulary is a false
         positive, as the authors' parser) or ``lenient`` (case and punctuation folded, such items
         dropped).

@@ -24,7 +24,7 @@ from ..advantages import ESTIMATORS, estimator_defaults
 from ..groups import AGE_BINS, SEXES
 from ..metrics import METRICS, PAPER_SCALE, TABLE2_SOURCE
 from ..run_settings import (GPU_ONLY_TRAIN_KEYS, cpu_train_config, estimator_options, reproduction_options,
-                            run_overrides, run_source)
+                            run_overrides, run_reward, run_source)
 from .collect import RUN_KEYS
 from .style import order_methods
 from .tables import write_table
@@ -196,6 +196,9 @@ def table3(config: Mapping[str, Any]) -> pd.DataFrame:
                 estimator_settings(method, estimator_options(config, model, method)))
         for method in order_methods(config.get("methods") or []):
             changed = run_overrides(config, model, method)
+            reward = run_reward(config, model, method)
+            if reward != options["reward.function"]:
+                changed["reward"] = reward
             col[f"run: {method}"] = _options_text(changed) if changed else "as above"
         for method in order_methods(config.get("methods") or []):
             col[f"source: {method}"] = run_source(config, model, method)

@@ -42,7 +42,7 @@ from eqpo import base_models
 
 from .estimators import EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, verl_overrides
 from ..data.export import train_part
-from ..run_settings import estimator_options, reproduction_options, train_settings
+from ..run_settings import estimator_options, reproduction_options, run_reward, train_settings
 
 ENTRYPOINT = "verl.trainer.main_ppo"
 # Where verl's driver finds its Ray cluster: main_ppo passes ray_kwargs.ray_init to ray.init; `address`
@@ -347,7 +347,8 @@ def build_overrides(config: Mapping[str, Any], model: str, method: str, seed: in
         out.set(RESTART_ESTIMATOR_KEY, True)
     # adv_estimator, trainer mode, external_lib, reward function, +algorithm.eqpo.<option>, cluster log
     options = estimator_options(config, model, method)  # estimators.<method> with the run's `estimator`
-    reward = reproduction_options(config).reward_kwargs()  # reward.function / matching of the config
+    # reward.function / matching / extraction of the config; the run's own reward where `runs` names one
+    reward = {**reproduction_options(config).reward_kwargs(), "function": run_reward(config, model, method)}
     for override in verl_overrides(method, options, cluster_log=str(paths.cluster_log), reward=reward):
         out.set_rendered(override)
     if ray_address is not None:
