@@ -7,8 +7,10 @@ metrics table), so a model is scored by one definition of "what it answered".
 Options (each a config key; see eqpo.run_settings):
 
 - reward function: ``f1`` (label-set F1), ``exact`` (1 when the whole label set is right, the
-  paper text) or ``authors_composite`` (0.5 F1 + 0.3 IoU + 0.1 bbox-JSON format score, as the
-  authors' fairness runs configured; IoU is 0 for these tasks, which carry no boxes).
+  paper text), ``authors_composite`` (0.5 F1 + 0.3 IoU + 0.1 bbox-JSON format score, as the
+  authors' fairness runs configured; IoU is 0 for these tasks, which carry no boxes) or
+  ``qoq_med3`` (0.5 F1 + 0.2 IoU + 0.1 format + 0.2 Jaccard token overlap, the QoQ-Med3 scripts'
+  ``medical_compute_score`` as the qoq_med3 repository has it).
 - matching: ``lenient`` (case and whitespace folded, an answer item that names no label is
   dropped) or ``strict`` (as the authors' parser: split on the first separator found, items
   compared exactly after stripping spaces, an item outside the vocabulary is a false positive).
