@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from eqpo.data.export import to_verl
 from eqpo.metrics import fairness_summary
 from eqpo.rewards import render_answer
-from eqpo.run_settings import estimator_options, train_settings
+from eqpo.run_settings import estimator_options, run_reward, train_settings
 from eqpo.verl_ext import launch, logs
 from eqpo.verl_ext.estimators import METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, TRAINER_NAME
 from eqpo.verl_ext.launch import RunPaths, TrainingEnvironmentError, build_command, build_overrides, format_value
@@ -160,7 +160,7 @@ def test_values_land_where_verl_reads_them(composed, run):
     # the config's reward reading reaches verl's reward function (reward.function / matching, and
     # metrics.extraction for the prediction that validation is scored on)
     assert dict(cfg.reward.custom_reward_function.reward_kwargs) == {
-        "function": PAPER["reward"]["function"], "matching": PAPER["reward"]["matching"],
+        "function": run_reward(PAPER, model, method), "matching": PAPER["reward"]["matching"],
         "extraction": PAPER["metrics"]["extraction"]}
     assert cfg.trainer.experiment_name == f"{model}_{method}_seed{seed}"
     eqpo = cfg.algorithm.get("eqpo")
