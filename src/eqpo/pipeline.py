@@ -348,7 +348,8 @@ def render_uncertainty(predictions: list, ci_stem: str | Path, tests_stem: str |
     md = pd.DataFrame(text)
     order = order_methods(sorted({method for _, method in pooled}))
     md = md.loc[sorted(md.index, key=lambda key: (key[0], order.index(key[1])))]
-    Path(f"{ci_stem}.md").write_text(f"Table 2 with {level:.0%} bootstrap intervals ({n_boot} replicates, raw "
+    Path(f"{ci_stem}.md").write_text(f"Final checkpoints on the test split with {level:.0%} bootstrap intervals "
+                                     f"({n_boot} replicates, raw "
                                      f"fractions; metrics.class_set = {class_set})\n\n" + md.to_markdown() + "\n")
     test_table = pd.DataFrame(tests, columns=["model", "reference", "baseline", "column", "diff", "lo", "hi",
                                               "p_value", "a", "b"])
