@@ -69,6 +69,10 @@ def test_validation_mean_over_a_step_range():
 def test_final_test_point_reads_the_test_metrics_and_bad_settings_are_errors():
     metrics = pd.DataFrame([{"model": "m", "method": "grpo", "seed": 0, **{c: 0.5 for c in TABLE2_COLUMNS}}])
     assert reported_rows(metrics, dynamics_frame(), ReportPoint("final_test")) is metrics
+    # a validation point for a run without validations: an error naming the run and the way out
+    lone = metrics.assign(model="other")
+    with pytest.raises(ValueError, match=r"other/grpo/seed0 has none; .*report.point: final_test"):
+        reported_rows(lone, dynamics_frame(), ReportPoint())
     with pytest.raises(ValueError, match="report.point must be one of"):
         ReportPoint("best")
     with pytest.raises(ValueError, match="first <= last"):

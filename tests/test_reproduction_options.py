@@ -242,7 +242,8 @@ def test_table2_names_the_options_it_was_computed_with(tmp_path):
     run.mkdir(parents=True)
     score_predictions(tmp_path / "p.parquet", run / "metrics.json", options={}, model="demo-linear",
                       method="grpo", seed=0)
-    render_table2([str(run / "metrics.json")], tmp_path / "table2", options={"metrics": {"class_set": "dataset"}})
+    render_table2([str(run / "metrics.json")], tmp_path / "table2",
+                  options={"metrics": {"class_set": "dataset"}, "report": {"point": "final_test"}})
     md = (tmp_path / "table2.md").read_text()
     assert "metrics.class_set = dataset" in md and "reward.function = authors_composite" in md
     assert "% Options: metrics.class_set = dataset" in (tmp_path / "table2.tex").read_text()

@@ -114,7 +114,16 @@ def validation_rows(dynamics: pd.DataFrame, point: ReportPoint) -> pd.DataFrame:
 
 def reported_rows(metrics: pd.DataFrame, dynamics: pd.DataFrame, point: ReportPoint) -> pd.DataFrame:
     """The per-run Table 2 rows of ``point``: :func:`validation_rows` of ``dynamics``, or the test
-    summaries of ``metrics`` (:func:`eqpo.analysis.collect.read_metrics` output) for ``final_test``."""
-    if point.from_validation:
-        return validation_rows(dynamics, point)
-    return metrics
+    summaries of ``metrics`` (:func:`eqpo.analysis.collect.read_metrics` output) for ``final_test``.
+    A validation point for runs that have metrics but no validation record is an error naming them."""
+    if not point.from_validation:
+        return metrics
+    keys = ["model", "method", "seed"]
+    have = set(map(tuple, dynamics[keys].itertuples(index=False))) if len(dynamics) else set()
+    missing = [k for k in map(tuple, metrics[keys].itertuples(index=False))] if len(metrics) else []
+    missing = [_run_label(k) for k in missing if k not in have]
+    if missing:
+        raise ValueError(f"report.point = {point.point} reads each run's validations (dynamics.jsonl), but "
+                         f"{', '.join(missing)} has none; give the runs' dynamics.jsonl or set "
+                         "report.point: final_test")
+    return validation_rows(dynamics, point)
