@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from eqpo.groups import resampling_cells
 from eqpo.cpu.policy import MultiTaskPolicy, PolicyConfig, action_labels, labels_to_target
 from eqpo.cpu.trainer import Cohort, PretrainConfig, TrainConfig, pretrain, specs_for, split
 from eqpo.demo.cohort import CohortConfig, make_cohort
@@ -99,8 +100,11 @@ def test_grpo_rs_trains_on_the_oversampled_set(workspace, capsys):
     trainer = RLTrainer(read_cohort(workspace / "cohort.parquet"), workspace / "pretrained.pt", "grpo_rs", {},
                         TrainConfig.from_dict(TRAIN), 0, workspace / "rs", log=messages.append)
     assert "oversampled" in messages[0]
-    cells = trainer.train.table.dropna(subset=["group"]).groupby(["dataset", "group"]).size()
+    # the authors' RS cells (groups.definition authors_code): sex x age with unknown parts, every row in one
+    table = trainer.train.table
+    cells = table.groupby([table["dataset"], resampling_cells(table, "authors_code")]).size()
     assert (cells.groupby(level=0).nunique() == 1).all()  # every cell at its dataset's largest size
+    assert "unk|unk" in set(cells.index.get_level_values(1))  # the wholly unknown cell is balanced too
 
 
 def _checkpoint_step(run: Path) -> int:

@@ -22,7 +22,7 @@ from eqpo.groups import explicit_group, group_attributes, regroup
 from eqpo.metrics import FairnessReport, fairness_summary
 from eqpo.pipeline import render_table2, score_predictions
 from eqpo.rewards import LabelParser, bbox_format_score, extract_answer, extract_first_box, score_response
-from eqpo.run_settings import ReproductionOptions, reproduction_options, train_settings
+from eqpo.run_settings import ReproductionOptions, reproduction_options, run_source, train_settings
 from eqpo.vocabularies import CHEXPERT_LABELS, SKIN_LABELS, DatasetSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,19 +156,30 @@ def test_train_settings_apply_all_then_method_overrides():
         train_settings({"train": {}, "runs": {"m": {"all": {"gpus": 2}}}}, "m", "grpo")
 
 
-def test_authors_runs_overlay_sets_the_scripts_settings():
-    config = validate(load_config("config/authors_runs.yaml"))
+def test_config_defaults_to_the_scripts_settings_and_the_overlay_to_table3():
+    config = validate(load_config())
     assert train_settings(config, "medgemma-4b", "grpo")["lr"] == 1e-6
     assert train_settings(config, "medgemma-4b", "grpo")["rollouts"] == 5
     assert train_settings(config, "medgemma-4b", "grpo_rs")["rollouts"] == 5
     assert train_settings(config, "medgemma-4b", "eqpo")["lr"] == 5e-7  # Table 3
     assert train_settings(config, "medgemma-4b", "eqpo")["rollouts"] == 10
     assert train_settings(config, "medgemma-4b", "rloo")["kl_coef"] == 1e-4
-    for method in ("eqpo", "grpo", "eqpo_nodemo"):
+    for method in ("eqpo", "grpo", "grpo_rs", "reinforce_pp"):  # the Qwen2.5-VL runs with a script
         assert train_settings(config, "qwen2.5-vl-7b", method)["lr"] == 1e-6
         assert train_settings(config, "qwen2.5-vl-7b", method)["rollouts"] == 5
-    base = validate(load_config())
-    assert train_settings(base, "qwen2.5-vl-7b", "eqpo")["lr"] == 5e-7  # config.yaml keeps Table 3
+    for method in ("rloo", "grpo_dro", "eqpo_nd", "eqpo_nodemo"):  # no script: paper Table 3
+        assert train_settings(config, "qwen2.5-vl-7b", method)["lr"] == 5e-7
+    # step budgets: the authors' logged GRPO (65) and FairGRPO (90) runs, 90 where it cannot be told
+    assert train_settings(config, "qwen2.5-vl-7b", "grpo")["steps"] == 65
+    assert train_settings(config, "qwen2.5-vl-7b", "eqpo")["steps"] == 90
+    assert train_settings(config, "medgemma-4b", "grpo")["steps"] == 90
+    table3_config = validate(load_config("config/paper_table3.yaml"))
+    for model in ("medgemma-4b", "qwen2.5-vl-7b", "qoq-med3-vl-8b"):
+        for method in table3_config["methods"]:
+            settings = train_settings(table3_config, model, method)
+            assert (settings["lr"], settings["rollouts"], settings["kl_coef"], settings["batch_prompts"]) == (
+                5e-7, 10, 0.0, 512), (model, method)
+            assert run_source(table3_config, model, method).startswith("paper Table 3"), (model, method)
 
 
 def test_schema_rejects_unknown_methods_and_keys_in_runs():
@@ -194,7 +205,7 @@ def test_verl_launcher_renders_the_runs_settings(tmp_path):
     pytest.importorskip("verl")
     from eqpo.verl_ext.launch import RunPaths, build_overrides
 
-    config = load_config("config/authors_runs.yaml")
+    config = load_config()
     paths = RunPaths.for_run(tmp_path / "run")
     grpo = build_overrides(config, "medgemma-4b", "grpo", 0, paths, tmp_path)
     eqpo = build_overrides(config, "medgemma-4b", "eqpo", 0, paths, tmp_path)
@@ -203,12 +214,19 @@ def test_verl_launcher_renders_the_runs_settings(tmp_path):
 
 
 def test_table3_lists_each_runs_settings_and_the_options():
-    config = load_config("config/authors_runs.yaml")
+    config = load_config()
     t3 = table3(config)
     assert t3.loc["run: grpo", "medgemma-4b"] == "lr=1e-06, rollouts=5"
     assert t3.loc["run: eqpo", "medgemma-4b"] == "as above"
-    assert t3.loc["run: eqpo", "qwen2.5-vl-7b"] == "lr=1e-06, rollouts=5"
+    assert t3.loc["run: eqpo", "qwen2.5-vl-7b"] == "lr=1e-06, rollouts=5, steps=90"
+    assert t3.loc["run: grpo", "qwen2.5-vl-7b"] == "lr=1e-06, rollouts=5, steps=65"
     assert t3.loc["run: rloo", "medgemma-4b"] == "kl_coef=0.0001"
+    # the source of every run's values: a script and its lines, or paper Table 3
+    assert t3.loc["source: grpo", "medgemma-4b"].startswith("climb_medgemma_training_grpo.sh l.18")
+    assert t3.loc["source: grpo_dro", "medgemma-4b"].startswith("paper Table 3")
+    assert t3.loc["source: rloo", "qwen2.5-vl-7b"].startswith("paper Table 3")
+    assert "k_max=20" in t3.loc["estimator: eqpo", "qoq-med3-vl-8b"]
+    assert "k_max=3" in t3.loc["estimator: eqpo", "medgemma-4b"]
     assert t3.loc["metrics.class_set", "medgemma-4b"] == "group_present"
     assert t3.loc["groups.definition", "qwen2.5-vl-7b"] == "authors_code"
     assert t3.loc["reward.function", "medgemma-4b"] == "authors_composite"
@@ -224,7 +242,8 @@ def test_table2_names_the_options_it_was_computed_with(tmp_path):
     run.mkdir(parents=True)
     score_predictions(tmp_path / "p.parquet", run / "metrics.json", options={}, model="demo-linear",
                       method="grpo", seed=0)
-    render_table2([str(run / "metrics.json")], tmp_path / "table2", options={"metrics": {"class_set": "dataset"}})
+    render_table2([str(run / "metrics.json")], tmp_path / "table2",
+                  options={"metrics": {"class_set": "dataset"}, "report": {"point": "final_test"}})
     md = (tmp_path / "table2.md").read_text()
     assert "metrics.class_set = dataset" in md and "reward.function = authors_composite" in md
     assert "% Options: metrics.class_set = dataset" in (tmp_path / "table2.tex").read_text()
@@ -239,7 +258,10 @@ def test_authors_code_groups_keep_partial_demographics():
     both = ("sex", "age")
     assert explicit_group(60, None, both, "authors_code") == "unk|a3"
     assert explicit_group(None, "male", both, "authors_code") == "M|unk"
-    assert explicit_group(None, None, both, "authors_code") is None  # wholly unknown: clustered
+    # both parts unknown: an explicit group, as the authors' loader's "N,UNK"; an age-only dataset
+    # without an age: the loader's "UNK", clustered
+    assert explicit_group(None, None, both, "authors_code") == "unk|unk"
+    assert explicit_group(None, None, ("age",), "authors_code") is None
     assert explicit_group(60, "F", both, "authors_code") == "F|a3"
     assert explicit_group(60, None, both, "paper") is None  # any missing part: unlabeled
     assert group_attributes("Hemorrhage", both, "authors_code") == ("age",)
@@ -258,7 +280,7 @@ def test_regroup_rebuilds_the_group_column_by_definition():
         "group": ["F|a2", None, None, None],
     })
     authors = regroup(table, "authors_code")
-    assert authors["group"].tolist() == ["a2", "unk|a4", "M|unk", None]
+    assert authors["group"].tolist() == ["a2", "unk|a4", "M|unk", "unk|unk"]
     paper = regroup(table, "paper")
     assert paper["group"].tolist() == ["F|a2", None, None, None]
     assert table["group"].iloc[0] == "F|a2" and table["group"].iloc[1:].isna().all()  # input unchanged

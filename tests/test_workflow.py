@@ -64,6 +64,10 @@ def test_an_undefined_base_model_is_a_clear_error(tmp_path):
     assert "gpt-9" in result.stdout + result.stderr and "models:" in result.stdout + result.stderr
 
 
+def metrics_columns(run) -> list[str]:
+    return list(json.loads((run / "metrics.json").read_text())["summary"])
+
+
 def test_tiny_config_end_to_end(tmp_path):
     snakemake(tmp_path, "--cores", "2", configs=(PAPER, TINY))
     results, figures = tmp_path / "results" / "tiny", tmp_path / "figures" / "tiny"
@@ -74,13 +78,23 @@ def test_tiny_config_end_to_end(tmp_path):
     ]:
         assert path.exists() and path.stat().st_size > 0, path
 
-    # Table 2 holds exactly the numbers of the metrics files it was made from.
+    # Table 2 holds exactly the numbers of each run's last validation (report.point validation_step),
+    # table2_test those of the metrics files (final checkpoint on the test split).
     table = pd.read_csv(results / "tables" / "table2.csv")
     assert len(table) == 2 * 3
     for row in table.itertuples():
+        run = results / row.model / row.method / "seed0"
+        last = [json.loads(line) for line in (run / "dynamics.jsonl").read_text().splitlines()][-1]
+        assert last["step"] == 12  # tiny.yaml's step budget, validated at its end
+        for key in metrics_columns(run):
+            assert getattr(row, key) == pytest.approx(last[key], rel=1e-12, abs=1e-15), (row.model, row.method, key)
+    assert "report.point = validation_step" in (results / "tables" / "table2.md").read_text()
+    test_table = pd.read_csv(results / "tables" / "table2_test.csv")
+    for row in test_table.itertuples():
         metrics = json.loads((results / row.model / row.method / "seed0" / "metrics.json").read_text())
         for key, value in metrics["summary"].items():
             assert getattr(row, key) == pytest.approx(value, rel=1e-12, abs=1e-15), (row.model, row.method, key)
+    assert "Total: 0.0 GPU-hours over 6 training runs" in (results / "plan.md").read_text()
 
     # Analysis artifacts: uncertainty, the other paper tables, the paper comparison, executed notebooks.
     tables = results / "tables"

@@ -7,10 +7,22 @@ Explicit groups have two definitions (config ``groups.definition``):
   an age-only dataset gives "a3"). A sample missing any of its dataset's attributes has no explicit
   group (None) and is treated as unlabeled, i.e. it gets an implicit group by K-means on reward
   vectors.
-- ``authors_code`` (the authors' training data loader): the same bins, but a sample is unlabeled
-  only when ALL its dataset's attributes are missing; a missing part is the value "unk" ("M|unk");
-  and sex is not used for Hemorrhage and PAD-UFES-20 (their records name it "gender", which the
-  loader does not read), so those two datasets have age-only groups.
+- ``authors_code`` (the authors' training data loader, mirl ``rl_dataset.py``
+  ``_process_demographic_info``): the same bins, but a missing part is the value "unk" ("M|unk"),
+  and a prompt is unlabeled only when its group is a single unknown part (an age-only dataset
+  without an age: the loader's "UNK"); two missing parts make the explicit group "unk|unk" (the
+  loader's "N,UNK"). Sex is not used for Hemorrhage and PAD-UFES-20 (their records name it
+  "gender", which the loader does not read), so those two datasets have age-only groups. As in the
+  loader, an age written as the text "nan" falls in the oldest bin (``float("nan")`` fails every
+  ``<=`` test) and a negative age in the youngest. Our dataset modules store a missing age as a
+  missing value, never as the text "nan", and drop negative placeholders (COVID-BLUES' -99), so
+  these two cases arise only in your own cohorts.
+
+GRPO+RS oversamples cells (:func:`resampling_cells`): under ``authors_code`` the cells of the
+authors' ``scripts/balance_demographics.py`` (qoq_med3), which reads "sex" and "gender", so every
+dataset that records sex (Hemorrhage and PAD-UFES-20 included) is balanced over sex x age, a
+missing part is "unk" (an age "nan" too) and the wholly unknown cell is balanced like any other;
+under ``paper`` the explicit groups, unlabeled prompts kept once.
 
 Implicit groups use K-means with the elbow rule of the authors' code (METHOD.md Section 3), run on
 DISTINCT reward vectors weighted by how many prompts produced them: the K-means objective is the
@@ -39,15 +51,20 @@ SEXES = ("F", "M")
 _SEX_WORDS = {"f": "F", "female": "F", "woman": "F", "w": "F", "m": "M", "male": "M", "man": "M"}
 
 
-def age_bin(age: object) -> str | None:
+def age_bin(age: object, definition: str = "paper") -> str | None:
     """Age in years -> "a1".."a4"; None for a missing, non-numeric, negative or non-finite age.
 
-    DICOM-style strings such as "053Y" are read as 53 years.
+    DICOM-style strings such as "053Y" are read as 53 years. ``definition="authors_code"`` bins as
+    the authors' loader: the text "nan" -> "a4" and a negative age -> "a1" (a missing value, a
+    non-numeric text and an infinite age stay None).
     """
     if age is None or isinstance(age, bool):
         return None
+    authors = definition == "authors_code"
     if isinstance(age, str):
         text = age.strip().upper()
+        if authors and text == "NAN":
+            return AGE_BINS[-1]
         if text.endswith("Y"):
             text = text[:-1]
         try:
@@ -59,8 +76,10 @@ def age_bin(age: object) -> str | None:
             value = float(age)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return None
-    if not math.isfinite(value) or value < 0:
+    if not math.isfinite(value):
         return None
+    if value < 0:
+        return AGE_BINS[0] if authors else None
     for name, edge in zip(AGE_BINS, AGE_EDGES):
         if value <= edge:
             return name
@@ -93,20 +112,36 @@ def explicit_group(age: object, sex: object, attributes: Sequence[str] = ATTRIBU
 
     attributes: the demographic attributes that make up the groups (see :func:`group_attributes`).
     ``definition="paper"``: None when any of them is missing for this sample, or when there are
-    none. ``definition="authors_code"``: None only when all are missing; a missing part is "unk".
+    none. ``definition="authors_code"``: a missing part is "unk" and ages are binned as the
+    authors' loader (:func:`age_bin`); None only when there is no attribute or the one attribute
+    is missing (the loader's "UNK"), so "unk|unk" is an explicit group.
     """
     check_definition(definition)
-    parts = []
-    for attribute in ATTRIBUTES:  # fixed order: sex, then age
-        if attribute not in attributes:
-            continue
-        value = normalize_sex(sex) if attribute == "sex" else age_bin(age)
-        if value is None and definition == "paper":
-            return None
-        parts.append(value)
-    if all(p is None for p in parts):
+    parts = [_part(attribute, age, sex, definition) for attribute in ATTRIBUTES if attribute in attributes]
+    if definition == "paper" and any(p is None for p in parts):
+        return None
+    if not parts or parts == [None]:
         return None
     return "|".join(UNKNOWN if p is None else p for p in parts)
+
+
+def _part(attribute: str, age: object, sex: object, definition: str) -> str | None:
+    return normalize_sex(sex) if attribute == "sex" else age_bin(age, definition)
+
+
+def resampling_cell(age: object, sex: object, attributes: Sequence[str]) -> str:
+    """The GRPO+RS cell of one sample as the authors' ``balance_demographics.py`` builds it: every
+    recorded attribute of its dataset (sex, then age), a missing part "unk"; a negative age is "a1"
+    and the text "nan" is "unk" (that script's reading); never None."""
+    parts = []
+    for attribute in ATTRIBUTES:
+        if attribute not in attributes:
+            continue
+        if attribute == "age" and isinstance(age, str) and age.strip().lower() == "nan":
+            parts.append(None)
+        else:
+            parts.append(_part(attribute, age, sex, "authors_code"))
+    return "|".join(UNKNOWN if p is None else p for p in parts) or UNKNOWN
 
 
 def regroup(table: pd.DataFrame, definition: str, specs: dict | None = None) -> pd.DataFrame:
@@ -257,6 +292,27 @@ def elbow_kmeans(
 # ----------------------------------------------------------------------------------------------
 # GRPO+RS: oversampling the training set to balanced explicit groups
 # ----------------------------------------------------------------------------------------------
+
+
+def resampling_cells(table: pd.DataFrame, definition: str, specs: dict | None = None) -> pd.Series:
+    """The cell of every row that GRPO+RS balances (index of ``table``): under ``authors_code``
+    :func:`resampling_cell` of the recorded ``age`` and ``sex`` over the dataset's attributes (sex x
+    age wherever sex is recorded; no row without a cell); under ``paper`` the ``group`` column
+    (None: kept once). ``specs``: dataset -> DatasetSpec (default: :func:`eqpo.vocabularies.get_spec`)."""
+    from .vocabularies import get_spec
+
+    if check_definition(definition) == "paper":
+        return table["group"].astype(object)
+    cells = [resampling_cell(age, sex, ((specs or {}).get(dataset) or get_spec(str(dataset))).attributes)
+             for dataset, age, sex in zip(table["dataset"], table["age"], table["sex"])]
+    return pd.Series(cells, index=table.index, dtype=object)
+
+
+def resample_for_rs(table: pd.DataFrame, seed: int, definition: str, specs: dict | None = None) -> pd.DataFrame:
+    """GRPO+RS's training rows: :func:`balance_by_group` over :func:`resampling_cells` (the input
+    columns only, the original rows first)."""
+    cells = table.assign(_rs_cell=resampling_cells(table, definition, specs))
+    return balance_by_group(cells, seed, group_col="_rs_cell").drop(columns="_rs_cell")
 
 
 def balance_by_group(

@@ -144,14 +144,17 @@ def build_cohort(tables: list, out: str | Path, table1_stem: str | Path, custom:
 
 
 def run_export_verl(cohort: str | Path, root: str | Path, out_dir: str | Path, seed: int,
-                    custom: list[dict] | None = None, group_definition: str = "paper") -> None:
-    """The verl parquet files; the ``group`` the estimators read (and GRPO+RS balances) follows
-    ``group_definition`` (config ``groups.definition``)."""
+                    custom: list[dict] | None = None, group_definition: str = "paper", records: str = "all",
+                    covid_blues_options: bool = True) -> None:
+    """The verl parquet files; the ``group`` the estimators read and the cells GRPO+RS balances
+    follow ``group_definition`` (config ``groups.definition``); ``records`` and
+    ``covid_blues_options``: config ``data.records`` and ``data.covid_blues_options``."""
     from .data.export import export_verl
     from .groups import regroup
 
     questions = {entry["name"]: entry["question"] for entry in custom or [] if "question" in entry}
-    paths = export_verl(regroup(read_cohort(cohort), group_definition), root, out_dir, seed, questions)
+    paths = export_verl(regroup(read_cohort(cohort), group_definition), root, out_dir, seed, questions,
+                        group_definition=group_definition, records=records, list_options=covid_blues_options)
     _say("verl parquet files: " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -259,15 +262,29 @@ def options_note(options: dict | None) -> str:
     return "Options: " + ", ".join(f"{k} = {v}" for k, v in rows.items()) + "."
 
 
-def render_table2(metrics: list, stem: str | Path, options: dict | None = None) -> None:
-    """Table 2 of the runs; ``options`` (the config) are named under the table."""
-    from .analysis.collect import read_metrics
+def render_table2(metrics: list, stem: str | Path, options: dict | None = None, dynamics: list | None = None,
+                  test_stem: str | Path | None = None) -> None:
+    """Table 2 of the runs at the point ``report.point`` of ``options`` (the config) says
+    (:mod:`eqpo.analysis.report_point`; validation points read ``dynamics``), with the options and
+    the point named under the table; ``test_stem``: the final checkpoints' test scores too."""
+    from .analysis.collect import read_dynamics, read_metrics
+    from .analysis.report_point import FINAL_TEST, ReportPoint, reported_rows
+
+    point = ReportPoint.from_config(options)
+    frame = read_metrics(metrics)
+    rows = reported_rows(frame, read_dynamics(dynamics or []), point)
+    _write_table2(rows, stem, options_note(options) + " " + point.describe())
+    _say(f"Table 2 ({point.point}) from {len(metrics)} runs -> {stem}.csv/.md/.tex")
+    if test_stem is not None:
+        _write_table2(frame, test_stem, options_note(options) + " " + FINAL_TEST.describe())
+        _say(f"final checkpoints on the test split -> {test_stem}.csv/.md/.tex")
+
+
+def _write_table2(rows: pd.DataFrame, stem: str | Path, note: str) -> None:
     from .analysis.tables import table2, table2_std, write_table
 
-    frame = read_metrics(metrics)
-    std = table2_std(frame) if frame["seed"].nunique() > 1 else None
-    write_table(table2(frame), stem, std=std, note=options_note(options))
-    _say(f"Table 2 from {len(metrics)} runs -> {stem}.csv/.md/.tex")
+    std = table2_std(rows) if rows["seed"].nunique() > 1 else None
+    write_table(table2(rows), stem, std=std, note=note)
 
 
 def render_cluster_stability(clusters: list, out_per_step: str | Path, stem: str | Path) -> None:
@@ -331,7 +348,8 @@ def render_uncertainty(predictions: list, ci_stem: str | Path, tests_stem: str |
     md = pd.DataFrame(text)
     order = order_methods(sorted({method for _, method in pooled}))
     md = md.loc[sorted(md.index, key=lambda key: (key[0], order.index(key[1])))]
-    Path(f"{ci_stem}.md").write_text(f"Table 2 with {level:.0%} bootstrap intervals ({n_boot} replicates, raw "
+    Path(f"{ci_stem}.md").write_text(f"Final checkpoints on the test split with {level:.0%} bootstrap intervals "
+                                     f"({n_boot} replicates, raw "
                                      f"fractions; metrics.class_set = {class_set})\n\n" + md.to_markdown() + "\n")
     test_table = pd.DataFrame(tests, columns=["model", "reference", "baseline", "column", "diff", "lo", "hi",
                                               "p_value", "a", "b"])
@@ -353,15 +371,28 @@ def render_paper_comparison(metrics: list, steps: list, dynamics: list, config: 
                                  write_comparison)
     from .analysis.tables import table2
 
+    from .analysis.report_point import ReportPoint, reported_rows
+
     out_dir = Path(out_dir)
-    ours = table2(read_metrics(metrics))
-    write_comparison(paper_vs_reproduction_table2(ours, config=config), out_dir / "paper_vs_ours_table2")
+    point = ReportPoint.from_config(config)
+    ours = table2(reported_rows(read_metrics(metrics), read_dynamics(dynamics), point))
+    write_comparison(paper_vs_reproduction_table2(ours, config=config, point=point),
+                     out_dir / "paper_vs_ours_table2")
     write_comparison(paper_vs_reproduction_table4(read_group_tables(metrics), config=config),
                      out_dir / "paper_vs_ours_table4")
     claims = recompute_claims(ours, read_steps(steps), read_dynamics(dynamics), config=config)
     claims.to_csv(out_dir / "claims.csv", index=False)
     (out_dir / "claims.md").write_text(claims.to_markdown(index=False) + "\n")
     _say(f"paper comparison -> {out_dir}")
+
+
+def render_plan(config: dict, out: str | Path) -> None:
+    """The compute plan of ``config`` (GPU-hours and disk per run and in all) as Markdown."""
+    from .analysis.plan import plan_markdown
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(plan_markdown(config))
+    _say(f"compute plan -> {out}")
 
 
 def render_paper_tables(metrics: list, config: dict, out_dir: str | Path) -> None:

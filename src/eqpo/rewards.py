@@ -7,8 +7,10 @@ metrics table), so a model is scored by one definition of "what it answered".
 Options (each a config key; see eqpo.run_settings):
 
 - reward function: ``f1`` (label-set F1), ``exact`` (1 when the whole label set is right, the
-  paper text) or ``authors_composite`` (0.5 F1 + 0.3 IoU + 0.1 bbox-JSON format score, as the
-  authors' fairness runs configured; IoU is 0 for these tasks, which carry no boxes).
+  paper text), ``authors_composite`` (0.5 F1 + 0.3 IoU + 0.1 bbox-JSON format score, as the
+  authors' fairness runs configured; IoU is 0 for these tasks, which carry no boxes) or
+  ``qoq_med3`` (0.5 F1 + 0.2 IoU + 0.1 format + 0.2 Jaccard token overlap, the QoQ-Med3 scripts'
+  ``medical_compute_score`` as the qoq_med3 repository has it).
 - matching: ``lenient`` (case and whitespace folded, an answer item that names no label is
   dropped) or ``strict`` (as the authors' parser: split on the first separator found, items
   compared exactly after stripping spaces, an item outside the vocabulary is a false positive).
@@ -58,9 +60,13 @@ _FIRST_BOX = re.compile(r"\\boxed\{([^}]*)\}")
 _FIRST_BRACKET = re.compile(r"\[(.*?)\]")
 EXTRACTIONS = ("last_box", "first_box")
 MATCHINGS = ("lenient", "strict")
-REWARD_FUNCTIONS = ("f1", "exact", "authors_composite")
+REWARD_FUNCTIONS = ("f1", "exact", "authors_composite", "qoq_med3")
 # Weights of the authors' composite reward: label F1, box IoU, bbox-JSON format.
 AUTHORS_COMPOSITE_WEIGHTS = {"f1": 0.5, "iou": 0.3, "format": 0.1}
+# qoq_med3's medical_compute_score (the QoQ-Med3 scripts' reward, qoq_med3 repository version):
+# label F1, box IoU, bbox-JSON format and the Jaccard token overlap of answer and ground truth.
+QOQ_MED3_WEIGHTS = {"f1": 0.5, "iou": 0.2, "format": 0.1, "jaccard": 0.2}
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", flags=re.DOTALL)
 
 
 def extract_first_box(text: str | None) -> str | None:
@@ -216,6 +222,21 @@ def bbox_format_score(response: str | None) -> float:
     return score
 
 
+def jaccard_tokens(answer: str | None, truth: str) -> float:
+    """Jaccard overlap of the lower-cased whitespace tokens of ``answer`` (``<think>`` blocks
+    removed) and ``truth``, as qoq_med3's ``jaccard_similarity``; 0 for no answer, 1 when both are
+    empty."""
+    if answer is None:
+        return 0.0
+    pred = set(_THINK_BLOCK.sub("", answer).strip().lower().split())
+    true = set(truth.lower().split())
+    if not pred and not true:
+        return 1.0
+    if not pred or not true:
+        return 0.0
+    return len(pred & true) / len(pred | true)
+
+
 def _is_box(value: object) -> bool:
     return isinstance(value, list) and len(value) == 4 and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
@@ -282,7 +303,9 @@ def score_response(
 
     ``function``: ``f1`` -> (1 - w) * F1 + w * format_ok; ``exact`` -> (1 - w) * [answer set ==
     true set] + w * format_ok; ``authors_composite`` -> 0.5 F1 + 0.3 IoU + 0.1 bbox_format_score
-    (IoU = 0: these tasks carry no boxes; ``format_weight`` must be 0). ``matching`` is used when
+    (IoU = 0: these tasks carry no boxes; ``format_weight`` must be 0); ``qoq_med3`` -> 0.5 F1 +
+    0.2 IoU + 0.1 bbox_format_score + 0.2 :func:`jaccard_tokens` of the answer text and the ground
+    truth ("A, B"), the QoQ-Med3 scripts' ``medical_compute_score`` in its qoq_med3 version. ``matching`` is used when
     ``vocabulary`` is a label list (a :class:`LabelParser` brings its own); under ``strict`` an
     answer item outside the vocabulary is a false positive (F1) and makes ``exact`` 0.
     ``extraction``: which part of the response is the answer (``last_box`` as the training reward).
@@ -293,8 +316,8 @@ def score_response(
         raise ValueError(f"format_weight must be in [0, 1], got {format_weight}")
     if function not in REWARD_FUNCTIONS:
         raise ValueError(f"reward function must be one of {list(REWARD_FUNCTIONS)}, got {function!r}")
-    if function == "authors_composite" and format_weight:
-        raise ValueError("format_weight applies to the f1 and exact rewards; authors_composite has its own format term")
+    if function in ("authors_composite", "qoq_med3") and format_weight:
+        raise ValueError(f"format_weight applies to the f1 and exact rewards; {function} has its own format term")
     parser = vocabulary if isinstance(vocabulary, LabelParser) else LabelParser(vocabulary, matching)
     strict = parser.matching == "strict"
     boxed = extract_answer(response, extraction)
@@ -304,6 +327,10 @@ def score_response(
     fmt = format_ok(response)
     if function == "authors_composite":
         score = AUTHORS_COMPOSITE_WEIGHTS["f1"] * f1 + AUTHORS_COMPOSITE_WEIGHTS["format"] * bbox_format_score(response)
+    elif function == "qoq_med3":
+        text = truth if isinstance(truth, str) else ", ".join(truth)
+        score = (QOQ_MED3_WEIGHTS["f1"] * f1 + QOQ_MED3_WEIGHTS["format"] * bbox_format_score(response)
+                 + QOQ_MED3_WEIGHTS["jaccard"] * jaccard_tokens(boxed, text))
     else:
         if function == "exact":
             base = float(bool(parsed.labels) and set(parsed.labels) == set(labels) and not (strict and parsed.unknown))

@@ -1,8 +1,10 @@
 """What one run is configured with: its training settings and the reproduction options.
 
-- :func:`train_settings`: the ``train`` block (paper Table 3) with the per-(model, method)
-  overrides of ``runs.<model>.<method>`` (and ``runs.<model>.all``) on top. The verl launcher and
-  the CPU backend both read a run's settings through this one function.
+- :func:`train_settings`: the ``train`` block with the per-(model, method) overrides of
+  ``runs.<model>.<method>`` (and ``runs.<model>.all``) on top. The verl launcher and the CPU
+  backend both read a run's settings through this one function. :func:`estimator_options`: the
+  method's ``estimators`` entry with the run's ``estimator`` overrides; :func:`run_source`: where
+  a run's settings come from (the ``source`` of its ``runs`` blocks, else ``train_source``).
 - :class:`ReproductionOptions`: the choices where the paper text and the authors' released code
   differ (metric class set, answer extraction at evaluation, group definition, reward), read from
   the ``metrics``, ``groups`` and ``reward`` blocks of the config with a clear error for a bad value.
@@ -17,11 +19,17 @@ from typing import Any, Mapping
 
 RUNS_KEY = "runs"
 ALL_METHODS = "all"
+# Keys of a `runs` block that are not `train` keys: where its values come from, and estimator
+# options (merged over `estimators.<method>`).
+SOURCE_KEY = "source"
+ESTIMATOR_KEY = "estimator"
+REWARD_KEY = "reward"
+DEFAULT_TRAIN_SOURCE = "paper Table 3"
 
 CLASS_SETS = ("group_present", "dataset")
 EXTRACTIONS = ("first_box", "last_box")
 GROUP_DEFINITIONS = ("authors_code", "paper")
-REWARD_FUNCTIONS = ("authors_composite", "exact", "f1")
+REWARD_FUNCTIONS = ("authors_composite", "exact", "f1", "qoq_med3")
 MATCHINGS = ("strict", "lenient")
 
 
@@ -36,21 +44,64 @@ def _overrides(config: Mapping[str, Any], model: str) -> Mapping[str, Any]:
     return per_model
 
 
-def run_overrides(config: Mapping[str, Any], model: str, method: str) -> dict[str, Any]:
-    """The ``train`` keys that ``runs`` changes for (model, method): ``runs.<model>.all`` first,
-    then ``runs.<model>.<method>`` (which wins)."""
+def _blocks(config: Mapping[str, Any], model: str, method: str) -> list[Mapping[str, Any]]:
+    """``[runs.<model>.all, runs.<model>.<method>]`` ({} where absent), checked to be mappings."""
     per_model = _overrides(config, model)
-    out: dict[str, Any] = {}
+    out = []
     for key in (ALL_METHODS, method):
         block = per_model.get(key) or {}
         if not isinstance(block, Mapping):
             raise ValueError(f"{RUNS_KEY}.{model}.{key} must be a mapping of `train` keys, got {block!r}")
-        unknown = sorted(k for k in block if k not in _KNOWN_TRAIN_KEYS)
+        out.append(block)
+    return out
+
+
+def run_overrides(config: Mapping[str, Any], model: str, method: str) -> dict[str, Any]:
+    """The ``train`` keys that ``runs`` changes for (model, method): ``runs.<model>.all`` first,
+    then ``runs.<model>.<method>`` (which wins). ``source``, ``estimator`` and ``reward`` are not
+    `train` keys."""
+    out: dict[str, Any] = {}
+    for key, block in zip((ALL_METHODS, method), _blocks(config, model, method)):
+        train = {k: v for k, v in block.items() if k not in (SOURCE_KEY, ESTIMATOR_KEY, REWARD_KEY)}
+        unknown = sorted(k for k in train if k not in _KNOWN_TRAIN_KEYS)
         if unknown:
             raise ValueError(f"{RUNS_KEY}.{model}.{key}: unknown `train` key(s) {unknown}; "
                              f"known: {sorted(_KNOWN_TRAIN_KEYS)}")
-        out.update(block)
+        out.update(train)
     return out
+
+
+def estimator_options(config: Mapping[str, Any], model: str, method: str) -> dict[str, Any]:
+    """The estimator options of one run: ``estimators.<method>``, then the ``estimator`` mapping of
+    ``runs.<model>.all`` and ``runs.<model>.<method>`` (e.g. a script's ``k_max: 20``)."""
+    out = dict(((config.get("estimators") or {}).get(method)) or {})
+    for block in _blocks(config, model, method):
+        extra = block.get(ESTIMATOR_KEY) or {}
+        if not isinstance(extra, Mapping):
+            raise ValueError(f"{RUNS_KEY}.{model}: `estimator` must map estimator options to values, got {extra!r}")
+        out.update(extra)
+    return out
+
+
+def run_reward(config: Mapping[str, Any], model: str, method: str) -> str:
+    """The reward function one run trains with: the ``reward`` of ``runs.<model>.<method>``, else of
+    ``runs.<model>.all``, else config ``reward.function`` (e.g. the QoQ-Med3 scripts' ``qoq_med3``)."""
+    for key, block in reversed(list(zip((ALL_METHODS, method), _blocks(config, model, method)))):
+        if block.get(REWARD_KEY) is not None:
+            if block[REWARD_KEY] not in REWARD_FUNCTIONS:
+                raise ValueError(f"{RUNS_KEY}.{model}.{key}.{REWARD_KEY} must be one of {list(REWARD_FUNCTIONS)}, "
+                                 f"got {block[REWARD_KEY]!r}")
+            return str(block[REWARD_KEY])
+    return reproduction_options(config).reward
+
+
+def run_source(config: Mapping[str, Any], model: str, method: str) -> str:
+    """Where a run's settings come from: the ``source`` of ``runs.<model>.<method>``, else of
+    ``runs.<model>.all``, else ``train_source`` (default "paper Table 3")."""
+    for block in reversed(_blocks(config, model, method)):
+        if block.get(SOURCE_KEY):
+            return str(block[SOURCE_KEY])
+    return str(config.get("train_source") or DEFAULT_TRAIN_SOURCE)
 
 
 def train_settings(config: Mapping[str, Any], model: str, method: str) -> dict[str, Any]:
@@ -105,7 +156,8 @@ class ReproductionOptions:
         Hemorrhage and PAD-UFES-20) or as paper Table 1 (``paper``: sex x age, any missing
         attribute makes the prompt unlabeled).
     reward: ``authors_composite`` (0.5 F1 + 0.3 IoU + 0.1 bbox-JSON format, IoU 0 here),
-        ``exact`` (1 when the whole label set is right, else 0) or ``f1`` (label-set F1).
+        ``exact`` (1 when the whole label set is right, else 0), ``f1`` (label-set F1) or
+        ``qoq_med3`` (the QoQ-Med3 scripts' reward: 0.5 F1 + 0.2 IoU + 0.1 format + 0.2 Jaccard).
     matching: ``strict`` (case-sensitive, an item outside the label vocabulary is a false
         positive, as the authors' parser) or ``lenient`` (case and punctuation folded, such items
         dropped).
@@ -132,8 +184,10 @@ class ReproductionOptions:
         return asdict(self)
 
     def reward_kwargs(self) -> dict[str, str]:
-        """The reward function's keyword arguments (eqpo.rewards.score_response, the verl reward)."""
-        return {"function": self.reward, "matching": self.matching}
+        """The verl reward function's keyword arguments (:func:`eqpo.verl_ext.reward.compute_score`):
+        the reward and its matching, and the extraction of the ``prediction`` it reports for validation
+        (its score always reads the last box, as the training reward)."""
+        return {"function": self.reward, "matching": self.matching, "extraction": self.extraction}
 
     def config_rows(self) -> dict[str, str]:
         """config key -> value, for the tables that say which reading was used."""

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from eqpo.data.export import to_verl
 from eqpo.metrics import fairness_summary
 from eqpo.rewards import render_answer
+from eqpo.run_settings import estimator_options, run_reward, train_settings
 from eqpo.verl_ext import launch, logs
 from eqpo.verl_ext.estimators import METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, TRAINER_NAME
 from eqpo.verl_ext.launch import RunPaths, TrainingEnvironmentError, build_command, build_overrides, format_value
@@ -99,27 +100,31 @@ def test_every_paper_run_composes_with_verls_config_and_passes_its_validation(co
     assert len(composed) == len(PAPER["base_models"]) * len(PAPER["methods"]) * len(PAPER["seeds"]) == 24
     for cfg, *_ in composed.values():
         validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
-        assert not need_critic(cfg) and not need_reference_policy(cfg)  # outcome rewards, KL off
+        # outcome rewards; a reference policy only for the scripts' KL loss (MedGemma RLOO, Qwen REINFORCE++)
+        assert not need_critic(cfg) and need_reference_policy(cfg) == cfg.actor_rollout_ref.actor.use_kl_loss
+    assert sum(cfg.actor_rollout_ref.actor.use_kl_loss for cfg, *_ in composed.values()) == 2
 
 
 @pytest.mark.parametrize("run", RUNS, ids=["/".join(map(str, r)) for r in RUNS])
 def test_values_land_where_verl_reads_them(composed, run):
     cfg, paths, data, _ = composed[run]
     model, method, seed = run
-    train, actor, rollout = PAPER["train"], cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
+    # the run's settings: `train` with its `runs` overrides (the authors' scripts, config.yaml)
+    train = train_settings(PAPER, model, method)
+    actor, rollout = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
     assert cfg.algorithm.adv_estimator == METHOD_TO_VERL[method]
     assert cfg.trainer.v1.trainer_mode == TRAINER_NAME == "eqpo_sync"
     assert ((cfg.reward.custom_reward_function.path, cfg.reward.custom_reward_function.name)
             == (REWARD_PATH, REWARD_NAME))
     assert cfg.actor_rollout_ref.model.external_lib == "eqpo.verl_ext"
     assert cfg.actor_rollout_ref.model.path == PAPER["models"][model]["path"]
-    assert cfg.data.train_batch_size == train["batch_prompts"] == 512
-    assert rollout.n == train["rollouts"] == 10
-    assert actor.optim.lr == pytest.approx(train["lr"]) and actor.optim.lr == pytest.approx(5e-7)
+    assert cfg.data.train_batch_size == train["batch_prompts"]
+    assert rollout.n == train["rollouts"]
+    assert actor.optim.lr == pytest.approx(train["lr"])
     assert actor.ppo_mini_batch_size == train["ppo_mini_batch"]
     assert actor.clip_ratio == actor.clip_ratio_low == actor.clip_ratio_high == train["clip"]
-    assert actor.use_kl_loss is False and cfg.algorithm.use_kl_in_reward is False
-    assert cfg.trainer.total_epochs == train["epochs"] and cfg.trainer.total_training_steps is None
+    assert actor.use_kl_loss is (train["kl_coef"] > 0) and cfg.algorithm.use_kl_in_reward is False
+    assert cfg.trainer.total_epochs == train["epochs"] and cfg.trainer.total_training_steps == train["steps"]
     assert (cfg.trainer.test_freq, cfg.trainer.save_freq) == (train["test_freq"], train["save_freq"])
     assert rollout.temperature == train["temperature"]
     assert (rollout.val_kwargs.temperature, rollout.val_kwargs.do_sample, rollout.val_kwargs.n) == (0, False, 1)
@@ -152,12 +157,14 @@ def test_values_land_where_verl_reads_them(composed, run):
     # Ray: this job's own local instance (never another job's cluster), no dashboard port.
     assert cfg.ray_kwargs.ray_init.address == "local" and cfg.ray_kwargs.ray_init.include_dashboard is False
     assert "eqpo_restart_estimator" not in cfg.trainer and cfg.data.val_max_samples == -1
-    # the config's reward reading reaches verl's reward function (reward.function / matching)
+    # the config's reward reading reaches verl's reward function (reward.function / matching, and
+    # metrics.extraction for the prediction that validation is scored on)
     assert dict(cfg.reward.custom_reward_function.reward_kwargs) == {
-        "function": PAPER["reward"]["function"], "matching": PAPER["reward"]["matching"]}
+        "function": run_reward(PAPER, model, method), "matching": PAPER["reward"]["matching"],
+        "extraction": PAPER["metrics"]["extraction"]}
     assert cfg.trainer.experiment_name == f"{model}_{method}_seed{seed}"
     eqpo = cfg.algorithm.get("eqpo")
-    assert (OmegaConf.to_container(eqpo) if eqpo is not None else {}) == PAPER["estimators"].get(method, {})
+    assert (OmegaConf.to_container(eqpo) if eqpo is not None else {}) == estimator_options(PAPER, model, method)
 
 
 def test_reward_path_loads_with_verls_own_loader(composed):
@@ -187,7 +194,7 @@ def test_cfg_job_entry_point_accepts_the_command_without_training(cfg_job):
     job = yaml.safe_load(out)
     assert job["algorithm"]["adv_estimator"] == "eqpo" and job["algorithm"]["eqpo"]["k_max"] == 3
     assert job["trainer"]["v1"]["trainer_mode"] == "eqpo_sync"
-    assert job["actor_rollout_ref"]["actor"]["optim"]["lr"] == pytest.approx(5e-7)
+    assert job["actor_rollout_ref"]["actor"]["optim"]["lr"] == pytest.approx(1e-6)  # the Qwen2.5-VL script's
     assert job["reward"]["custom_reward_function"]["path"] == "pkg://eqpo.verl_ext.reward"
     assert not paths.work_dir.exists() and not (cwd / "outputs").exists()  # nothing ran
 

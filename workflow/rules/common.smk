@@ -20,6 +20,7 @@ sys.path.insert(0, SRC)
 
 from eqpo.data.export import train_part
 from eqpo.run_settings import cpu_train_config, reproduction_options, train_settings
+from eqpo.run_settings import estimator_options as run_estimator_options
 
 # Reproduction options (metrics, groups, reward), checked once with errors that name the key.
 reproduction_options(config)
@@ -96,7 +97,8 @@ def verl_train_file(wildcards):
 
 
 def estimator_options(wildcards):
-    return config["estimators"].get(wildcards.method, {})
+    """``estimators.<method>`` with the run's ``runs.<model>.<method>.estimator`` on top."""
+    return run_estimator_options(config, wildcards.model, wildcards.method)
 
 
 def hierarchical_methods():
@@ -124,6 +126,7 @@ def notebook_parameters(figure_dir=None, table_dir=None, **inputs):
 def final_targets():
     tables = f"{RESULTS}/tables"
     targets = [
+        f"{RESULTS}/plan.md",
         f"{tables}/table1.csv",
         f"{tables}/table2.csv",
         f"{tables}/table2_ci.csv",

@@ -74,6 +74,8 @@ rule export_verl:
     params:
         seed=config["data"]["seed"],
         custom=config["data"]["custom"],
+        records=config["data"]["records"],
+        covid_blues_options=config["data"]["covid_blues_options"],
     log:
         f"{LOGS}/export_verl.log",
     conda:

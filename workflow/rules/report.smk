@@ -2,13 +2,20 @@ report: "../report/workflow.rst"
 
 
 rule table2:
-    """Paper Table 2: every method x base model, mean over seeds (CSV raw, Markdown/LaTeX paper scales)."""
+    """Paper Table 2: every method x base model, mean over seeds, at the point report.point names
+    (CSV raw, Markdown/LaTeX paper scales); table2_test: the final checkpoints on the test split."""
     input:
-        runs(f"{RUN}/metrics.json"),
+        metrics=runs(f"{RUN}/metrics.json"),
+        dynamics=runs(f"{RUN}/dynamics.jsonl"),
     output:
         csv=report(f"{RESULTS}/tables/table2.csv", caption="../report/table2.rst", category="Tables"),
         md=f"{RESULTS}/tables/table2.md",
         tex=f"{RESULTS}/tables/table2.tex",
+        test=f"{RESULTS}/tables/table2_test.csv",
+        test_md=f"{RESULTS}/tables/table2_test.md",
+        test_tex=f"{RESULTS}/tables/table2_test.tex",
+    params:
+        point={k: config["report"].get(k) for k in ("point", "step", "steps")},  # rerun when it changes
     log:
         f"{LOGS}/table2.log",
     localrule: True
@@ -149,3 +156,19 @@ rule notebook_cluster_stability:
         "../../envs/cpu.yaml"
     script:
         "../scripts/notebook.py"
+
+
+rule plan:
+    """The compute plan: GPU-hours and peak disk per run and in all, from the authors' step times
+    (cheap; `snakemake results/<experiment>/plan.md` before submitting the training jobs)."""
+    output:
+        f"{RESULTS}/plan.md",
+    params:
+        config=config,
+    log:
+        f"{LOGS}/plan.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/plan.py"

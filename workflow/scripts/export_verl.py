@@ -8,4 +8,5 @@ with logged(snakemake.log[0]):
     definition = reproduction_options(snakemake.config).group_definition
     # images are relative to the cohort's folder; the export goes where the rule's outputs are
     run_export_verl(snakemake.input.cohort, Path(snakemake.input.cohort).parent, Path(snakemake.output[0]).parent,
-                    p.seed, p.custom, group_definition=definition)
+                    p.seed, p.custom, group_definition=definition, records=p.records,
+                    covid_blues_options=p.covid_blues_options)

@@ -3,4 +3,5 @@ from pathlib import Path
 from eqpo.pipeline import logged, render_table2
 
 with logged(snakemake.log[0]):
-    render_table2(list(snakemake.input), Path(snakemake.output.csv).with_suffix(""), options=snakemake.config)
+    render_table2(list(snakemake.input.metrics), Path(snakemake.output.csv).with_suffix(""), options=snakemake.config,
+                  dynamics=list(snakemake.input.dynamics), test_stem=Path(snakemake.output.test).with_suffix(""))

@@ -3,7 +3,9 @@
 Submodules: :mod:`~eqpo.analysis.style` (method order, names, colours),
 :mod:`~eqpo.analysis.collect` (readers of metrics.json, dynamics.jsonl, steps.jsonl and
 clusters.parquet),
-:mod:`~eqpo.analysis.tables` (Table 2, cluster stability, timing; CSV/Markdown/LaTeX writers) and
+:mod:`~eqpo.analysis.tables` (Table 2, cluster stability, timing; CSV/Markdown/LaTeX writers),
+:mod:`~eqpo.analysis.report_point` (which point of a run Table 2 reports),
+:mod:`~eqpo.analysis.plan` (GPU-hours and disk of a configuration, before it runs) and
 :mod:`~eqpo.analysis.figures` (matplotlib figures; imported on demand as it needs matplotlib).
 """
 

@@ -75,6 +75,22 @@ PAPER_GROUPS: dict[str, tuple[str, str]] = {
     "a1": ("age", "a1"), "a2": ("age", "a2"), "a3": ("age", "a3"), "a4": ("age", "a4"),
     "Female": ("sex", "F"), "Male": ("sex", "M"), "F": ("sex", "F"), "M": ("sex", "M"),
 }
+# Which point each published Table 2 row is, where the authors' logs tell (mirl
+# visualizations/fairness_tradeoff.py @a89125d8, the Qwen2.5-VL Fig. 2 series, validation every 5
+# steps): (our model, our method) -> note. Rows not listed: the point cannot be told from the logs.
+PAPER_ROW_POINTS: dict[tuple[str, str], str] = {
+    ("qwen2.5-vl-7b", "eqpo"): "published row = the authors' step-90 validation (their run's last: F1 0.2647, "
+                               "Acc 0.8075, delta_F1 0.0452)",
+    ("qwen2.5-vl-7b", "grpo"): "published row equals no logged validation of the authors' GRPO series (steps 0-65, "
+                               "last F1 0.2494); point unknown",
+}
+# Why the published overall means carry COVID-BLUES as zeros: CLIMB's COVID-BLUES question lists no
+# answer options, and the authors' paper-era validation logs (mirl visualizations/per_demo_perf.py
+# @a89125d8) show F1 0 and accuracy 0.5 in every age group for both methods, so COVID-BLUES entered
+# every overall mean with F1 0, accuracy 0.5 and zero gaps (1/7 of each column).
+COVID_BLUES_NOTE = ("The published values average COVID-BLUES in as zeros (F1 0, accuracy 0.5, no gaps, in every "
+                    "age group of the authors' validation logs): CLIMB's COVID-BLUES question lists no answer "
+                    "options and the authors' models never answered with a valid label.")
 _IGNORED_MODEL_TOKENS = frozenset({"vl", "it", "instruct", "hf"})
 # Methods in the claim formulas.
 BASELINES = ("grpo", "rloo", "reinforce_pp", "grpo_rs", "grpo_dro")
@@ -270,8 +286,15 @@ def paper_vs_reproduction_table2(
     ours_table2: pd.DataFrame | None,
     model_map: Mapping[str, str] | None = None,
     config: Mapping[str, Any] | None = None,
+    point: Any = None,
 ) -> pd.DataFrame:
     """Table 2 of the paper next to ours, in long form: one row per paper (model, method, column).
+
+    point: the :class:`eqpo.analysis.report_point.ReportPoint` ours were read at (default: from
+    ``config``); ``attrs["note"]`` says which it was, what the published rows are, and how COVID-BLUES
+    entered them (:data:`COVID_BLUES_NOTE`, with whether our prompt listed its options). A row's
+    ``note`` says which point the published value is where the authors' logs tell
+    (:data:`PAPER_ROW_POINTS`).
 
     ours_table2: :func:`eqpo.analysis.tables.table2` output ((model, method)-indexed raw
     fractions; extra columns such as n_seeds are ignored), or None.
@@ -293,18 +316,39 @@ def paper_vs_reproduction_table2(
         for column in TABLE2_COLUMNS:
             value = float(ours.loc[(model, method), column]) if (
                 present and column in ours.columns) else math.nan
+            missing = "" if present else _missing_note(model, prow["paper_model"], method, run_models, run_methods)
             rows.append({
                 "model": model, "method": method, "paper_model": prow["paper_model"],
                 "paper_method": prow["paper_method"], "column": column,
                 "paper": float(prow[column]), "ours": value,
                 "diff": value - float(prow[column]), "scale": PAPER_SCALE[column],
                 "matched": present,
-                "note": "" if present else _missing_note(model, prow["paper_model"], method,
-                                                         run_models, run_methods),
+                "note": "; ".join(n for n in (PAPER_ROW_POINTS.get((model, method), ""), missing) if n),
             })
     out = pd.DataFrame(rows)
-    out.attrs["note"] = _summary_note(out, run_models, "Table 2")
+    out.attrs["note"] = " ".join([_summary_note(out, run_models, "Table 2") + ".", _point_note(config, point),
+                                  _covid_note(config)])
     return out
+
+
+def _point_note(config: Mapping[str, Any] | None, point: Any) -> str:
+    from .report_point import ReportPoint
+
+    point = point or ReportPoint.from_config(config)
+    ours = point.describe().replace("Point: ", "Ours: ", 1)
+    return (ours + " Paper: validation-log values of runs of a few dozen steps (validation every 5 steps), "
+            "not a final checkpoint on a test split; the row notes say which step where the authors' logs tell.")
+
+
+def _covid_note(config: Mapping[str, Any] | None) -> str:
+    data = (config or {}).get("data") or {}
+    if "COVID-BLUES" not in (data.get("datasets") or []):
+        return COVID_BLUES_NOTE
+    listed = bool(data.get("covid_blues_options", False))
+    return COVID_BLUES_NOTE + (" Our prompt listed the options (data.covid_blues_options = true), so our "
+                               "COVID-BLUES values are not zeros by construction." if listed else
+                               " Our prompt asks CLIMB's question without options (data.covid_blues_options = "
+                               "false), as the authors' runs did.")
 
 
 def _summary_note(out: pd.DataFrame, run_models: Sequence[str], what: str) -> str:
@@ -380,7 +424,8 @@ def paper_vs_reproduction_table4(
             "diff": value - float(r.F1), "matched": matched, "note": note,
         })
     out = pd.DataFrame(rows)
-    out.attrs["note"] = _summary_note(out, run_models, "Table 4")
+    out.attrs["note"] = (_summary_note(out, run_models, "Table 4") + ". Ours: the final checkpoint on the test split "
+                         "(per-group values exist for the test predictions only), whatever report.point says.")
     return out
 
 
@@ -403,7 +448,7 @@ def write_comparison(comparison: pd.DataFrame, stem, paper_scale: bool = False) 
                 if k in frame.columns]
     if keys:
         frame = frame.set_index(keys)
-    return write_table(frame, stem, scale={})
+    return write_table(frame, stem, scale={}, note=comparison.attrs.get("note"))
 
 
 def to_paper_scale(comparison: pd.DataFrame) -> pd.DataFrame:

@@ -23,7 +23,8 @@ import pandas as pd
 from ..advantages import ESTIMATORS, estimator_defaults
 from ..groups import AGE_BINS, SEXES
 from ..metrics import METRICS, PAPER_SCALE, TABLE2_SOURCE
-from ..run_settings import GPU_ONLY_TRAIN_KEYS, cpu_train_config, reproduction_options, run_overrides
+from ..run_settings import (GPU_ONLY_TRAIN_KEYS, cpu_train_config, estimator_options, reproduction_options,
+                            run_overrides, run_reward, run_source)
 from .collect import RUN_KEYS
 from .style import order_methods
 from .tables import write_table
@@ -148,9 +149,11 @@ def table3(config: Mapping[str, Any]) -> pd.DataFrame:
     epochs, clip, KL, epochs, total steps, test_freq, save_freq, temperature, gradient clip and the
     GPU-only lengths / vLLM / parallelism settings), "other verl overrides", then one row
     "estimator: <method>" per configured method with every option its advantage estimator runs
-    with (defaults included), one row "run: <method>" per method with the `train` settings that
-    run uses where ``runs.<model>.<method>`` (or ``runs.<model>.all``) changes them ("as above"
-    otherwise), and one row per reproduction option (``metrics.class_set``, ``metrics.extraction``,
+    with (defaults included, the run's ``estimator`` overrides applied), one row "run: <method>" per
+    method with the `train` settings that run uses where ``runs.<model>.<method>`` (or
+    ``runs.<model>.all``) changes them ("as above" otherwise), one row "source: <method>" naming
+    where that run's values come from (:func:`eqpo.run_settings.run_source`: script and line, or
+    paper Table 3), and one row per reproduction option (``metrics.class_set``, ``metrics.extraction``,
     ``groups.definition``, ``reward.function``, ``reward.matching``). Columns: the config's
     ``base_models`` (our ids), object dtype.
 
@@ -188,13 +191,17 @@ def table3(config: Mapping[str, Any]) -> pd.DataFrame:
             col[name] = value
         col["other verl overrides"] = "; ".join(other) if other else (
             _NOT_APPLICABLE if backend == "cpu" else "none")
-        estimators = config.get("estimators") or {}
         for method in order_methods(config.get("methods") or []):
             col[f"estimator: {method}"] = _options_text(
-                estimator_settings(method, estimators.get(method)))
+                estimator_settings(method, estimator_options(config, model, method)))
         for method in order_methods(config.get("methods") or []):
             changed = run_overrides(config, model, method)
+            reward = run_reward(config, model, method)
+            if reward != options["reward.function"]:
+                changed["reward"] = reward
             col[f"run: {method}"] = _options_text(changed) if changed else "as above"
+        for method in order_methods(config.get("methods") or []):
+            col[f"source: {method}"] = run_source(config, model, method)
         col.update(options)
         columns[model] = col
     frame = pd.DataFrame(columns, dtype=object)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .. import jsonl
 from ..advantages import HierarchicalScaler, make_estimator
-from ..groups import balance_by_group, regroup
+from ..groups import regroup, resample_for_rs
 from ..metrics import fairness_summary
 from ..rewards import LabelParser, render_answer, score_response
 from ..run_settings import ReproductionOptions
@@ -354,7 +354,7 @@ class RLTrainer:
         train = split(table, "train")
         if resample if resample is not None else method == "grpo_rs":
             before = len(train)
-            train = balance_by_group(train, seed=seed)
+            train = resample_for_rs(train, seed, self.options.group_definition, specs)
             log(f"GRPO+RS: training set oversampled from {before} to {len(train)} rows")
         self.train = Cohort(train, specs)
         self.val = Cohort(split(table, "val"), specs)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..groups import balance_by_group
+from ..groups import resample_for_rs
 from ..rewards import LabelParser, as_label_list, score_response
 from ..vocabularies import get_spec
 
@@ -40,28 +40,41 @@ QUESTIONS = {
                    "in the mammography image? Answer with one phrase from the following:",
     "Hemorrhage": "Above is a brain CT scan slice. Is there any hemorrhage present in this CT scan slice? "
                   "Answer with one of the following:",
-    "COVID-BLUES": "Above is a lung ultrasound video. Based on the ultrasound, does the patient have COVID? "
-                   "Answer with one of the following:",
+    "COVID-BLUES": "Above is a lung ultrasound video. Based on the ultrasound, does the patient have COVID?",
 }
+# Datasets whose CLIMB question names no answer options (CLIMB covid_blue.py: "... does the patient
+# have COVID?"). The authors' runs never produced a valid COVID-BLUES label (F1 0 and accuracy 0.5 in
+# every age group of their validation logs), so the reproduction default keeps the question as is;
+# config ``data.covid_blues_options: true`` lists the options, as for every other dataset.
+UNLISTED_OPTIONS = ("COVID-BLUES",)
+OPTIONS_LEAD = "Answer with one of the following:"
 
 
-def question(dataset: str, custom_question: str | None = None) -> str:
-    """The question text followed by the dataset's label options, one per line."""
+def question(dataset: str, custom_question: str | None = None, list_options: bool = True) -> str:
+    """The question text followed by the dataset's label options, one per line. For a dataset of
+    :data:`UNLISTED_OPTIONS`, CLIMB's question alone unless ``list_options`` (then
+    :data:`OPTIONS_LEAD` and the options)."""
     spec = get_spec(dataset)
     text = custom_question or QUESTIONS.get(dataset)
     if text is None:
         raise ValueError(f"no question for dataset {dataset!r}: give one in its data.custom entry (question:)")
+    if dataset in UNLISTED_OPTIONS and not custom_question:
+        if not list_options:
+            return text
+        text = text + " " + OPTIONS_LEAD
     return text + "\n" + "\n".join(spec.labels)
 
 
-def prompt_text(dataset: str, n_images: int, custom_question: str | None = None) -> str:
-    return "<image>" * n_images + "\n" + question(dataset, custom_question) + "\n" + FORMAT_INSTRUCTION
+def prompt_text(dataset: str, n_images: int, custom_question: str | None = None, list_options: bool = True) -> str:
+    return ("<image>" * n_images + "\n" + question(dataset, custom_question, list_options) + "\n"
+            + FORMAT_INSTRUCTION)
 
 
 def to_verl(table: pd.DataFrame, root: str | Path, mask_demographics: bool = False,
-            questions: dict[str, str] | None = None) -> pd.DataFrame:
+            questions: dict[str, str] | None = None, list_options: bool = True) -> pd.DataFrame:
     """Standard table -> RLHFDataset rows. ``mask_demographics`` drops age, sex and group (the
-    no-demographics variant); image paths become absolute under ``root``."""
+    no-demographics variant); image paths become absolute under ``root``; ``list_options``: see
+    :func:`question`."""
     root = Path(root).resolve()
     questions = questions or {}
     rows = []
@@ -70,7 +83,8 @@ def to_verl(table: pd.DataFrame, root: str | Path, mask_demographics: bool = Fal
         age = None if mask_demographics or pd.isna(row.age) else float(row.age)
         rows.append({
             "data_source": row.dataset,
-            "prompt": [{"role": "user", "content": prompt_text(row.dataset, len(images), questions.get(row.dataset))}],
+            "prompt": [{"role": "user", "content": prompt_text(row.dataset, len(images), questions.get(row.dataset),
+                                                               list_options)}],
             "images": images,
             "ability": "medical_diagnosis",
             "reward_model": {"style": "rule", "ground_truth": ", ".join(row.labels)},
@@ -92,24 +106,54 @@ def train_part(method: str) -> str:
     return "train_rs" if method in RESAMPLED_METHODS else "train"
 
 
+RECORDS = ("with_demographics", "all")
+
+
+def with_demographics(cohort: pd.DataFrame, specs: dict | None = None) -> pd.DataFrame:
+    """The rows that record at least one demographic attribute of their dataset (a known age, or a
+    known sex where the dataset records sex): what the authors' ``*_demo_only`` files held (their
+    demographics builder writes a ``demo`` field only when it has a value)."""
+    from ..groups import age_bin, normalize_sex
+
+    keep = []
+    for dataset, age, sex in zip(cohort["dataset"], cohort["age"], cohort["sex"]):
+        attributes = ((specs or {}).get(dataset) or get_spec(str(dataset))).attributes
+        keep.append(("age" in attributes and age_bin(age, "authors_code") is not None)
+                    or ("sex" in attributes and normalize_sex(sex) is not None))
+    return cohort[np.asarray(keep, dtype=bool)] if len(cohort) else cohort
+
+
+def select_records(cohort: pd.DataFrame, records: str, specs: dict | None = None) -> pd.DataFrame:
+    """config ``data.records``: ``with_demographics`` (:func:`with_demographics`, the authors'
+    training and validation files) or ``all``."""
+    if records not in RECORDS:
+        raise ValueError(f"data.records must be one of {list(RECORDS)}, got {records!r}")
+    return with_demographics(cohort, specs) if records == "with_demographics" else cohort
+
+
 def export_verl(cohort: pd.DataFrame, root: str | Path, out_dir: str | Path, seed: int = 0,
-                questions: dict[str, str] | None = None) -> dict[str, Path]:
-    """Write train/val/test.parquet, train_rs.parquet (GRPO+RS oversampling) and
-    train_nodemo.parquet (demographics masked) into out_dir; returns their paths."""
+                questions: dict[str, str] | None = None, group_definition: str = "paper", records: str = "all",
+                list_options: bool = True) -> dict[str, Path]:
+    """Write train/val/test.parquet, train_rs.parquet (GRPO+RS oversampling of
+    :func:`eqpo.groups.resampling_cells` by ``group_definition``) and train_nodemo.parquet
+    (demographics masked) into out_dir, from the rows ``records`` selects (:func:`select_records`,
+    every split alike); returns their paths. ``list_options``: see :func:`question`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    cohort = select_records(cohort, records)
+    write = dict(root=root, questions=questions, list_options=list_options)
     paths = {}
     for split in ("train", "val", "test"):
         part = cohort[cohort["split"] == split]
         paths[split] = out_dir / f"{split}.parquet"
-        to_verl(part, root, questions=questions).to_parquet(paths[split], index=False)
+        to_verl(part, **write).to_parquet(paths[split], index=False)
     train = cohort[cohort["split"] == "train"]
     paths["train_rs"] = out_dir / "train_rs.parquet"
-    rs = balance_by_group(train, seed=seed)
-    to_verl(rs.iloc[np.random.default_rng(seed).permutation(len(rs))], root, questions=questions).to_parquet(
+    rs = resample_for_rs(train, seed, group_definition)
+    to_verl(rs.iloc[np.random.default_rng(seed).permutation(len(rs))], **write).to_parquet(
         paths["train_rs"], index=False)
     paths["train_nodemo"] = out_dir / "train_nodemo.parquet"
-    to_verl(train, root, mask_demographics=True, questions=questions).to_parquet(paths["train_nodemo"], index=False)
+    to_verl(train, mask_demographics=True, **write).to_parquet(paths["train_nodemo"], index=False)
     return paths
 
 

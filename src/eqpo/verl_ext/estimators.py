@@ -444,7 +444,7 @@ def verl_overrides(method: str, options: Mapping | None = None, cluster_log: str
     """Hydra overrides for ``python -m verl.trainer.main_ppo`` that run ``method`` with this extension.
 
     ``reward``: keyword arguments of :func:`eqpo.verl_ext.reward.compute_score` (``function``,
-    ``matching``; e.g. :meth:`eqpo.run_settings.ReproductionOptions.reward_kwargs`), rendered as
+    ``matching``, ``extraction``; e.g. :meth:`eqpo.run_settings.ReproductionOptions.reward_kwargs`), rendered as
     ``+reward.custom_reward_function.reward_kwargs.<key>`` (verl 0.9.1 passes that mapping to the
     reward function on every call).
 
@@ -471,9 +471,9 @@ def verl_overrides(method: str, options: Mapping | None = None, cluster_log: str
     out += [f"+algorithm.eqpo.{key}={_hydra_value(value)}" for key, value in options.items()]
     if format_weight is not None:
         out.append(f"+reward.custom_reward_function.reward_kwargs.format_weight={_hydra_value(float(format_weight))}")
-    from ..rewards import MATCHINGS, REWARD_FUNCTIONS
+    from ..rewards import EXTRACTIONS, MATCHINGS, REWARD_FUNCTIONS
 
-    allowed = {"function": REWARD_FUNCTIONS, "matching": MATCHINGS}
+    allowed = {"function": REWARD_FUNCTIONS, "matching": MATCHINGS, "extraction": EXTRACTIONS}
     for key, value in (reward or {}).items():
         if key not in allowed:
             raise ValueError(f"unknown reward option {key!r}; valid: {sorted(allowed)}")

@@ -42,7 +42,7 @@ from eqpo import base_models
 
 from .estimators import EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, verl_overrides
 from ..data.export import train_part
-from ..run_settings import reproduction_options, train_settings
+from ..run_settings import estimator_options, reproduction_options, run_reward, train_settings
 
 ENTRYPOINT = "verl.trainer.main_ppo"
 # Where verl's driver finds its Ray cluster: main_ppo passes ray_kwargs.ray_init to ray.init; `address`
@@ -346,8 +346,9 @@ def build_overrides(config: Mapping[str, Any], model: str, method: str, seed: in
     if train.get("restart_estimator_on_resume"):
         out.set(RESTART_ESTIMATOR_KEY, True)
     # adv_estimator, trainer mode, external_lib, reward function, +algorithm.eqpo.<option>, cluster log
-    options = (config.get("estimators") or {}).get(method) or {}
-    reward = reproduction_options(config).reward_kwargs()  # reward.function / matching of the config
+    options = estimator_options(config, model, method)  # estimators.<method> with the run's `estimator`
+    # reward.function / matching / extraction of the config; the run's own reward where `runs` names one
+    reward = {**reproduction_options(config).reward_kwargs(), "function": run_reward(config, model, method)}
     for override in verl_overrides(method, options, cluster_log=str(paths.cluster_log), reward=reward):
         out.set_rendered(override)
     if ray_address is not None:
@@ -618,7 +619,7 @@ def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, 
     if status != 0:
         raise RuntimeError(f"verl exited with status {status} ({model}/{method}/seed{seed}); its output is "
                            f"above in this log, its work files in {paths.work_dir}")
-    logs.convert_run(paths, val_file(data_dir), class_set=reproduction_options(config).class_set)
+    logs.convert_run(paths, val_file(data_dir), reproduction_options(config))
     finish_checkpoints(paths, train.get("max_ckpt_to_keep", 1))
     _say(f"run files written to {paths.run_dir}")
     return paths

@@ -31,6 +31,7 @@ import pandas as pd
 from .. import jsonl
 from ..metrics import fairness_summary
 from ..rewards import LabelParser, as_label_list, score_response
+from ..run_settings import ReproductionOptions
 from ..vocabularies import DatasetSpec, get_spec, register_dataset
 
 CLUSTER_COLUMNS = ["sample_id", "step", "dataset", "cluster", "k", "true_group"]
@@ -120,9 +121,9 @@ def _missing(value: Any) -> bool:
     return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
 
 
-def _parser(dataset: str) -> LabelParser | None:
+def _parser(dataset: str, matching: str = "lenient") -> LabelParser | None:
     try:
-        return LabelParser(get_spec(dataset).labels)
+        return LabelParser(get_spec(dataset).labels, matching)
     except KeyError:
         return None
 
@@ -135,18 +136,22 @@ def _labels(truth: Any, dataset: str) -> list[str]:
     return as_label_list(truth, parser) if parser else [t.strip() for t in truth.split(",") if t.strip()]
 
 
-def _prediction(row: Mapping[str, Any], dataset: str, labels: list[str]) -> list[str]:
-    """The parsed answer: the reward's ``prediction`` when it returned one, else parsed from ``output``."""
+def _prediction(row: Mapping[str, Any], dataset: str, labels: list[str], options: ReproductionOptions) -> list[str]:
+    """The parsed answer, read as the test-split evaluation reads it: the response (``output``) with
+    ``options.extraction`` and ``options.matching`` (config ``metrics.extraction``,
+    ``reward.matching``). The reward's ``prediction`` is used only when the row has no response or
+    the dataset's vocabulary is unknown here."""
+    parser = _parser(dataset, options.matching)
+    output = row.get("output")
+    if parser is not None and isinstance(output, str):
+        return score_response(output, labels, parser, extraction=options.extraction).prediction
     given = row.get("prediction")
     if isinstance(given, (list, tuple)):
         return [str(p) for p in given]
-    parser = _parser(dataset)
     if isinstance(given, str):
         return parser.parse(given) if parser else [p.strip() for p in given.split(",") if p.strip()]
-    if parser is None:
-        raise ValueError(f"validation answers of dataset {dataset!r} carry no `prediction` and its label "
-                         "vocabulary is unknown, so they cannot be parsed")
-    return score_response(row.get("output"), labels, parser).prediction
+    raise ValueError(f"validation answers of dataset {dataset!r} carry no response (`output`) that can be parsed "
+                     "and no `prediction`")
 
 
 def read_val_reference(val_parquet: str | Path) -> pd.DataFrame:
@@ -188,16 +193,19 @@ def _row_identity(row: Mapping[str, Any], ref: pd.DataFrame | None, where: str) 
 
 
 def validation_predictions(records: Sequence[Mapping[str, Any]], ref: pd.DataFrame | None = None,
-                           where: str = "validation dump") -> pd.DataFrame:
+                           where: str = "validation dump", options: ReproductionOptions | None = None) -> pd.DataFrame:
     """Dumped validation answers -> a predictions table (METHOD.md schema: sample_id, dataset,
-    labels, prediction, age, sex, response, reward)."""
+    labels, prediction, age, sex, response, reward). ``prediction``: the response read with
+    ``options`` (default: the reproduction defaults, first box and strict matching), as
+    :func:`eqpo.data.export.predictions_from_outputs` reads test answers."""
+    options = options or ReproductionOptions()
     rows = []
     for row in records:
         ident = _row_identity(row, ref, where)
         labels = _labels(ident["truth"], ident["dataset"])
         rows.append({
             "sample_id": ident["sample_id"], "dataset": ident["dataset"], "labels": labels,
-            "prediction": _prediction(row, ident["dataset"], labels),
+            "prediction": _prediction(row, ident["dataset"], labels, options),
             "age": None if _missing(ident["age"]) else float(ident["age"]),
             "sex": None if _missing(ident["sex"]) else ident["sex"],
             "response": row.get("output"), "reward": None if row.get("score") is None else float(row["score"]),
@@ -213,18 +221,20 @@ def validation_dumps(validation_dir: str | Path) -> dict[int, Path]:
 
 
 def dynamics_records(validation_dir: str | Path, val_parquet: str | Path | None,
-                     walls: Mapping[int, float] | None = None, class_set: str = "dataset") -> list[dict]:
+                     walls: Mapping[int, float] | None = None,
+                     options: ReproductionOptions | None = None) -> list[dict]:
     """One dynamics.jsonl record per validation dump: step, wall_time_s, the Table 2 summary
-    (:func:`eqpo.metrics.fairness_summary` with ``class_set``, config ``metrics.class_set``) and
-    the share of unparseable answers."""
+    (:func:`eqpo.metrics.fairness_summary` with ``options.class_set``, config ``metrics.class_set``,
+    of the answers read with ``options.extraction``) and the share of unparseable answers."""
+    options = options or ReproductionOptions()
     ref = read_val_reference(val_parquet) if val_parquet is not None else None
     walls = walls or {}
     records = []
     for step, path in validation_dumps(validation_dir).items():
-        preds = validation_predictions(read_jsonl(path), ref, where=str(path))
+        preds = validation_predictions(read_jsonl(path), ref, where=str(path), options=options)
         if preds.empty:
             raise ValueError(f"{path}: the validation dump is empty")
-        records.append({"step": step, "wall_time_s": walls.get(step, 0.0), **fairness_summary(preds, class_set),
+        records.append({"step": step, "wall_time_s": walls.get(step, 0.0), **fairness_summary(preds, options.class_set),
                         "unparseable": float((preds["prediction"].map(len) == 0).mean())})
     return records
 
@@ -276,18 +286,19 @@ def register_custom_specs(data_dir: str | Path) -> None:
             register_dataset(DatasetSpec(d["name"], tuple(d["labels"]), d["multi_label"], tuple(d["attributes"])))
 
 
-def convert_run(paths: Any, val_parquet: str | Path, class_set: str = "dataset") -> dict[str, int]:
+def convert_run(paths: Any, val_parquet: str | Path, options: ReproductionOptions | None = None) -> dict[str, int]:
     """Write ``dynamics.jsonl``, ``steps.jsonl`` and ``clusters.parquet`` of one verl run.
 
-    ``paths`` is a :class:`eqpo.verl_ext.launch.RunPaths`; ``class_set`` as config
-    ``metrics.class_set``. Returns the number of records written.
+    ``paths`` is a :class:`eqpo.verl_ext.launch.RunPaths`; ``options`` the config's reproduction
+    options (metric class set and answer extraction of the validation). Returns the number of
+    records written.
     """
     register_custom_specs(Path(val_parquet).parent)
     metrics = merge_file_logs(paths.file_logs())
     steps = step_records(metrics)
     if not steps:
         raise ValueError(f"verl's file log ({paths.file_log}) holds no training step: did the run train?")
-    dynamics = dynamics_records(paths.validation_dir, val_parquet, wall_times(metrics), class_set)
+    dynamics = dynamics_records(paths.validation_dir, val_parquet, wall_times(metrics), options)
     if not dynamics:
         raise ValueError(f"no validation dump in {paths.validation_dir} (trainer.validation_data_dir)")
     clusters = read_cluster_log(paths.cluster_log)
