@@ -517,17 +517,62 @@ def test_a_failed_attempt_resumes_and_keeps_its_log(tmp_path):
     assert sorted(p.name for p in paths.checkpoint.iterdir() if p.is_dir()) == ["global_step_2"]
 
 
-def test_other_settings_start_afresh(tmp_path):
+def failed_run_with_a_checkpoint(tmp_path):
+    """A MedGemma GRPO run that saved global_step_1 and was then killed (verl exited with status 1)."""
     data, run = export(tmp_path / "data"), tmp_path / "run"
     with pytest.raises(RuntimeError, match="verl exited with status 1"):
         launch.run_training(PAPER, "medgemma-4b", "grpo", 0, run, data, runner=FakeVerl(fail_after=1),
                             check_env=False)
+    paths = RunPaths.for_run(run)
+    assert (paths.checkpoints / "global_step_1").is_dir()
+    return data, paths
+
+
+def test_a_changed_trajectory_setting_starts_afresh_and_moves_the_old_run_aside(tmp_path, capsys):
+    data, paths = failed_run_with_a_checkpoint(tmp_path)
     other = copy.deepcopy(PAPER)
     other["train"]["lr"] = 1e-6
-    paths = RunPaths.for_run(run)
     argv, _ = build_command(other, "medgemma-4b", "grpo", 0, paths, data)
     assert launch.prepare_work_dir(paths, argv[3:]) is False
     assert not paths.checkpoints.exists() and not list(paths.work_dir.glob("metrics*.jsonl"))
+    aside = paths.work_dir.with_name("verl.1")  # nothing deleted: checkpoint and log moved aside
+    assert (aside / "checkpoints" / "global_step_1").is_dir() and (aside / "metrics.jsonl").exists()
+    said = capsys.readouterr().out
+    assert "NEW RUN" in said and str(aside) in said
+    assert "actor_rollout_ref.actor.optim.lr: 5e-07 -> 1e-06" in said
+    # a second new run moves the next one aside; verl.1 stays
+    assert launch.prepare_work_dir(paths, [*argv[3:-1], "data.seed=1"]) is False
+    assert paths.work_dir.with_name("verl.2").is_dir() and (aside / "checkpoints" / "global_step_1").is_dir()
+
+
+@pytest.mark.parametrize("setting", [
+    {"restart_estimator_on_resume": True}, {"loggers": ["wandb"]}, {"max_ckpt_to_keep": 3}, {"rollout_data": True}])
+def test_settings_outside_the_trajectory_resume_the_checkpoint(tmp_path, setting):
+    """Enabling the estimator restart (whose purpose is to resume), adding a tracker or keeping more
+    checkpoints after a preemption resumes the run instead of starting it again."""
+    data, paths = failed_run_with_a_checkpoint(tmp_path)
+    config = copy.deepcopy(PAPER)
+    config["train"].update(setting)
+    config["evaluation"] = {**(config.get("evaluation") or {}), "max_samples": 7}
+    fake = FakeVerl()
+    launch.run_training(config, "medgemma-4b", "grpo", 0, paths.run_dir, data, runner=fake, check_env=False)
+    assert (paths.work_dir / "metrics.1.jsonl").exists() and not paths.work_dir.with_name("verl.1").exists()
+    # the estimator flag reaches verl on the resumed run
+    if setting.get("restart_estimator_on_resume"):
+        assert f"{launch.RESTART_ESTIMATOR_KEY}=true" in fake.calls[0]
+
+
+def test_resume_key_keeps_every_trajectory_setting(tmp_path):
+    paths = RunPaths.for_run(tmp_path / "run")
+    argv, _ = build_command(PAPER, "qwen2.5-vl-7b", "eqpo", 0, paths, tmp_path)
+    kept = launch.resume_key(argv[3:])
+    dropped = [o.partition("=")[0].lstrip("+") for o in argv[3:] if o not in kept]
+    assert sorted(dropped) == sorted([
+        "ray_kwargs.ray_init.address", "ray_kwargs.ray_init.include_dashboard", "trainer.logger",
+        "trainer.max_actor_ckpt_to_keep", "trainer.max_critic_ckpt_to_keep", "hydra.run.dir"])
+    for key in ("actor_rollout_ref.actor.optim.lr", "data.seed", "algorithm.adv_estimator", "+algorithm.eqpo.k_max",
+                "data.train_files", "actor_rollout_ref.model.path", "trainer.total_epochs"):
+        assert any(o.startswith(key + "=") for o in kept), key
 
 
 def test_no_gpu_is_a_clear_error_before_anything_runs(tmp_path, monkeypatch):

@@ -517,23 +517,53 @@ def _has_checkpoint(paths: RunPaths) -> bool:
     return (paths.checkpoints / "latest_checkpointed_iteration.txt").exists()
 
 
-def prepare_work_dir(paths: RunPaths, overrides: list[str]) -> bool:
+def prepare_work_dir(paths: RunPaths, overrides: Sequence[str]) -> bool:
     """Make the work directory ready; returns True when verl will resume from a checkpoint.
 
-    A checkpoint of the same overrides is kept (resume); otherwise the work directory is emptied so
-    that no log of an earlier run mixes into this one. The file log of an interrupted attempt is kept
-    as ``metrics.<n>.jsonl``, because verl's file logger truncates its file when it starts.
+    verl resumes when the work directory holds a checkpoint whose recorded overrides agree with
+    ``overrides`` on every setting of the training trajectory (:func:`resume_key`). Otherwise this is
+    a new run, and an existing work directory is moved aside to ``verl.<n>`` next to it (never
+    deleted), so that no log of an earlier run mixes into this one and no checkpoint is lost; the log
+    says so and names the settings that changed. The file log of an interrupted attempt is kept as
+    ``metrics.<n>.jsonl``, because verl's file logger truncates its file when it starts.
     """
     recorded = json.loads(paths.overrides_record.read_text()) if paths.overrides_record.exists() else None
-    resume = _has_checkpoint(paths) and recorded == overrides
-    if not resume and paths.work_dir.exists():
-        shutil.rmtree(paths.work_dir)
+    has_checkpoint = _has_checkpoint(paths)
+    resume = has_checkpoint and recorded is not None and resume_key(recorded) == resume_key(overrides)
+    if not resume and paths.work_dir.exists() and any(paths.work_dir.iterdir()):
+        aside = _move_aside(paths.work_dir)
+        if has_checkpoint:
+            changed = changed_settings(recorded or [], overrides)
+            _say(f"NEW RUN: the settings of the training trajectory differ from the checkpoint's "
+                 f"({'; '.join(changed) or 'no record of its settings'}), so its work directory, checkpoint "
+                 f"included, was moved to {aside} (nothing was deleted: remove it yourself when it is no longer "
+                 "needed, or move it back to resume it)")
+        else:
+            _say(f"new run: the earlier work directory (no checkpoint) was moved to {aside}")
     paths.work_dir.mkdir(parents=True, exist_ok=True)
     if resume and paths.file_log.exists():
         numbers = [int(p.name.split(".")[1]) for p in paths.work_dir.glob("metrics.*.jsonl")]
         paths.file_log.rename(paths.work_dir / f"metrics.{max(numbers, default=0) + 1}.jsonl")
-    paths.overrides_record.write_text(json.dumps(overrides, indent=1))
+    paths.overrides_record.write_text(json.dumps(list(overrides), indent=1))
     return resume
+
+
+def _move_aside(work_dir: Path) -> Path:
+    """Rename ``work_dir`` to the first free ``<work_dir>.<n>`` (n = 1, 2, ...); returns the new path."""
+    n = 1
+    while work_dir.with_name(f"{work_dir.name}.{n}").exists():
+        n += 1
+    aside = work_dir.with_name(f"{work_dir.name}.{n}")
+    work_dir.rename(aside)
+    return aside
+
+
+def changed_settings(recorded: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """The trajectory settings (:func:`resume_key`) that differ, as ``key: old -> new`` lines (a key
+    only on one side shows ``(unset)`` on the other)."""
+    old, new = (dict(o.partition("=")[::2] for o in resume_key(side)) for side in (recorded, overrides))
+    return [f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
+            for key in dict.fromkeys([*old, *new]) if old.get(key) != new.get(key)]
 
 
 def finish_checkpoints(paths: RunPaths, keep: int | None = None) -> None:
@@ -553,10 +583,22 @@ def finish_checkpoints(paths: RunPaths, keep: int | None = None) -> None:
     paths.checkpoints.rename(paths.checkpoint)
 
 
+# Overrides that do not change the training trajectory, so changing one keeps the checkpoint: where
+# Ray runs (its address changes with every SLURM allocation, its CPUs with the job's threads), what
+# is logged or kept (trackers, rollout dumps, checkpoints to keep, the validation subset, Hydra's
+# directory), and train.restart_estimator_on_resume, which exists to resume a checkpoint.
+NOT_TRAJECTORY = ("ray_kwargs.", "trainer.logger", "trainer.max_actor_ckpt_to_keep", "trainer.max_critic_ckpt_to_keep",
+                  "trainer.rollout_data_dir", "data.val_max_samples", "hydra.run.dir", _bare_key(RESTART_ESTIMATOR_KEY))
+
+
 def resume_key(overrides: Sequence[str]) -> list[str]:
-    """The overrides that decide whether a checkpoint belongs to this run: all but Ray's (its address
-    changes with every SLURM allocation, its CPUs with the job's threads)."""
-    return [o for o in overrides if not o.lstrip("+").startswith("ray_kwargs.")]
+    """The overrides that decide whether a checkpoint belongs to this run: all but those of
+    :data:`NOT_TRAJECTORY` (a key equal to one of them, or under one ending in ``.``)."""
+    def trajectory(override: str) -> bool:
+        key = _bare_key(override.partition("=")[0])
+        return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_TRAJECTORY)
+
+    return [o for o in overrides if trajectory(o)]
 
 
 def _say(message: str) -> None:
@@ -606,7 +648,7 @@ def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, 
     try:
         argv, env = build_command(config, model, method, seed, paths, data_dir,
                                   ray_address=cluster.address if cluster else None, num_cpus=num_cpus)
-        resumed = prepare_work_dir(paths, resume_key(argv[3:]))
+        resumed = prepare_work_dir(paths, argv[3:])
         _say(("resuming from " + str(paths.checkpoints)) if resumed else f"starting {model}/{method}/seed{seed}")
         _say("command: " + " ".join(argv))
         status = (runner or stream_subprocess)(argv, env)
