@@ -3,9 +3,12 @@ SLURM: every training job of 7 methods x 3 base models, with its GPUs and partit
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,12 +18,35 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 PAPER = yaml.safe_load((REPO / "config.yaml").read_text())
 PROFILE = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())
+RULES = "".join((REPO / "workflow" / "rules" / f).read_text() for f in ("train.smk", "evaluate.smk"))
+
+
+# The profile deploys conda environments, and even a dry run asks conda about itself (`conda info
+# --json`, `--version`, the channel priority). This stand-in answers those three questions only, so the
+# dry run plans without conda installed; anything else (building an environment) fails loudly.
+FAKE_CONDA = """#!/bin/sh
+case "$*" in
+  "--version") echo "conda 24.11.3";;
+  "info --json") echo '{"conda_version": "24.11.3", "platform": "linux-64", "conda_prefix": "/opt/conda"}';;
+  "config --get channel_priority --json") echo '{"get": {"channel_priority": "strict"}}';;
+  *) echo "fake conda cannot: $*" >&2; exit 1;;
+esac
+"""
+
+
+@functools.cache
+def _fake_conda_dir() -> Path:
+    bin_dir = Path(tempfile.mkdtemp(prefix="fake-conda-"))
+    (bin_dir / "conda").write_text(FAKE_CONDA)
+    (bin_dir / "conda").chmod(0o755)
+    return bin_dir
 
 
 def dry_run(*extra: str) -> str:
     """`snakemake --profile slurm -n` from the repository root; returns its output (asserts exit 0)."""
+    env = {**os.environ, "PATH": f"{_fake_conda_dir()}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "slurm", "-n", *extra], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     return output
@@ -111,6 +137,24 @@ def test_the_smoke_run_plans_two_one_gpu_trainings_and_their_evaluation():
     assert [j["wildcards"]["dataset"] for j in jobs(plan, "prepare_dataset")] == ["PAD-UFES-20"]
     assert "results/smoke/tables/table2.csv" in plan
     assert smoke["train"]["steps"] == 2 and smoke["evaluation"]["max_samples"] == 64
+
+
+def test_the_profile_deploys_the_conda_environments_and_the_gpu_rules_get_the_lock():
+    """Without a deployment method, Snakemake ignores `conda:` and the GPU jobs would run in the login
+    Python (CPU torch, no vLLM); the GPU environment built is the lock (envs/gpu.lock.yaml)."""
+    assert PROFILE["software-deployment-method"] == "conda"
+    text = (REPO / "slurm" / "config.yaml").read_text()
+    assert text.count("conda-prefix:") == 1 and PROFILE["conda-prefix"]
+    plan = dry_run("--configfile", "config/smoke.yaml")
+    created = re.findall(r"^Conda environment (\S+) will be created", plan, flags=re.M)
+    assert "envs/gpu.lock.yaml" in created and "envs/gpu.yaml" not in created
+    for rule in ("train_verl", "predict_vllm"):  # the rules that need the GPU environment name the lock
+        assert re.search(r"conda:\s*\"\.\./\.\./envs/gpu\.lock\.yaml\"", rule_text(rule)), rule
+
+
+def rule_text(name: str) -> str:
+    """The text of rule ``name`` in workflow/rules/ (from `rule name:` to the next rule)."""
+    return next(block for block in re.split(r"\n(?=rule )", RULES) if block.startswith(f"rule {name}:"))
 
 
 def test_cluster_values_live_in_one_place():

@@ -40,7 +40,7 @@ rule predict_vllm:
         mem_mb=64000,
         runtime=240,
     conda:
-        "../../envs/gpu.yaml"
+        "../../envs/gpu.lock.yaml"
     script:
         "../scripts/predict_vllm.py"
 

@@ -90,6 +90,6 @@ rule train_verl:
             }
         ),
     conda:
-        "../../envs/gpu.yaml"
+        "../../envs/gpu.lock.yaml"
     script:
         "../scripts/train_verl.py"
