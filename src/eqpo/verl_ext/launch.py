@@ -42,7 +42,8 @@ from eqpo import base_models
 
 from .estimators import EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, verl_overrides
 from ..data.export import train_part
-from ..run_settings import reproduction_options, train_settings
+from ..memory_plan import max_token_len_per_gpu
+from ..run_settings import flatten_overrides, reproduction_options, train_settings
 
 ENTRYPOINT = "verl.trainer.main_ppo"
 # Where verl's driver finds its Ray cluster: main_ppo passes ray_kwargs.ray_init to ray.init; `address`
@@ -164,22 +165,6 @@ def format_value(value: Any) -> str:
     if isinstance(value, Mapping):
         return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as a Hydra override value")
-
-
-def flatten_overrides(overrides: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
-    """``models.<m>.overrides`` as ``{dotted key: value}``; nested dicts are flattened
-    (``{"actor_rollout_ref": {"model": {"use_remove_padding": False}}}`` ->
-    ``{"actor_rollout_ref.model.use_remove_padding": False}``). A key may start with ``+``."""
-    flat: dict[str, Any] = {}
-    for key, value in (overrides or {}).items():
-        if not isinstance(key, str) or not key.strip("+"):
-            raise ValueError(f"verl override keys must be non-empty strings, got {key!r}")
-        dotted = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten_overrides(value, dotted))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def _bare_key(key: str) -> str:
@@ -371,7 +356,7 @@ def _check_ray_cpus(total: int, model_overrides: Mapping[str, Any]) -> None:
         raise ValueError(
             f"Ray gets {total} CPU(s) but verl's TransferQueue ({units} storage units and a controller) and its "
             f"TaskRunner alone need {needed}, and TransferQueue would wait forever: give the train_verl job more "
-            f"threads (it has 32 in workflow/rules/train.smk) or lower {TQ_STORAGE_UNITS_KEY} in models.<m>.overrides")
+            f"threads (gpu_jobs.train_verl.threads in the config) or lower {TQ_STORAGE_UNITS_KEY} in models.<m>.overrides")
 
 
 def _local_ray_overrides(num_cpus: int | None) -> dict[str, Any]:
@@ -414,9 +399,8 @@ def _kl_overrides(kl_coef: float) -> dict[str, Any]:
 def _batching_overrides(train: Mapping[str, Any]) -> dict[str, Any]:
     """Token-budget micro-batching (no per-GPU micro-batch sizes to tune). The log-prob passes of
     rollout and reference inherit both settings from the actor."""
-    seq = int(train.get("max_prompt_length", 4096)) + int(train.get("max_response_length", 4096))
     return {"actor_rollout_ref.actor.use_dynamic_bsz": True,
-            "actor_rollout_ref.actor.ppo_max_token_len_per_gpu": 2 * seq}
+            "actor_rollout_ref.actor.ppo_max_token_len_per_gpu": max_token_len_per_gpu(train)}
 
 
 # ----------------------------------------------------------------------------------------------
