@@ -356,7 +356,8 @@ def _check_ray_cpus(total: int, model_overrides: Mapping[str, Any]) -> None:
         raise ValueError(
             f"Ray gets {total} CPU(s) but verl's TransferQueue ({units} storage units and a controller) and its "
             f"TaskRunner alone need {needed}, and TransferQueue would wait forever: give the train_verl job more "
-            f"threads (gpu_jobs.train_verl.threads in the config) or lower {TQ_STORAGE_UNITS_KEY} in models.<m>.overrides")
+            f"threads (gpu_jobs.train_verl.threads in the config) or lower {TQ_STORAGE_UNITS_KEY} in "
+            "models.<m>.overrides")
 
 
 def _local_ray_overrides(num_cpus: int | None) -> dict[str, Any]:
