@@ -712,3 +712,64 @@ def test_stream_subprocess_copies_output_and_returns_status(capsys):
                                        "sys.exit(3)"], dict(os.environ))
     captured = capsys.readouterr().out
     assert status == 3 and "out" in captured and "err" in captured
+
+
+def test_the_predict_script_reads_the_runs_own_lengths(tmp_path, monkeypatch):
+    """predict_vllm answers with the lengths the run trained with (runs.<model>.<method> overrides)."""
+    import runpy
+    from types import SimpleNamespace
+
+    from eqpo.verl_ext import evaluate
+
+    config = copy.deepcopy(PAPER)
+    config["runs"] = {"medgemma-4b": {"eqpo": {"max_response_length": 1024, "max_prompt_length": 2048}}}
+    calls = []
+    monkeypatch.setattr(evaluate, "run_evaluation", lambda *a, **k: calls.append(k))
+    for method in ("eqpo", "grpo"):
+        rule = SimpleNamespace(config=config, wildcards=SimpleNamespace(model="medgemma-4b", method=method, seed="0"),
+                               input=SimpleNamespace(checkpoint="c", test="t.parquet"), output=["p.parquet"],
+                               params=SimpleNamespace(model=config["models"]["medgemma-4b"]),
+                               resources=SimpleNamespace(gpu=1), log=[str(tmp_path / f"{method}.log")])
+        runpy.run_path(str(REPO / "workflow" / "scripts" / "predict_vllm.py"), init_globals={"snakemake": rule})
+    assert [(k["max_tokens"], k["max_model_len"]) for k in calls] == [(1024, 2048 + 1024), (4096, 4096 + 4096)]
+
+
+VERL_DATASET_LINES = [
+    "(TaskRunner pid=7) dataset len: 120\n", "Filtering prompts longer than 4096 tokens: 100%\n",
+    "(TaskRunner pid=7) filter dataset len: 117\n",
+    "(TaskRunner pid=7) dataset len: 500\n", "(TaskRunner pid=7) selected 64 random samples out of 500\n",
+    "(TaskRunner pid=7) filter dataset len: 64\n",
+]
+
+
+def test_rows_dropped_by_verls_long_prompt_filter_are_reported():
+    said = []
+    watch = launch.FilteredRows(said.append)
+    for line in VERL_DATASET_LINES:
+        watch(line)
+    assert watch.dropped == [("training", 3, 120), ("validation", 0, 64)]
+    assert said[0].startswith("WARNING: verl's long-prompt filter dropped 3 of 120 rows of the training dataset")
+    assert said[1] == "verl's long-prompt filter kept all 64 rows of the validation dataset"
+
+
+def test_a_training_run_reports_the_filter_from_verls_output(tmp_path, capsys, monkeypatch):
+    """run_training's default runner hands verl's output to the filter watch: here the streamed
+    process is a stand-in that prints verl's dataset lines and fails."""
+    real_stream = launch.stream_subprocess
+
+    def fake_stream(argv, env, cwd=None, on_line=None):
+        assert argv[1:3] == ["-m", "verl.trainer.main_ppo"]
+        return real_stream([sys.executable, "-c", "import sys; sys.stdout.write("
+                                         + repr("".join(VERL_DATASET_LINES)) + "); sys.exit(3)"], env, on_line=on_line)
+
+    monkeypatch.setattr(launch, "stream_subprocess", fake_stream)
+    with pytest.raises(RuntimeError, match="verl exited with status 3"):
+        launch.run_training(PAPER, "medgemma-4b", "grpo", 0, tmp_path / "run", export(tmp_path / "data"),
+                            check_env=False)
+    assert "WARNING: verl's long-prompt filter dropped 3 of 120 rows of the training dataset" in capsys.readouterr().out
+
+
+def test_wandb_logs_offline_unless_the_user_says_otherwise(tmp_path):
+    paths = RunPaths.for_run(tmp_path / "run")
+    assert launch.build_environment(paths, base={})["WANDB_MODE"] == "offline"
+    assert launch.build_environment(paths, base={"WANDB_MODE": "online"})["WANDB_MODE"] == "online"

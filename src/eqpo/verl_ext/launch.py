@@ -26,6 +26,7 @@ environment gives :class:`TrainingEnvironmentError` before anything starts.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -429,6 +430,9 @@ def build_environment(paths: RunPaths, base: Mapping[str, str] | None = None) ->
     env.setdefault("TENSORBOARD_DIR", str(paths.work_dir / "tensorboard"))
     env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{paths.work_dir / 'mlruns.db'}")
     env.setdefault("WANDB_DIR", str(paths.work_dir))
+    # Compute nodes often cannot reach the internet, where wandb.init fails or hangs: wandb logs
+    # offline unless the user sets WANDB_MODE (sync later: `wandb sync <run>/verl/wandb/offline-run-*`).
+    env.setdefault("WANDB_MODE", "offline")
     return env
 
 
@@ -486,16 +490,57 @@ def check_reward_ids(val_parquet: str | Path, compute_score: Callable[..., Any] 
 Runner = Callable[[Sequence[str], Mapping[str, str]], int]
 
 
-def stream_subprocess(argv: Sequence[str], env: Mapping[str, str], cwd: str | Path | None = None) -> int:
-    """Run ``argv``, copying its stdout and stderr line by line to ``sys.stdout`` (the rule log);
-    returns the exit status."""
+def stream_subprocess(argv: Sequence[str], env: Mapping[str, str], cwd: str | Path | None = None,
+                      on_line: Callable[[str], None] | None = None) -> int:
+    """Run ``argv``, copying its stdout and stderr line by line to ``sys.stdout`` (the rule log) and
+    handing each line to ``on_line``; returns the exit status."""
     with subprocess.Popen(list(argv), env=dict(env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, errors="replace", bufsize=1) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stdout.write(line)
             sys.stdout.flush()
+            if on_line is not None:
+                on_line(line)
         return proc.wait()
+
+
+class FilteredRows:
+    """Watches verl's output for its long-prompt filter (``data.filter_overlong_prompts``) and says
+    how many rows of each dataset it dropped. verl's ``RLHFDataset`` prints ``dataset len: N``
+    (then ``selected K random samples out of N`` for a validation subset) and, after the filter,
+    ``filter dataset len: M``; it counts a row whose processing fails (a broken image, a processor
+    error) as too long, so those rows vanish from training without an error. The training dataset
+    is built first, then the validation one."""
+
+    NAMES = ("training", "validation")
+    _TOTAL = re.compile(r"(?<!filter )dataset len: (\d+)")
+    _SELECTED = re.compile(r"selected (\d+) random samples out of \d+")
+    _KEPT = re.compile(r"filter dataset len: (\d+)")
+
+    def __init__(self, say: Callable[[str], None] | None = None) -> None:
+        self.say = say or _say
+        self.dropped: list[tuple[str, int, int]] = []  # (dataset, dropped, of rows)
+        self._rows: int | None = None
+
+    def __call__(self, line: str) -> None:
+        for pattern in (self._TOTAL, self._SELECTED):
+            match = pattern.search(line)
+            if match:
+                self._rows = int(match[1])
+                return
+        match = self._KEPT.search(line)
+        if match and self._rows is not None:
+            name = self.NAMES[len(self.dropped)] if len(self.dropped) < len(self.NAMES) else "another"
+            rows, dropped = self._rows, self._rows - int(match[1])
+            self.dropped.append((name, dropped, rows))
+            self._rows = None
+            if dropped:
+                self.say(f"WARNING: verl's long-prompt filter dropped {dropped} of {rows} rows of "
+                         f"the {name} dataset: prompts longer than data.max_prompt_length, or rows whose images or "
+                         "processor failed (their tracebacks are above: 'Error processing one of the samples')")
+            else:
+                self.say(f"verl's long-prompt filter kept all {match[1]} rows of the {name} dataset")
 
 
 def _has_checkpoint(paths: RunPaths) -> bool:
@@ -636,7 +681,7 @@ def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, 
         resumed = prepare_work_dir(paths, argv[3:])
         _say(("resuming from " + str(paths.checkpoints)) if resumed else f"starting {model}/{method}/seed{seed}")
         _say("command: " + " ".join(argv))
-        status = (runner or stream_subprocess)(argv, env)
+        status = (runner or functools.partial(stream_subprocess, on_line=FilteredRows()))(argv, env)
     finally:
         if cluster is not None:
             from .ray_cluster import stop_ray_cluster
