@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 CORES  ?= 2
 
-.PHONY: demo test lint bench quickstart report clean gpu-lock
+.PHONY: demo test lint bench quickstart report clean gpu-lock device-check device-wheels
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,31 @@ envs/gpu.lock.yaml: envs/gpu.yaml envs/gpu.lock.txt
 	  echo "# The GPU rules (train_verl, predict_vllm) use this file, so --sdm conda builds exactly the lock."; \
 	  awk '/^ *#/ {next} {print} /^ *- pip: *$$/ {exit}' envs/gpu.yaml; \
 	  sed -n 's/^\([A-Za-z0-9][A-Za-z0-9._-]*==[^ #]*\).*/      - \1/p' envs/gpu.lock.txt; } > $@
+
+# The check of a GPU machine (README "Checking a GPU machine"): tiny Gemma3 and Qwen2.5-VL in bf16 with sdpa,
+# forward and backward, and the tiny TRL training, on one GPU without network; prints one table. Needs only
+# PyTorch and transformers in $(PYTHON); WHEELS=wheels/device adds the TRL row's packages offline
+# (make device-wheels). DEVICE=cpu runs it on the CPU.
+DEVICE ?= cuda
+device-check:
+	$(PYTHON) tests/device_check.py --device $(DEVICE) $(if $(WHEELS),--wheels $(WHEELS))
+
+# wheels/device/: what the TRL row needs beyond PyTorch and transformers (envs/trl.yaml's pip list resolved
+# for the GPU machine, less what torch and transformers bring), downloaded where PyPI is reachable.
+DEVICE_PYTHON   ?= 3.11
+DEVICE_PLATFORM ?= x86_64-manylinux_2_28
+DEVICE_BASE     ?= torch==2.13.0 transformers==5.10.4
+device-wheels: | $(BIN)/uv
+	mkdir -p wheels/device
+	awk '/^ *- pip: *$$/ {pip = 1; next} pip && /^ *- / {sub(/^ *- */, ""); print}' envs/trl.yaml \
+	  | $(BIN)/uv pip compile - --quiet --no-header --no-annotate --python-version $(DEVICE_PYTHON) \
+	      --python-platform $(DEVICE_PLATFORM) -o wheels/trl.txt
+	printf '%s\n' $(DEVICE_BASE) | $(BIN)/uv pip compile - --quiet --no-header --no-annotate \
+	  --python-version $(DEVICE_PYTHON) --python-platform $(DEVICE_PLATFORM) -o wheels/base.txt
+	grep -v -x -F -f wheels/base.txt wheels/trl.txt | grep -v '^torchvision==' > wheels/device.txt  # (the check needs no torchvision)
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version $(DEVICE_PYTHON) \
+	  --platform $(subst x86_64-,,$(DEVICE_PLATFORM))_x86_64 -d wheels/device -r wheels/device.txt
+	du -sh wheels/device
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .snakemake
