@@ -773,3 +773,20 @@ def test_wandb_logs_offline_unless_the_user_says_otherwise(tmp_path):
     paths = RunPaths.for_run(tmp_path / "run")
     assert launch.build_environment(paths, base={})["WANDB_MODE"] == "offline"
     assert launch.build_environment(paths, base={"WANDB_MODE": "online"})["WANDB_MODE"] == "online"
+
+
+@pytest.mark.parametrize("method", ["grpo", "eqpo"])
+def test_the_smoke_runs_compose_and_pass_verls_validation_on_two_gpus(tmp_path, method):
+    """config/smoke.yaml (2 GPUs so that the update fits 80 GB GPUs): verl accepts the batch split
+    over 2 data-parallel ranks (32 prompts x 4 rollouts, mini-batches of 16 x 4)."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    from eqpo.preflight import load_config
+
+    smoke = load_config([REPO / "config" / "smoke.yaml"], REPO)
+    paths = RunPaths.for_run(tmp_path / "run")
+    cfg = compose_overrides(build_overrides(smoke, "medgemma-4b", method, 0, paths, tmp_path))
+    validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    assert cfg.trainer.n_gpus_per_node == 2 and cfg.actor_rollout_ref.rollout.tensor_model_parallel_size == 1
+    assert cfg.actor_rollout_ref.actor.ppo_max_token_len_per_gpu == 2 * (4096 + 1024)
