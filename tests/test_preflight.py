@@ -21,10 +21,11 @@ SMI_580 = "| NVIDIA-SMI 580.65.06    Driver Version: 580.65.06    CUDA Version: 
 
 
 def node(**changes) -> pf.Probe:
-    """A healthy 4-GPU node with verl 0.9.1 and vLLM, CUDA 13 driver, hub reachable, 10 TB free."""
+    """A healthy node with four 80 GB GPUs, verl 0.9.1 and vLLM, CUDA 13 driver, hub reachable, 10 TB free."""
     installed = {"verl": "0.9.1", "vllm": "0.24.0"}
     fields = dict(find_spec=lambda name: object() if name in ("flash_attn", "wandb") else None,
                   version=installed.get, torch_cuda=lambda: (4, "13.0", "2.11.0+cu130"), nvidia_smi=lambda: SMI_580,
+                  gpu_memory=lambda: [int(79.2 * 2**30)] * 4,  # four 80 GB GPUs as torch reports them
                   hub_access=lambda repo: None, disk_free=lambda path: 10 * 10**12, env={})
     fields.update(changes)
     return pf.Probe(**fields)
@@ -124,7 +125,7 @@ def test_a_healthy_node_passes_and_prints_one_table(tmp_path):
     assert pf.problems(checks) == []
     names = [c.name for c in checks]
     assert names == ["torch", "GPUs", "driver", "verl", "vLLM", "weights medgemma-4b", "attention medgemma-4b",
-                     "data", "disk"]
+                     "memory medgemma-4b", "data", "disk"]
     text = pf.report(checks)
     assert text.splitlines()[0].split() == ["check", "status", "detail"]
     assert len(text.splitlines()) == 2 + len(checks) + 2 and text.endswith("preflight: no problems")

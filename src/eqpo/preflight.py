@@ -5,10 +5,11 @@ Run it on a GPU node before submitting the paper run (every ``train_verl`` job a
     srun --nodes=1 --gpus=4 python -m eqpo.preflight --configfile config/smoke.yaml
 
 It checks, in this order: the GPUs (visible, how many), the driver and the CUDA version it supports
-against torch's, torch's CUDA build, verl (0.9.1) and vLLM, each model's attention implementation
-and the experiment trackers it needs, each model's weights (local directory, Hugging Face cache or
-the hub, gated repos included), the prepared verl data files of every method, and the free disk for
-the checkpoints. It prints one table and then one line per problem, and exits 1 when there is any.
+against torch's, torch's CUDA build, verl (0.9.1) and vLLM, each model's attention implementation,
+its GPU memory plan (:mod:`eqpo.memory_plan`) against the visible GPUs, the experiment trackers it
+needs, each model's weights (local directory, Hugging Face cache or the hub, gated repos included),
+the prepared verl data files of every method, and the free disk for the checkpoints. It prints one
+table and then one line per problem, and exits 1 when there is any.
 
 Nothing here imports verl, vLLM or torch at module import; every probe of the machine goes
 through :class:`Probe`, so each check is tested on CPU with a faked machine.
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from eqpo import base_models
+from eqpo import base_models, memory_plan
 from eqpo.data.export import train_part
 from eqpo.run_settings import train_settings
 
@@ -64,6 +65,17 @@ def _torch_cuda() -> tuple[int, str | None, str | None]:
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return count, torch.version.cuda, torch.__version__
+
+
+def _gpu_memory() -> list[int]:
+    """Total memory in bytes of each visible CUDA device (empty without torch or GPUs)."""
+    if importlib.util.find_spec("torch") is None:
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
 
 
 def _nvidia_smi() -> str | None:
@@ -103,6 +115,7 @@ class Probe:
     version: Callable[[str], str | None] = _version
     torch_cuda: Callable[[], tuple[int, str | None, str | None]] = _torch_cuda
     nvidia_smi: Callable[[], str | None] = _nvidia_smi
+    gpu_memory: Callable[[], list[int]] = _gpu_memory
     hub_access: Callable[[str], str | None] = _hub_access
     disk_free: Callable[[Path], int] = _disk_free
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -215,6 +228,36 @@ def check_model(probe: Probe, config: Mapping[str, Any], model: str) -> tuple[li
     return out, base_models.parameters_of(entry, weights)
 
 
+def check_memory(probe: Probe, config: Mapping[str, Any], model: str, methods: Sequence[str],
+                 n_params: int | None) -> list[Check]:
+    """The run's GPU memory plan (:mod:`eqpo.memory_plan`) against the smallest visible GPU, once per
+    distinct setting among ``methods``; a plan that does not fit is a problem whose fix says what fits."""
+    sizes = probe.gpu_memory()
+    if n_params is None or not sizes:
+        why = "no GPU visible" if not sizes else f"no parameter count (set models.{model}.params_billion)"
+        return [Check(f"memory {model}", True, f"{why}; not checked")]
+    entry = (config.get("models") or {}).get(model) or {}
+    try:
+        weights = base_models.resolve_weights(str(entry.get("path", "")), probe.env)
+    except FileNotFoundError:
+        weights = None
+    directory = weights.directory if weights is not None and weights.where != "hub" else None
+    kind = entry.get("model_type") or base_models.read_model_type(directory)
+    gpu_gib = min(sizes) / memory_plan.GIB
+    out, seen = [], set()
+    for method in methods:
+        shape = memory_plan.run_shape(entry, train_settings(config, model, method), n_params, kind, directory)
+        if shape in seen:
+            continue
+        seen.add(shape)
+        plan = shape.plan(gpu_gib)
+        name = f"memory {model}" + (f"/{method}" if len(methods) > 1 and len(seen) > 1 else "")
+        detail = f"plan {plan.peak_gib:.0f} of {gpu_gib:.0f} GiB per GPU: {plan.describe()}"
+        out.append(Check(name, True, detail) if plan.fits(gpu_gib) else
+                   Check(name, False, detail, memory_plan.fix_for(shape, gpu_gib) + " (README: GPU memory plan)"))
+    return out
+
+
 def check_trackers(probe: Probe, loggers: Iterable[str]) -> list[Check]:
     out = []
     for name in dict.fromkeys(loggers):
@@ -288,6 +331,7 @@ def run_checks(config: Mapping[str, Any], models: Sequence[str], methods: Sequen
     for model in models:
         rows, params[model] = check_model(probe, config, model)
         checks += rows
+        checks += check_memory(probe, config, model, list(methods), params[model])
         for method in methods:
             loggers += train_settings(config, model, method).get("loggers") or []
     checks += check_trackers(probe, loggers)

@@ -104,6 +104,22 @@ def run_source(config: Mapping[str, Any], model: str, method: str) -> str:
     return str(config.get("train_source") or DEFAULT_TRAIN_SOURCE)
 
 
+def flatten_overrides(overrides: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
+    """``models.<m>.overrides`` as ``{dotted key: value}``; nested dicts are flattened
+    (``{"actor_rollout_ref": {"model": {"use_remove_padding": False}}}`` ->
+    ``{"actor_rollout_ref.model.use_remove_padding": False}``). A key may start with ``+``."""
+    flat: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if not isinstance(key, str) or not key.strip("+"):
+            raise ValueError(f"verl override keys must be non-empty strings, got {key!r}")
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_overrides(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
 def train_settings(config: Mapping[str, Any], model: str, method: str) -> dict[str, Any]:
     """The ``train`` block one (model, method) run uses: ``train`` with ``runs.<model>.all`` and
     ``runs.<model>.<method>`` applied on top (a new dict; the config is not changed)."""

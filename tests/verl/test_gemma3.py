@@ -20,48 +20,15 @@ tokenizers = pytest.importorskip("tokenizers")
 
 from eqpo.data.export import to_verl  # noqa: E402
 from eqpo.verl_ext import gemma3  # noqa: E402
-from tiny_models import byte_level_tokenizer  # noqa: E402
-
-BOI, EOI, IMAGE = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
-SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", BOI, EOI, IMAGE]
-TOKENS_PER_IMAGE = 4
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}<start_of_turn>"
-    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}"
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
-    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}{% endfor %}{% endif %}"
-    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+from tiny_models import (  # noqa: E402
+    GEMMA3_BOI as BOI,
+    GEMMA3_CHAT_TEMPLATE as CHAT_TEMPLATE,
+    GEMMA3_EOI as EOI,
+    GEMMA3_NEWLINES as NEWLINES,
+    GEMMA3_TOKENS_PER_IMAGE as TOKENS_PER_IMAGE,
+    gemma3_tokenizer as _tiny_tokenizer,
+    tiny_gemma3_config as _tiny_model_config,
 )
-
-
-def _tiny_tokenizer():
-    return byte_level_tokenizer(
-        SPECIALS, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-        extra_special_tokens={"boi_token": BOI, "eoi_token": EOI, "image_token": IMAGE},
-    )
-
-
-def _tiny_model_config(tokenizer):
-    from transformers import Gemma3Config
-    from transformers.models.gemma3.configuration_gemma3 import Gemma3TextConfig
-    from transformers.models.siglip.configuration_siglip import SiglipVisionConfig
-
-    text = Gemma3TextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=1024, sliding_window=512,
-        layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=16,
-    )
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                image_size=32, patch_size=8)
-    config = Gemma3Config(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=TOKENS_PER_IMAGE,
-        boi_token_index=tokenizer.convert_tokens_to_ids(BOI), eoi_token_index=tokenizer.convert_tokens_to_ids(EOI),
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
-    )
-    config.architectures = ["Gemma3ForConditionalGeneration"]
-    return config
-
 
 @pytest.fixture(scope="module")
 def medgemma(tmp_path_factory):
@@ -213,6 +180,99 @@ def test_verl_prompt_and_trajectory_features_match_the_processor(patched, trajec
         assert token_type_ids.shape == (1, len(trajectory.ids))  # one entry per prompt + response token
         assert torch.equal(token_type_ids[0, : trajectory.prompt_len], reference["token_type_ids"][0])
         assert int(token_type_ids.sum()) == TOKENS_PER_IMAGE and not token_type_ids[0, trajectory.prompt_len:].any()
+
+
+def _replace_token_matches(ids, match, new):
+    """Each non-overlapping occurrence of ``match`` in ``ids`` (left to right) replaced by ``new``."""
+    out, i = [], 0
+    while i < len(ids):
+        if ids[i:i + len(match)] == match:
+            out += new
+            i += len(match)
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def vllm_gemma3_prompt(prompt_ids, processor, num_images):
+    """What vLLM 0.24 makes of a Gemma3 token prompt with ``num_images`` images (no pan-and-scan),
+    replayed from its source: a token prompt counts as not yet expanded (multimodal/processing/
+    processor.py, ``_apply_hf_processor_main``: tokens_only -> is_update_applied=False), so each image
+    replaces the next ``<start_of_image>`` with the tokens of ``processor.full_image_sequence``
+    (gemma3_mm.py ``_get_prompt_updates``/``get_image_repl``; processor.py ``_apply_matches`` and
+    ``_seq2tokens``, add_special_tokens=False), then newline pairs are merged into Gemma's single
+    tokens (gemma3_mm.py ``_apply_token_matches``)."""
+    tokenizer = processor.tokenizer
+    boi = tokenizer.convert_tokens_to_ids(processor.boi_token)
+    block = tokenizer.encode(processor.full_image_sequence, add_special_tokens=False)
+    out, found = [], 0
+    for token in prompt_ids:
+        if token == boi and found < num_images:
+            out += block
+            found += 1
+        else:
+            out.append(token)
+    assert found == num_images  # vLLM raises when an image has no placeholder
+    vocab = tokenizer.get_vocab()
+    n1, n2, n3, n4 = (vocab[n] for n in NEWLINES)
+    for match, new in (([n1, n2], [n3]), ([n2, n1], [n3]), ([n2, n2], [n4])):
+        out = _replace_token_matches(out, match, new)
+    return out
+
+
+def test_vllm_expands_the_rollout_prompt_back_to_verls_ids_with_one_image_block(patched, trajectories):
+    """verl's vLLM server passes the prompt through qwen2_5_vl_dedup_image_tokens (bound by name at
+    its import); patched, a Gemma3 prompt reaches vLLM collapsed, and vLLM's expansion of it equals
+    verl's prompt ids (what the actor trains on) token for token, with exactly one image block."""
+    from verl.workers.rollout import utils as rollout_utils
+
+    send = rollout_utils.qwen2_5_vl_dedup_image_tokens
+    processor, image = patched.processor, patched.processor.image_token_id
+    newline_3 = patched.tokenizer.convert_tokens_to_ids("\n\n\n")
+    for trajectory in trajectories:
+        verl_ids = trajectory.ids[: trajectory.prompt_len].tolist()
+        assert newline_3 in verl_ids  # "user\n" + the block's "\n\n" is one token: the merge is exercised
+        sent = send(verl_ids, processor)
+        assert sent.count(processor.tokenizer.convert_tokens_to_ids(BOI)) == 1 and image not in sent
+        seen = vllm_gemma3_prompt(sent, processor, len(trajectory.images))
+        assert seen == verl_ids
+        assert seen.count(image) == TOKENS_PER_IMAGE and seen.count(processor.tokenizer.convert_tokens_to_ids(EOI)) == 1
+        # verl's own function sends the expanded ids: vLLM would see a second, text-embedded block
+        doubled = vllm_gemma3_prompt(send.__wrapped__(verl_ids, processor), processor, len(trajectory.images))
+        assert doubled.count(image) == 2 * TOKENS_PER_IMAGE
+
+
+def test_rollout_prompt_patch_rebinds_importers_and_leaves_qwen_to_verl(patched):
+    import sys
+
+    from verl.workers.rollout import utils as rollout_utils
+
+    original = rollout_utils.qwen2_5_vl_dedup_image_tokens.__wrapped__
+    importer = types.ModuleType("verl._eqpo_test_importer")  # a verl module that imported verl's function
+    importer.qwen2_5_vl_dedup_image_tokens = original
+    sys.modules[importer.__name__] = importer
+    try:
+        gemma3.patch_verl_for_gemma3()
+        assert importer.qwen2_5_vl_dedup_image_tokens is rollout_utils.qwen2_5_vl_dedup_image_tokens
+        assert rollout_utils.qwen2_5_vl_dedup_image_tokens.__wrapped__ is original and gemma3.is_patched()
+    finally:
+        del sys.modules[importer.__name__]
+
+    class Qwen2VLImageProcessorFast:
+        pass
+
+    qwen = types.SimpleNamespace(image_processor=Qwen2VLImageProcessorFast(), image_token_id=5, video_token_id=6)
+    assert rollout_utils.qwen2_5_vl_dedup_image_tokens([1, 5, 5, 5, 2, 6, 6], qwen) == [1, 5, 2, 6]
+    assert rollout_utils.qwen2_5_vl_dedup_image_tokens([1, 2], None) == [1, 2]
+
+
+def test_image_tokens_outside_a_block_refuse_the_rollout(patched, trajectories):
+    processor = patched.processor
+    ids = trajectories[0].ids[: trajectories[0].prompt_len].tolist()
+    assert gemma3.gemma3_unexpanded_prompt_ids([2, 5, 6], processor) == [2, 5, 6]  # no image: unchanged
+    with pytest.raises(ValueError, match="pan-and-scan"):
+        gemma3.gemma3_unexpanded_prompt_ids(ids + [processor.image_token_id], processor)
 
 
 def test_unpatched_agent_loop_cannot_rebuild_gemma3_features(patched, trajectories):

@@ -21,6 +21,7 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[2]
 GPU_YAML = ROOT / "envs" / "gpu.yaml"
 GPU_LOCK = ROOT / "envs" / "gpu.lock.txt"
+GPU_LOCK_ENV = ROOT / "envs" / "gpu.lock.yaml"  # what the GPU rules' `conda:` names
 # The GPU path runs verl's trainer on TransferQueue; the tests run that hand-off on CPU with these
 # packages from the test environment, so they must be the versions the GPU environment gets.
 SHARED_WITH_TESTS = ("verl", "transferqueue", "tensordict", "ray")
@@ -173,6 +174,22 @@ def test_driver_note_matches_the_locked_cuda(lock):
     header = "".join(line for line in GPU_YAML.read_text().splitlines(keepends=True) if line.startswith("#"))
     assert f"CUDA {cuda}" in header and f"{DRIVER_FOR_CUDA[cuda]} or newer" in header, \
         f"envs/gpu.yaml must say the locked wheels need CUDA {cuda} (driver {DRIVER_FOR_CUDA[cuda]} or newer)"
+
+
+def test_the_conda_environment_of_the_gpu_rules_is_exactly_the_lock(lock):
+    """envs/gpu.lock.yaml (built by Snakemake's --sdm conda for train_verl and predict_vllm) has
+    envs/gpu.yaml's channels and conda packages, and as its pip list every pin of the lock, nothing else."""
+    built, source = yaml.safe_load(GPU_LOCK_ENV.read_text()), gpu_env()
+    assert built["channels"] == source["channels"]
+    conda_part = lambda env: [d for d in env["dependencies"] if not isinstance(d, dict)]  # noqa: E731
+    assert conda_part(built) == conda_part(source)
+    pins = {}
+    for req in pip_requirements(built):
+        (spec,) = req.specifier
+        assert spec.operator == "==" and not req.extras and req.marker is None, f"{req} is not an exact pin"
+        pins[canonicalize_name(req.name)] = Version(spec.version)
+    assert len(pins) == len(pip_requirements(built))
+    assert pins == lock, f"{GPU_LOCK_ENV.name} differs from {GPU_LOCK.name}: run `make envs/gpu.lock.yaml`"
 
 
 def test_lock_reader_rejects_loose_lines():

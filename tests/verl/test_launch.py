@@ -524,17 +524,62 @@ def test_a_failed_attempt_resumes_and_keeps_its_log(tmp_path):
     assert sorted(p.name for p in paths.checkpoint.iterdir() if p.is_dir()) == ["global_step_2"]
 
 
-def test_other_settings_start_afresh(tmp_path):
+def failed_run_with_a_checkpoint(tmp_path):
+    """A MedGemma GRPO run that saved global_step_1 and was then killed (verl exited with status 1)."""
     data, run = export(tmp_path / "data"), tmp_path / "run"
     with pytest.raises(RuntimeError, match="verl exited with status 1"):
         launch.run_training(PAPER, "medgemma-4b", "grpo", 0, run, data, runner=FakeVerl(fail_after=1),
                             check_env=False)
+    paths = RunPaths.for_run(run)
+    assert (paths.checkpoints / "global_step_1").is_dir()
+    return data, paths
+
+
+def test_a_changed_trajectory_setting_starts_afresh_and_moves_the_old_run_aside(tmp_path, capsys):
+    data, paths = failed_run_with_a_checkpoint(tmp_path)
     other = copy.deepcopy(PAPER)
     other["train"]["lr"] = 1e-6
-    paths = RunPaths.for_run(run)
     argv, _ = build_command(other, "medgemma-4b", "grpo", 0, paths, data)
     assert launch.prepare_work_dir(paths, argv[3:]) is False
     assert not paths.checkpoints.exists() and not list(paths.work_dir.glob("metrics*.jsonl"))
+    aside = paths.work_dir.with_name("verl.1")  # nothing deleted: checkpoint and log moved aside
+    assert (aside / "checkpoints" / "global_step_1").is_dir() and (aside / "metrics.jsonl").exists()
+    said = capsys.readouterr().out
+    assert "NEW RUN" in said and str(aside) in said
+    assert "actor_rollout_ref.actor.optim.lr: 5e-07 -> 1e-06" in said
+    # a second new run moves the next one aside; verl.1 stays
+    assert launch.prepare_work_dir(paths, [*argv[3:-1], "data.seed=1"]) is False
+    assert paths.work_dir.with_name("verl.2").is_dir() and (aside / "checkpoints" / "global_step_1").is_dir()
+
+
+@pytest.mark.parametrize("setting", [
+    {"restart_estimator_on_resume": True}, {"loggers": ["wandb"]}, {"max_ckpt_to_keep": 3}, {"rollout_data": True}])
+def test_settings_outside_the_trajectory_resume_the_checkpoint(tmp_path, setting):
+    """Enabling the estimator restart (whose purpose is to resume), adding a tracker or keeping more
+    checkpoints after a preemption resumes the run instead of starting it again."""
+    data, paths = failed_run_with_a_checkpoint(tmp_path)
+    config = copy.deepcopy(PAPER)
+    config["train"].update(setting)
+    config["evaluation"] = {**(config.get("evaluation") or {}), "max_samples": 7}
+    fake = FakeVerl()
+    launch.run_training(config, "medgemma-4b", "grpo", 0, paths.run_dir, data, runner=fake, check_env=False)
+    assert (paths.work_dir / "metrics.1.jsonl").exists() and not paths.work_dir.with_name("verl.1").exists()
+    # the estimator flag reaches verl on the resumed run
+    if setting.get("restart_estimator_on_resume"):
+        assert f"{launch.RESTART_ESTIMATOR_KEY}=true" in fake.calls[0]
+
+
+def test_resume_key_keeps_every_trajectory_setting(tmp_path):
+    paths = RunPaths.for_run(tmp_path / "run")
+    argv, _ = build_command(PAPER, "qwen2.5-vl-7b", "eqpo", 0, paths, tmp_path)
+    kept = launch.resume_key(argv[3:])
+    dropped = [o.partition("=")[0].lstrip("+") for o in argv[3:] if o not in kept]
+    assert sorted(dropped) == sorted([
+        "ray_kwargs.ray_init.address", "ray_kwargs.ray_init.include_dashboard", "trainer.logger",
+        "trainer.max_actor_ckpt_to_keep", "trainer.max_critic_ckpt_to_keep", "hydra.run.dir"])
+    for key in ("actor_rollout_ref.actor.optim.lr", "data.seed", "algorithm.adv_estimator", "+algorithm.eqpo.k_max",
+                "data.train_files", "actor_rollout_ref.model.path", "trainer.total_epochs"):
+        assert any(o.startswith(key + "=") for o in kept), key
 
 
 def test_no_gpu_is_a_clear_error_before_anything_runs(tmp_path, monkeypatch):
@@ -674,3 +719,80 @@ def test_stream_subprocess_copies_output_and_returns_status(capsys):
                                        "sys.exit(3)"], dict(os.environ))
     captured = capsys.readouterr().out
     assert status == 3 and "out" in captured and "err" in captured
+
+
+def test_the_predict_script_reads_the_runs_own_lengths(tmp_path, monkeypatch):
+    """predict_vllm answers with the lengths the run trained with (runs.<model>.<method> overrides)."""
+    import runpy
+    from types import SimpleNamespace
+
+    from eqpo.verl_ext import evaluate
+
+    config = copy.deepcopy(PAPER)
+    config["runs"] = {"medgemma-4b": {"eqpo": {"max_response_length": 1024, "max_prompt_length": 2048}}}
+    calls = []
+    monkeypatch.setattr(evaluate, "run_evaluation", lambda *a, **k: calls.append(k))
+    for method in ("eqpo", "grpo"):
+        rule = SimpleNamespace(config=config, wildcards=SimpleNamespace(model="medgemma-4b", method=method, seed="0"),
+                               input=SimpleNamespace(checkpoint="c", test="t.parquet"), output=["p.parquet"],
+                               params=SimpleNamespace(model=config["models"]["medgemma-4b"]),
+                               resources=SimpleNamespace(gpu=1), log=[str(tmp_path / f"{method}.log")])
+        runpy.run_path(str(REPO / "workflow" / "scripts" / "predict_vllm.py"), init_globals={"snakemake": rule})
+    assert [(k["max_tokens"], k["max_model_len"]) for k in calls] == [(1024, 2048 + 1024), (4096, 4096 + 4096)]
+
+
+VERL_DATASET_LINES = [
+    "(TaskRunner pid=7) dataset len: 120\n", "Filtering prompts longer than 4096 tokens: 100%\n",
+    "(TaskRunner pid=7) filter dataset len: 117\n",
+    "(TaskRunner pid=7) dataset len: 500\n", "(TaskRunner pid=7) selected 64 random samples out of 500\n",
+    "(TaskRunner pid=7) filter dataset len: 64\n",
+]
+
+
+def test_rows_dropped_by_verls_long_prompt_filter_are_reported():
+    said = []
+    watch = launch.FilteredRows(said.append)
+    for line in VERL_DATASET_LINES:
+        watch(line)
+    assert watch.dropped == [("training", 3, 120), ("validation", 0, 64)]
+    assert said[0].startswith("WARNING: verl's long-prompt filter dropped 3 of 120 rows of the training dataset")
+    assert said[1] == "verl's long-prompt filter kept all 64 rows of the validation dataset"
+
+
+def test_a_training_run_reports_the_filter_from_verls_output(tmp_path, capsys, monkeypatch):
+    """run_training's default runner hands verl's output to the filter watch: here the streamed
+    process is a stand-in that prints verl's dataset lines and fails."""
+    real_stream = launch.stream_subprocess
+
+    def fake_stream(argv, env, cwd=None, on_line=None):
+        assert argv[1:3] == ["-m", "verl.trainer.main_ppo"]
+        return real_stream([sys.executable, "-c", "import sys; sys.stdout.write("
+                                         + repr("".join(VERL_DATASET_LINES)) + "); sys.exit(3)"], env, on_line=on_line)
+
+    monkeypatch.setattr(launch, "stream_subprocess", fake_stream)
+    with pytest.raises(RuntimeError, match="verl exited with status 3"):
+        launch.run_training(PAPER, "medgemma-4b", "grpo", 0, tmp_path / "run", export(tmp_path / "data"),
+                            check_env=False)
+    assert "WARNING: verl's long-prompt filter dropped 3 of 120 rows of the training dataset" in capsys.readouterr().out
+
+
+def test_wandb_logs_offline_unless_the_user_says_otherwise(tmp_path):
+    paths = RunPaths.for_run(tmp_path / "run")
+    assert launch.build_environment(paths, base={})["WANDB_MODE"] == "offline"
+    assert launch.build_environment(paths, base={"WANDB_MODE": "online"})["WANDB_MODE"] == "online"
+
+
+def test_the_smoke_run_composes_and_passes_verls_validation_on_two_gpus(tmp_path, method="eqpo"):
+    """config/smoke.yaml (2 GPUs so that the update fits 80 GB GPUs): verl accepts the batch split
+    over 2 data-parallel ranks (32 prompts x 4 rollouts, mini-batches of 16 x 4)."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    from eqpo.preflight import load_config
+
+    smoke = load_config([REPO / "config" / "smoke.yaml"], REPO)
+    paths = RunPaths.for_run(tmp_path / "run")
+    cfg = compose_overrides(build_overrides(smoke, "medgemma-4b", method, 0, paths, tmp_path))
+    validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    assert cfg.trainer.n_gpus_per_node == 2 and cfg.actor_rollout_ref.rollout.tensor_model_parallel_size == 1
+    assert cfg.actor_rollout_ref.actor.ppo_max_token_len_per_gpu == 2 * (4096 + 1024)

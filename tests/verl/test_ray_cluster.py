@@ -238,7 +238,7 @@ def test_the_address_is_added_only_for_multi_node_runs_and_composes_with_verls_c
     assert cfg.ray_kwargs.ray_init.address == "10.0.0.1:6379" and cfg.trainer.nnodes == 2
     assert "include_dashboard" not in cfg.ray_kwargs.ray_init
     assert cfg.ray_kwargs.ray_init.num_cpus is None  # ray.init(address=...) refuses num_cpus
-    assert launch.resume_key(multi) == [o for o in multi if "ray_kwargs" not in o]
+    assert not any("ray_kwargs" in o for o in launch.resume_key(multi))  # the address changes every allocation
 
 
 def test_run_training_joins_the_cluster_and_stops_it_even_when_verl_fails(tmp_path, monkeypatch):

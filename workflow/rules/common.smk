@@ -96,6 +96,12 @@ def verl_train_file(wildcards):
     return f"{DATA}/verl/{train_part(wildcards.method)}.parquet"
 
 
+def gpu_job(rule_name):
+    """runtime and mem_mb of a GPU job, from the config's gpu_jobs block (keyed by rule name)."""
+    job = config["gpu_jobs"][rule_name]
+    return {"runtime": job["runtime"], "mem_mb": job["mem_mb"]}
+
+
 def estimator_options(wildcards):
     """``estimators.<method>`` with the run's ``runs.<model>.<method>.estimator`` on top."""
     return run_estimator_options(config, wildcards.model, wildcards.method)

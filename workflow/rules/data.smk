@@ -37,6 +37,8 @@ else:
             f"{LOGS}/prepare_dataset/{{dataset}}.log",
         wildcard_constraints:
             dataset=one_of(config["data"]["datasets"]),
+        # compute nodes without internet: download where Snakemake runs (data.prepare_locally)
+        localrule: config["data"]["prepare_locally"]
         conda:
             "../../envs/data.yaml"
         resources:

@@ -34,13 +34,12 @@ rule predict_vllm:
         f"{LOGS}/predict/{{model}}/{{method}}/seed{{seed}}.log",
     wildcard_constraints:
         model=one_of(models_with("verl")),
-    threads: 8
+    threads: config["gpu_jobs"]["predict_vllm"]["threads"]
     resources:
         gpu=1,
-        mem_mb=64000,
-        runtime=240,
+        **gpu_job("predict_vllm"),
     conda:
-        "../../envs/gpu.yaml"
+        "../../envs/gpu.lock.yaml"
     script:
         "../scripts/predict_vllm.py"
 

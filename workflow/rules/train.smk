@@ -72,15 +72,15 @@ rule train_verl:
     wildcard_constraints:
         model=one_of(models_with("verl")),
     # Ray gets exactly these CPUs (ray_init.num_cpus; on a multi-node run, --num-cpus on every node).
-    threads: 32
+    threads: config["gpu_jobs"]["train_verl"]["threads"]
     # One node: nodes=1 and gpu=N (sbatch --nodes=1 --gpus=N; without --nodes SLURM may split the N
     # GPUs over two nodes). train.nnodes > 1: nodes=nnodes and gres=gpu:N, because SLURM plugin
     # 2.8.0 maps gpu to --gpus (a job TOTAL that SLURM may split unevenly over the nodes) but gres
     # to --gres (PER NODE); verl needs train.gpus on every node. mem_mb (--mem) is per node. The job
-    # then starts a Ray cluster over the nodes (eqpo.verl_ext.ray_cluster).
+    # then starts a Ray cluster over the nodes (eqpo.verl_ext.ray_cluster). Runtime and memory:
+    # gpu_jobs.train_verl of the config.
     resources:
-        mem_mb=256000,
-        runtime=2880,
+        **gpu_job("train_verl"),
         **(
             {"nodes": 1, "gpu": config["train"]["gpus"]}
             if config["train"]["nnodes"] == 1
@@ -90,6 +90,6 @@ rule train_verl:
             }
         ),
     conda:
-        "../../envs/gpu.yaml"
+        "../../envs/gpu.lock.yaml"
     script:
         "../scripts/train_verl.py"

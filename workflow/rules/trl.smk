@@ -27,11 +27,10 @@ rule train_trl:
         f"{RESULTS}/benchmarks/train/{{model}}/{{method}}/seed{{seed}}.tsv"
     wildcard_constraints:
         model=one_of(models_with("trl")),
-    threads: 8
+    threads: config["gpu_jobs"]["train_trl"]["threads"]
     resources:
         gpu=1,
-        mem_mb=64000,
-        runtime=2880,
+        **gpu_job("train_trl"),
     conda:
         "../../envs/trl.yaml"
     script:
@@ -53,11 +52,10 @@ rule predict_trl:
         f"{LOGS}/predict/{{model}}/{{method}}/seed{{seed}}.log",
     wildcard_constraints:
         model=one_of(models_with("trl")),
-    threads: 8
+    threads: config["gpu_jobs"]["predict_trl"]["threads"]
     resources:
         gpu=1,
-        mem_mb=32000,
-        runtime=240,
+        **gpu_job("predict_trl"),
     conda:
         "../../envs/trl.yaml"
     script:

@@ -1,10 +1,11 @@
 from eqpo.pipeline import logged
 
 with logged(snakemake.log[0]):
-    from eqpo.run_settings import reproduction_options
+    from eqpo.run_settings import reproduction_options, train_settings
     from eqpo.verl_ext.evaluate import run_evaluation
 
-    train = snakemake.config.get("train", {})
+    # the run's own lengths (runs.<model>.<method> may change them), as in its training
+    train = train_settings(snakemake.config, snakemake.wildcards.model, snakemake.wildcards.method)
     max_tokens = int(train.get("max_response_length", 4096))
     prompt_tokens = train.get("max_prompt_length")
     run_evaluation(

@@ -21,7 +21,13 @@ verl 0.9.1 does not support ``Gemma3ForConditionalGeneration`` (MedGemma-4B-IT) 
    ``multi_modal_inputs``, so a micro-batch can have fewer ``token_type_ids`` rows than
    ``input_ids`` rows.
 
-:func:`patch_verl_for_gemma3` (idempotent) fixes all four in the calling process:
+5. verl's vLLM server sends vLLM the prompt ids with each image block already expanded
+   (``\n\n<start_of_image>`` + image tokens + ``<end_of_image>\n\n``) and collapses them only for
+   Qwen-VL processors (``verl.workers.rollout.utils.qwen2_5_vl_dedup_image_tokens``). vLLM 0.24
+   expands every ``<start_of_image>`` of a token prompt again (``gemma3_mm``'s prompt replacement),
+   so each rollout would see two image blocks, the second embedded as plain text, with no error.
+
+:func:`patch_verl_for_gemma3` (idempotent) fixes all five in the calling process:
 
 - ``hf_processor`` returns the ``Gemma3Processor`` (with ``processor.config`` set, as verl does for
   the processors it knows; no ``get_rope_index``, so positions stay 1-D) when the checkpoint's
@@ -36,6 +42,9 @@ verl 0.9.1 does not support ``Gemma3ForConditionalGeneration`` (MedGemma-4B-IT) 
 - ``Gemma3Model.forward`` derives ``token_type_ids`` from ``input_ids`` when images are given and
   ``token_type_ids`` is missing or its shape differs from ``input_ids`` (padding rows), so the
   training forward always uses the image-bidirectional mask.
+- ``qwen2_5_vl_dedup_image_tokens`` (rebound in ``verl.workers.rollout.utils`` and every ``verl.*``
+  module that imported it) also collapses a Gemma3 prompt to one ``<start_of_image>`` per image
+  (:func:`gemma3_unexpanded_prompt_ids`), which vLLM expands back to verl's ids.
 
 The patch must run in every process that builds the processor or the model: the TaskRunner, the
 agent-loop workers and the FSDP actor/ref workers. ``import eqpo.verl_ext`` applies it (add
@@ -64,9 +73,10 @@ the Hydra overrides against verl's ``ppo_trainer`` config. The images were opene
 ``qwen_vl_utils.fetch_image`` (it needs torchvision, absent from the CPU environment). Not verified
 here: whether the real MedGemma tokenizer marks ``<start_of_image>`` as special (which is what makes
 verl's unpatched path fail; the patched path does not depend on it), and, needing GPUs and vLLM:
-a real MedGemma rollout (vLLM's handling of verl's pre-expanded Gemma3 prompt ids and its image
-attention pattern), FSDP sharding of the real model, and log-prob agreement between vLLM and the
-training forward.
+a real MedGemma rollout (vLLM's image attention pattern; its expansion of the collapsed prompt is
+replayed on CPU with a copy of vLLM 0.24's token-replacement and newline-merge logic, not with vLLM
+itself), FSDP sharding of the real model, and log-prob agreement between vLLM and the training
+forward (watch verl's ``training/rollout_probs_diff*`` metrics on the first GPU run).
 """
 
 from __future__ import annotations
@@ -243,6 +253,77 @@ def _patch_agent_loop() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# 5. The rollout prompt vLLM gets
+# ----------------------------------------------------------------------------------------------
+
+
+def gemma3_unexpanded_prompt_ids(prompt_ids, processor) -> list[int]:
+    """verl's Gemma3 prompt ids with every expanded image block collapsed to one ``<start_of_image>``.
+
+    verl builds rollout prompts through the processor, so each image is already the block
+    ``processor.full_image_sequence`` (``"\n\n<start_of_image>" + image tokens + "<end_of_image>\n\n"``).
+    vLLM (0.24, ``gemma3_mm``) treats a token prompt as unexpanded and replaces every
+    ``<start_of_image>`` with that block again, merging the newlines around it into single tokens
+    as Gemma's tokenizer does. So vLLM must get the prompt with the blocks collapsed; then its
+    expansion gives back verl's ids token for token (tests/verl/test_gemma3.py replays it). The
+    ids are decoded, each block replaced by the marker, and the text re-encoded, because the
+    block's newlines are merged with their neighbours into single tokens (``"\n\n\n"``).
+    ``prompt_ids``: a list of token ids (L,); returns the shorter list. Raises when an image token
+    is left outside a complete block (a processor setting, such as pan-and-scan, that this
+    collapse does not undo).
+    """
+    tokenizer = processor.tokenizer
+    ids = [int(i) for i in prompt_ids]
+    if processor.image_token_id not in ids:
+        return ids
+    text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    blocks = text.count(processor.full_image_sequence)
+    collapsed = tokenizer.encode(text.replace(processor.full_image_sequence, processor.boi_token),
+                                 add_special_tokens=False)
+    if blocks == 0 or processor.image_token_id in collapsed:
+        raise ValueError(
+            f"a Gemma3 rollout prompt has image tokens outside the {processor.image_seq_length}-token blocks its "
+            "processor writes (pan-and-scan or another image setting?): vLLM would expand them again, so the "
+            "rollout is refused. Turn pan-and-scan off (mm_processor_kwargs) for MedGemma runs.")
+    return collapsed
+
+
+def _patched_rollout_prompt_ids(original):
+    """verl's ``qwen2_5_vl_dedup_image_tokens`` (the ids verl's rollout servers send to the engine)
+    that also collapses Gemma3 prompts; other processors get verl's own behaviour."""
+    @functools.wraps(original)
+    def prompt_ids_for_rollout(prompt_ids, processor):
+        if processor is not None and is_gemma3_processor(processor):
+            return gemma3_unexpanded_prompt_ids(prompt_ids, processor)
+        return original(prompt_ids, processor)
+
+    setattr(prompt_ids_for_rollout, _MARK, True)
+    return prompt_ids_for_rollout
+
+
+ROLLOUT_PROMPT_FUNCTION = "qwen2_5_vl_dedup_image_tokens"
+
+
+def _patch_rollout_prompt() -> None:
+    """Rebind ``verl.workers.rollout.utils.qwen2_5_vl_dedup_image_tokens``, and every ``verl.*``
+    module already holding it by name (the vLLM server imports it with ``from ... import``; a
+    module imported after the patch gets the patched function)."""
+    from verl.workers.rollout import utils as rollout_utils
+
+    current = getattr(rollout_utils, ROLLOUT_PROMPT_FUNCTION)
+    original = getattr(current, "__wrapped__", current) if getattr(current, _MARK, False) else current
+    patched = current if getattr(current, _MARK, False) else _patched_rollout_prompt_ids(original)
+    for name, module in list(sys.modules.items()):
+        if name == "verl" or name.startswith("verl."):
+            try:
+                bound = getattr(module, ROLLOUT_PROMPT_FUNCTION, None)
+            except Exception:  # a module with a lazy __getattr__ that fails
+                continue
+            if bound is original:
+                setattr(module, ROLLOUT_PROMPT_FUNCTION, patched)
+
+
+# ----------------------------------------------------------------------------------------------
 # 3 + 4. Variable-length key and the model forward
 # ----------------------------------------------------------------------------------------------
 
@@ -280,16 +361,18 @@ def _patch_model_forward() -> None:
 
 
 def patch_verl_for_gemma3() -> tuple[str, ...]:
-    """Apply the four Gemma3 patches in this process (idempotent); returns what is patched."""
+    """Apply the five Gemma3 patches in this process (idempotent); returns what is patched."""
     _patch_hf_processor()
     _patch_varlen_keys()
     _patch_agent_loop()
     _patch_model_forward()
+    _patch_rollout_prompt()
     return (
         "verl.utils.tokenizer.hf_processor",
         "verl.experimental.agent_loop.agent_loop.AgentLoopWorker._compute_multi_modal_inputs",
         "verl.utils.model._VARLEN_MULTI_MODAL_KEYS",
         "transformers.models.gemma3.modeling_gemma3.Gemma3Model.forward",
+        f"verl.workers.rollout.utils.{ROLLOUT_PROMPT_FUNCTION}",
     )
 
 
@@ -299,9 +382,11 @@ def is_patched() -> bool:
     from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
     from verl.utils import model as model_utils
     from verl.utils.tokenizer import tokenizer as tokenizer_module
+    from verl.workers.rollout import utils as rollout_utils
 
     return (
         getattr(tokenizer_module.hf_processor, _MARK, False)
+        and getattr(getattr(rollout_utils, ROLLOUT_PROMPT_FUNCTION), _MARK, False)
         and getattr(AgentLoopWorker._compute_multi_modal_inputs, _MARK, False)
         and TOKEN_TYPE_KEY in model_utils._VARLEN_MULTI_MODAL_KEYS
         and getattr(modeling_gemma3.Gemma3Model.forward, _MARK, False)
@@ -309,6 +394,7 @@ def is_patched() -> bool:
 
 
 __all__ = [
-    "GEMMA3_OVERRIDES", "gemma3_multi_modal_inputs", "gemma3_token_type_ids", "hf_processor_with_gemma3",
+    "GEMMA3_OVERRIDES", "gemma3_multi_modal_inputs", "gemma3_token_type_ids", "gemma3_unexpanded_prompt_ids",
+    "hf_processor_with_gemma3",
     "is_gemma3_processor", "is_patched", "load_gemma3_processor", "original_hf_processor", "patch_verl_for_gemma3",
 ]

@@ -26,6 +26,7 @@ environment gives :class:`TrainingEnvironmentError` before anything starts.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -42,7 +43,8 @@ from eqpo import base_models
 
 from .estimators import EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, verl_overrides
 from ..data.export import train_part
-from ..run_settings import estimator_options, reproduction_options, run_reward, train_settings
+from ..memory_plan import max_token_len_per_gpu
+from ..run_settings import estimator_options, flatten_overrides, reproduction_options, run_reward, train_settings
 
 ENTRYPOINT = "verl.trainer.main_ppo"
 # Where verl's driver finds its Ray cluster: main_ppo passes ray_kwargs.ray_init to ray.init; `address`
@@ -164,22 +166,6 @@ def format_value(value: Any) -> str:
     if isinstance(value, Mapping):
         return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as a Hydra override value")
-
-
-def flatten_overrides(overrides: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
-    """``models.<m>.overrides`` as ``{dotted key: value}``; nested dicts are flattened
-    (``{"actor_rollout_ref": {"model": {"use_remove_padding": False}}}`` ->
-    ``{"actor_rollout_ref.model.use_remove_padding": False}``). A key may start with ``+``."""
-    flat: dict[str, Any] = {}
-    for key, value in (overrides or {}).items():
-        if not isinstance(key, str) or not key.strip("+"):
-            raise ValueError(f"verl override keys must be non-empty strings, got {key!r}")
-        dotted = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten_overrides(value, dotted))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def _bare_key(key: str) -> str:
@@ -372,7 +358,8 @@ def _check_ray_cpus(total: int, model_overrides: Mapping[str, Any]) -> None:
         raise ValueError(
             f"Ray gets {total} CPU(s) but verl's TransferQueue ({units} storage units and a controller) and its "
             f"TaskRunner alone need {needed}, and TransferQueue would wait forever: give the train_verl job more "
-            f"threads (it has 32 in workflow/rules/train.smk) or lower {TQ_STORAGE_UNITS_KEY} in models.<m>.overrides")
+            f"threads (gpu_jobs.train_verl.threads in the config) or lower {TQ_STORAGE_UNITS_KEY} in "
+            "models.<m>.overrides")
 
 
 def _local_ray_overrides(num_cpus: int | None) -> dict[str, Any]:
@@ -415,9 +402,8 @@ def _kl_overrides(kl_coef: float) -> dict[str, Any]:
 def _batching_overrides(train: Mapping[str, Any]) -> dict[str, Any]:
     """Token-budget micro-batching (no per-GPU micro-batch sizes to tune). The log-prob passes of
     rollout and reference inherit both settings from the actor."""
-    seq = int(train.get("max_prompt_length", 4096)) + int(train.get("max_response_length", 4096))
     return {"actor_rollout_ref.actor.use_dynamic_bsz": True,
-            "actor_rollout_ref.actor.ppo_max_token_len_per_gpu": 2 * seq}
+            "actor_rollout_ref.actor.ppo_max_token_len_per_gpu": max_token_len_per_gpu(train)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -445,6 +431,9 @@ def build_environment(paths: RunPaths, base: Mapping[str, str] | None = None) ->
     env.setdefault("TENSORBOARD_DIR", str(paths.work_dir / "tensorboard"))
     env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{paths.work_dir / 'mlruns.db'}")
     env.setdefault("WANDB_DIR", str(paths.work_dir))
+    # Compute nodes often cannot reach the internet, where wandb.init fails or hangs: wandb logs
+    # offline unless the user sets WANDB_MODE (sync later: `wandb sync <run>/verl/wandb/offline-run-*`).
+    env.setdefault("WANDB_MODE", "offline")
     return env
 
 
@@ -502,39 +491,110 @@ def check_reward_ids(val_parquet: str | Path, compute_score: Callable[..., Any] 
 Runner = Callable[[Sequence[str], Mapping[str, str]], int]
 
 
-def stream_subprocess(argv: Sequence[str], env: Mapping[str, str], cwd: str | Path | None = None) -> int:
-    """Run ``argv``, copying its stdout and stderr line by line to ``sys.stdout`` (the rule log);
-    returns the exit status."""
+def stream_subprocess(argv: Sequence[str], env: Mapping[str, str], cwd: str | Path | None = None,
+                      on_line: Callable[[str], None] | None = None) -> int:
+    """Run ``argv``, copying its stdout and stderr line by line to ``sys.stdout`` (the rule log) and
+    handing each line to ``on_line``; returns the exit status."""
     with subprocess.Popen(list(argv), env=dict(env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, errors="replace", bufsize=1) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stdout.write(line)
             sys.stdout.flush()
+            if on_line is not None:
+                on_line(line)
         return proc.wait()
+
+
+class FilteredRows:
+    """Watches verl's output for its long-prompt filter (``data.filter_overlong_prompts``) and says
+    how many rows of each dataset it dropped. verl's ``RLHFDataset`` prints ``dataset len: N``
+    (then ``selected K random samples out of N`` for a validation subset) and, after the filter,
+    ``filter dataset len: M``; it counts a row whose processing fails (a broken image, a processor
+    error) as too long, so those rows vanish from training without an error. The training dataset
+    is built first, then the validation one."""
+
+    NAMES = ("training", "validation")
+    _TOTAL = re.compile(r"(?<!filter )dataset len: (\d+)")
+    _SELECTED = re.compile(r"selected (\d+) random samples out of \d+")
+    _KEPT = re.compile(r"filter dataset len: (\d+)")
+
+    def __init__(self, say: Callable[[str], None] | None = None) -> None:
+        self.say = say or _say
+        self.dropped: list[tuple[str, int, int]] = []  # (dataset, dropped, of rows)
+        self._rows: int | None = None
+
+    def __call__(self, line: str) -> None:
+        for pattern in (self._TOTAL, self._SELECTED):
+            match = pattern.search(line)
+            if match:
+                self._rows = int(match[1])
+                return
+        match = self._KEPT.search(line)
+        if match and self._rows is not None:
+            name = self.NAMES[len(self.dropped)] if len(self.dropped) < len(self.NAMES) else "another"
+            rows, dropped = self._rows, self._rows - int(match[1])
+            self.dropped.append((name, dropped, rows))
+            self._rows = None
+            if dropped:
+                self.say(f"WARNING: verl's long-prompt filter dropped {dropped} of {rows} rows of "
+                         f"the {name} dataset: prompts longer than data.max_prompt_length, or rows whose images or "
+                         "processor failed (their tracebacks are above: 'Error processing one of the samples')")
+            else:
+                self.say(f"verl's long-prompt filter kept all {match[1]} rows of the {name} dataset")
 
 
 def _has_checkpoint(paths: RunPaths) -> bool:
     return (paths.checkpoints / "latest_checkpointed_iteration.txt").exists()
 
 
-def prepare_work_dir(paths: RunPaths, overrides: list[str]) -> bool:
+def prepare_work_dir(paths: RunPaths, overrides: Sequence[str]) -> bool:
     """Make the work directory ready; returns True when verl will resume from a checkpoint.
 
-    A checkpoint of the same overrides is kept (resume); otherwise the work directory is emptied so
-    that no log of an earlier run mixes into this one. The file log of an interrupted attempt is kept
-    as ``metrics.<n>.jsonl``, because verl's file logger truncates its file when it starts.
+    verl resumes when the work directory holds a checkpoint whose recorded overrides agree with
+    ``overrides`` on every setting of the training trajectory (:func:`resume_key`). Otherwise this is
+    a new run, and an existing work directory is moved aside to ``verl.<n>`` next to it (never
+    deleted), so that no log of an earlier run mixes into this one and no checkpoint is lost; the log
+    says so and names the settings that changed. The file log of an interrupted attempt is kept as
+    ``metrics.<n>.jsonl``, because verl's file logger truncates its file when it starts.
     """
     recorded = json.loads(paths.overrides_record.read_text()) if paths.overrides_record.exists() else None
-    resume = _has_checkpoint(paths) and recorded == overrides
-    if not resume and paths.work_dir.exists():
-        shutil.rmtree(paths.work_dir)
+    has_checkpoint = _has_checkpoint(paths)
+    resume = has_checkpoint and recorded is not None and resume_key(recorded) == resume_key(overrides)
+    if not resume and paths.work_dir.exists() and any(paths.work_dir.iterdir()):
+        aside = _move_aside(paths.work_dir)
+        if has_checkpoint:
+            changed = changed_settings(recorded or [], overrides)
+            _say(f"NEW RUN: the settings of the training trajectory differ from the checkpoint's "
+                 f"({'; '.join(changed) or 'no record of its settings'}), so its work directory, checkpoint "
+                 f"included, was moved to {aside} (nothing was deleted: remove it yourself when it is no longer "
+                 "needed, or move it back to resume it)")
+        else:
+            _say(f"new run: the earlier work directory (no checkpoint) was moved to {aside}")
     paths.work_dir.mkdir(parents=True, exist_ok=True)
     if resume and paths.file_log.exists():
         numbers = [int(p.name.split(".")[1]) for p in paths.work_dir.glob("metrics.*.jsonl")]
         paths.file_log.rename(paths.work_dir / f"metrics.{max(numbers, default=0) + 1}.jsonl")
-    paths.overrides_record.write_text(json.dumps(overrides, indent=1))
+    paths.overrides_record.write_text(json.dumps(list(overrides), indent=1))
     return resume
+
+
+def _move_aside(work_dir: Path) -> Path:
+    """Rename ``work_dir`` to the first free ``<work_dir>.<n>`` (n = 1, 2, ...); returns the new path."""
+    n = 1
+    while work_dir.with_name(f"{work_dir.name}.{n}").exists():
+        n += 1
+    aside = work_dir.with_name(f"{work_dir.name}.{n}")
+    work_dir.rename(aside)
+    return aside
+
+
+def changed_settings(recorded: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """The trajectory settings (:func:`resume_key`) that differ, as ``key: old -> new`` lines (a key
+    only on one side shows ``(unset)`` on the other)."""
+    old, new = (dict(o.partition("=")[::2] for o in resume_key(side)) for side in (recorded, overrides))
+    return [f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
+            for key in dict.fromkeys([*old, *new]) if old.get(key) != new.get(key)]
 
 
 def finish_checkpoints(paths: RunPaths, keep: int | None = None) -> None:
@@ -554,10 +614,22 @@ def finish_checkpoints(paths: RunPaths, keep: int | None = None) -> None:
     paths.checkpoints.rename(paths.checkpoint)
 
 
+# Overrides that do not change the training trajectory, so changing one keeps the checkpoint: where
+# Ray runs (its address changes with every SLURM allocation, its CPUs with the job's threads), what
+# is logged or kept (trackers, rollout dumps, checkpoints to keep, the validation subset, Hydra's
+# directory), and train.restart_estimator_on_resume, which exists to resume a checkpoint.
+NOT_TRAJECTORY = ("ray_kwargs.", "trainer.logger", "trainer.max_actor_ckpt_to_keep", "trainer.max_critic_ckpt_to_keep",
+                  "trainer.rollout_data_dir", "data.val_max_samples", "hydra.run.dir", _bare_key(RESTART_ESTIMATOR_KEY))
+
+
 def resume_key(overrides: Sequence[str]) -> list[str]:
-    """The overrides that decide whether a checkpoint belongs to this run: all but Ray's (its address
-    changes with every SLURM allocation, its CPUs with the job's threads)."""
-    return [o for o in overrides if not o.lstrip("+").startswith("ray_kwargs.")]
+    """The overrides that decide whether a checkpoint belongs to this run: all but those of
+    :data:`NOT_TRAJECTORY` (a key equal to one of them, or under one ending in ``.``)."""
+    def trajectory(override: str) -> bool:
+        key = _bare_key(override.partition("=")[0])
+        return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_TRAJECTORY)
+
+    return [o for o in overrides if trajectory(o)]
 
 
 def _say(message: str) -> None:
@@ -607,10 +679,10 @@ def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, 
     try:
         argv, env = build_command(config, model, method, seed, paths, data_dir,
                                   ray_address=cluster.address if cluster else None, num_cpus=num_cpus)
-        resumed = prepare_work_dir(paths, resume_key(argv[3:]))
+        resumed = prepare_work_dir(paths, argv[3:])
         _say(("resuming from " + str(paths.checkpoints)) if resumed else f"starting {model}/{method}/seed{seed}")
         _say("command: " + " ".join(argv))
-        status = (runner or stream_subprocess)(argv, env)
+        status = (runner or functools.partial(stream_subprocess, on_line=FilteredRows()))(argv, env)
     finally:
         if cluster is not None:
             from .ray_cluster import stop_ray_cluster
