@@ -538,7 +538,7 @@ def failed_run_with_a_checkpoint(tmp_path):
 def test_a_changed_trajectory_setting_starts_afresh_and_moves_the_old_run_aside(tmp_path, capsys):
     data, paths = failed_run_with_a_checkpoint(tmp_path)
     other = copy.deepcopy(PAPER)
-    other["train"]["lr"] = 1e-6
+    other["runs"]["medgemma-4b"]["grpo"]["lr"] = 2e-6  # the authors' script ran 1e-6
     argv, _ = build_command(other, "medgemma-4b", "grpo", 0, paths, data)
     assert launch.prepare_work_dir(paths, argv[3:]) is False
     assert not paths.checkpoints.exists() and not list(paths.work_dir.glob("metrics*.jsonl"))
@@ -546,7 +546,7 @@ def test_a_changed_trajectory_setting_starts_afresh_and_moves_the_old_run_aside(
     assert (aside / "checkpoints" / "global_step_1").is_dir() and (aside / "metrics.jsonl").exists()
     said = capsys.readouterr().out
     assert "NEW RUN" in said and str(aside) in said
-    assert "actor_rollout_ref.actor.optim.lr: 5e-07 -> 1e-06" in said
+    assert "actor_rollout_ref.actor.optim.lr: 1e-06 -> 2e-06" in said
     # a second new run moves the next one aside; verl.1 stays
     assert launch.prepare_work_dir(paths, [*argv[3:-1], "data.seed=1"]) is False
     assert paths.work_dir.with_name("verl.2").is_dir() and (aside / "checkpoints" / "global_step_1").is_dir()
