@@ -20,10 +20,10 @@ import pandas as pd
 
 from .. import jsonl
 from ..metrics import TABLE2_COLUMNS
+from ..run_files import CLUSTER_COLUMNS, STEP_KEYS
 
 RUN_KEYS = ("model", "method", "seed")
 GROUP_COLUMNS = ("dataset", "attribute", "group", "n", "Acc", "F1", "TPR", "FPR", "FDR")
-CLUSTER_COLUMNS = ("sample_id", "step", "dataset", "cluster", "k", "true_group")
 _SEED_DIR = re.compile(r"^seed(-?\d+)$")
 
 PathLike = str | Path
@@ -178,9 +178,7 @@ def read_steps(paths: Iterable[PathLike]) -> pd.DataFrame:
     (mean reward of the batch, in [0, 1]), time_step_s, time_generate_s, time_advantage_s,
     time_update_s (seconds), plus any other keys the files hold.
     """
-    columns = ["step", "reward_mean", "time_step_s", "time_generate_s", "time_advantage_s",
-               "time_update_s"]
-    return _read_jsonl_runs(paths, columns)
+    return _read_jsonl_runs(paths, list(STEP_KEYS))
 
 
 def read_clusters(paths: Iterable[PathLike]) -> pd.DataFrame:

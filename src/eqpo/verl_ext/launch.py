@@ -42,6 +42,7 @@ from eqpo import base_models
 
 from .estimators import EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, verl_overrides
 from ..data.export import train_part
+from ..run_files import CLUSTER_LOG_FILE, CLUSTERS_FILE, DYNAMICS_FILE, STEPS_FILE
 from ..run_settings import reproduction_options, train_settings
 
 ENTRYPOINT = "verl.trainer.main_ppo"
@@ -125,9 +126,9 @@ class RunPaths:
         work = run / "verl"
         return cls(
             run_dir=run, work_dir=work, checkpoints=work / "checkpoints", validation_dir=work / "validation",
-            rollout_dir=work / "rollouts", file_log=work / "metrics.jsonl", cluster_log=work / "clusters.jsonl",
+            rollout_dir=work / "rollouts", file_log=work / "metrics.jsonl", cluster_log=work / CLUSTER_LOG_FILE,
             hydra_dir=work / "hydra", overrides_record=work / "overrides.json", checkpoint=run / "checkpoint",
-            dynamics=run / "dynamics.jsonl", steps=run / "steps.jsonl", clusters=run / "clusters.parquet",
+            dynamics=run / DYNAMICS_FILE, steps=run / STEPS_FILE, clusters=run / CLUSTERS_FILE,
         )
 
     def file_logs(self) -> list[Path]:
