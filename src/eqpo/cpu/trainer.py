@@ -8,7 +8,7 @@ off by default). Every ``test_freq`` steps the validation split is answered gree
 the full metric suite. Checkpoints every ``save_freq`` steps hold the policy, the optimizer, the
 estimator state and every random-number state, so a killed run resumes to the same result.
 
-Files written into the run directory (the contract the analysis code reads):
+Files written into the run directory (the contract of :mod:`eqpo.run_files`, which the analysis reads):
 ``dynamics.jsonl`` (one line per validation), ``steps.jsonl`` (one line per step with timings),
 ``clusters.parquet`` (implicit-group assignments of a fixed probe set of training prompts at every
 validation step, for eqpo / eqpo_nd / drpo), ``final.pt`` (the trained policy) and ``ckpt/last.pt``.

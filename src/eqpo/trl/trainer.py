@@ -22,7 +22,7 @@ assignments of the batch's prompts are appended to ``clusters.jsonl``. The estim
 written as ``eqpo_estimator.json`` into every TRL checkpoint folder and restored when training
 resumes from one; a checkpoint without it stops the run unless ``restart_estimator_on_resume``.
 
-:func:`run_training` drives one run of the workflow (run-file contract of :mod:`eqpo.pipeline`).
+:func:`run_training` drives one run of the workflow (run-file contract of :mod:`eqpo.run_files`).
 """
 
 from __future__ import annotations

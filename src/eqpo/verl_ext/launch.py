@@ -3,7 +3,7 @@
 The workflow's ``train_verl`` rule calls :func:`run_training`. It builds the Hydra overrides from
 ``config.yaml`` (``models.<m>.path``/``overrides``, the ``train`` block = paper Table 3, the
 method's ``estimators`` options), runs verl as a subprocess whose output is streamed into the rule
-log, and converts verl's outputs into the run-file contract of :mod:`eqpo.pipeline` with
+log, and converts verl's outputs into the run-file contract of :mod:`eqpo.run_files` with
 :mod:`eqpo.verl_ext.logs`.
 
 Layout of a run directory (all paths handed to verl are absolute)::

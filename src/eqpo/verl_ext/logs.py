@@ -1,4 +1,4 @@
-"""verl 0.9.1's outputs -> the run-file contract of :mod:`eqpo.pipeline`.
+"""verl 0.9.1's outputs -> the run-file contract of :mod:`eqpo.run_files`.
 
 Inputs, in the formats verl writes them (read from verl/trainer/ppo/v1/trainer_base.py and
 verl/utils/tracking.py):
