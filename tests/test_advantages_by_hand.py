@@ -1,5 +1,5 @@
 """EQPO-ND, EQPO's history scope and DRPO's KL damping against values worked out by hand from
-METHOD.md Section 3 (the arithmetic is written out below; nothing is taken from the implementation).
+docs/method.md §3 (the arithmetic is written out below; nothing is taken from the implementation).
 
 Clusters are made predictable: with exactly two distinct reward vectors in a dataset and k_max = 2
 the elbow rule keeps k = k_cap = 2, so each distinct vector is its own cluster (centre = the vector,

@@ -1,4 +1,4 @@
-"""Tests of eqpo.metrics (METHOD.md Section 4): a hand-computed case, cross-checks against
+"""Tests of eqpo.metrics (docs/method.md §4): a hand-computed case, cross-checks against
 scikit-learn and fairlearn, hypothesis properties, the attribute rules and input validation."""
 
 from __future__ import annotations

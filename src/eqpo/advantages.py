@@ -1,4 +1,4 @@
-"""Outcome-reward advantage estimators: the baselines and EQPO (METHOD.md Section 3).
+"""Outcome-reward advantage estimators: the baselines and EQPO (docs/method.md §3).
 
 Every estimator is made by :func:`make_estimator` and called on one batch of N responses::
 
@@ -736,7 +736,7 @@ class HierarchicalScaler(Estimator):
 
 @register_estimator("eqpo")
 class EQPO(HierarchicalScaler):
-    """EQPO (the paper's FairGRPO), METHOD.md Section 3.
+    """EQPO (the paper's FairGRPO), docs/method.md §3.3.
 
     Groups are explicit where the prompt has demographics, else implicit (elbow K-means on the reward
     vectors of the dataset's unlabeled prompts). T_g = sqrt(N_g) * rbar_g over the dataset's prompts

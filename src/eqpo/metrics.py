@@ -1,4 +1,4 @@
-"""Fairness metrics of the paper's Table 2 and its per-group Tables 5-17 (METHOD.md Section 4).
+"""Fairness metrics of the paper's Table 2 and its per-group Tables 5-17 (docs/method.md §4).
 
 Input
 -----

@@ -1,4 +1,4 @@
-"""Answer extraction, label parsing and the rewards (METHOD.md Section 2; README "Reproduction
+"""Answer extraction, label parsing and the rewards (docs/method.md §2; README "Reproduction
 defaults vs the paper text").
 
 The same parsing serves training (the reward) and evaluation (the prediction column of the

@@ -1,4 +1,4 @@
-"""Paper figures from the collected run frames (METHOD.md Section 5).
+"""Paper figures from the collected run frames (docs/method.md §5).
 
 Every ``draw_*`` function draws with matplotlib's object-oriented API on a fresh ``Figure`` (Agg
 canvas; no pyplot state, no global backend switch) and returns it; its ``plot_*`` twin takes the
@@ -61,7 +61,7 @@ METRIC_TITLES: dict[str, str] = {
     "Acc_ES": "Acc ES (%) ↑",
     "F1_ES": "F1 ES ↑",
 }
-# Group key -> x tick label (age bins per METHOD.md Section 1).
+# Group key -> x tick label (age bins per docs/method.md §1).
 GROUP_TICKS: dict[str, str] = {
     "a1": "a1\n≤25",
     "a2": "a2\n26–50",

@@ -1,6 +1,6 @@
 """CPU backend: supervised warm start, RL training with the library's estimators, prediction.
 
-The RL loop has the paper's structure (METHOD.md Section 6, verl's PPO trainer): each step draws B
+The RL loop has the paper's structure (docs/method.md §6, verl's PPO trainer): each step draws B
 prompts from the unified training set (all datasets), samples n rollouts per prompt from the current
 policy, scores them with the library's reward, computes advantages with the method's estimator, and
 takes PPO-clip updates over mini-batches of prompts against the rollout-time log-probabilities (KL
@@ -225,7 +225,7 @@ def _prefixed(shares: dict[str, float]) -> dict[str, float]:
 
 
 def predict(policy: MultiTaskPolicy, cohort: Cohort, scorer: Scorer, extraction: str = "last_box") -> pd.DataFrame:
-    """Greedy answers for every sample: the METHOD.md predictions table plus response, reward and
+    """Greedy answers for every sample: the predictions table of docs/method.md §4.1 plus response, reward and
     the answer's item counts (``items``, ``unparsed_items``: items naming no label). ``extraction``:
     which part of the response is the answer (``metrics.extraction``)."""
     rows = []

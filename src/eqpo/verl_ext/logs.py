@@ -191,7 +191,7 @@ def _row_identity(row: Mapping[str, Any], ref: pd.DataFrame | None, where: str) 
 
 def validation_predictions(records: Sequence[Mapping[str, Any]], ref: pd.DataFrame | None = None,
                            where: str = "validation dump") -> pd.DataFrame:
-    """Dumped validation answers -> a predictions table (METHOD.md schema: sample_id, dataset,
+    """Dumped validation answers -> a predictions table (docs/method.md §4.1: sample_id, dataset,
     labels, prediction, age, sex, response, reward)."""
     rows = []
     for row in records:
