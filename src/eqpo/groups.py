@@ -27,11 +27,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .run_settings import GROUP_DEFINITIONS
 from .vocabularies import ATTRIBUTES
 
 AGE_BINS = ("a1", "a2", "a3", "a4")
 UNKNOWN = "unk"
-GROUP_DEFINITIONS = ("paper", "authors_code")
 # Datasets whose sex the authors' loader does not read (their demographics name it "gender").
 AUTHORS_AGE_ONLY = ("Hemorrhage", "PAD-UFES-20")
 AGE_EDGES = (25.0, 50.0, 75.0)  # upper edges (inclusive) of a1, a2, a3

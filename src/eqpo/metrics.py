@@ -55,10 +55,10 @@ import numpy as np
 import pandas as pd
 
 from .groups import AGE_BINS, AGE_EDGES, SEXES, age_bin, normalize_sex
+from .run_settings import CLASS_SETS
 from .vocabularies import ATTRIBUTES
 
 REQUIRED_COLUMNS = ("dataset", "labels", "prediction", "age", "sex")
-CLASS_SETS = ("dataset", "group_present")
 METRICS = ("Acc", "F1", "TPR", "FPR", "FDR")
 TABLE2_COLUMNS = (
     "PP",

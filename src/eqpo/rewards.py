@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Sequence
 
+from .run_settings import EXTRACTIONS, MATCHINGS, REWARD_FUNCTIONS
+
 _BOX = "\\boxed{"
 _TEXT_WRAPPER = re.compile(r"\\text(?:bf|rm|it)?\{([^{}]*)\}")
 # Separators, longest first so " and " is not read as a bare space: ", " " and " " & " "," "&".
@@ -56,9 +58,6 @@ def extract_boxed(text: str | None) -> str | None:
 
 _FIRST_BOX = re.compile(r"\\boxed\{([^}]*)\}")
 _FIRST_BRACKET = re.compile(r"\[(.*?)\]")
-EXTRACTIONS = ("last_box", "first_box")
-MATCHINGS = ("lenient", "strict")
-REWARD_FUNCTIONS = ("f1", "exact", "authors_composite")
 # Weights of the authors' composite reward: label F1, box IoU, bbox-JSON format.
 AUTHORS_COMPOSITE_WEIGHTS = {"f1": 0.5, "iou": 0.3, "format": 0.1}
 

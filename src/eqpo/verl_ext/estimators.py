@@ -448,7 +448,7 @@ def verl_overrides(method: str, options: Mapping | None = None, cluster_log: str
     out += [f"+algorithm.eqpo.{key}={_hydra_value(value)}" for key, value in options.items()]
     if format_weight is not None:
         out.append(f"+reward.custom_reward_function.reward_kwargs.format_weight={_hydra_value(float(format_weight))}")
-    from ..rewards import MATCHINGS, REWARD_FUNCTIONS
+    from ..run_settings import MATCHINGS, REWARD_FUNCTIONS
 
     allowed = {"function": REWARD_FUNCTIONS, "matching": MATCHINGS}
     for key, value in (reward or {}).items():
