@@ -46,6 +46,9 @@ ESTIMATOR_STATE_FILE = "eqpo_estimator.json"
 #: implicit group), k (int, groups chosen for the dataset at that step), true_group (str or None:
 #: the prompt's demographic group, for the analysis only).
 CLUSTER_COLUMNS: tuple[str, ...] = ("sample_id", "step", "dataset", "cluster", "k", "true_group")
+#: Keys of every :data:`DYNAMICS_FILE` record before the Table 2 summary: the step of the validation
+#: (0 = before training) and the seconds of training before it.
+DYNAMICS_KEYS: tuple[str, ...] = ("step", "wall_time_s")
 #: Keys of every :data:`STEPS_FILE` record: the step (1-based), the batch's mean reward and the
 #: seconds of the whole step and of its generation, advantage and update phases.
 STEP_KEYS: tuple[str, ...] = ("step", "reward_mean", "time_step_s", "time_generate_s", "time_advantage_s",

@@ -20,7 +20,7 @@ import pandas as pd
 
 from .. import jsonl
 from ..metrics import TABLE2_COLUMNS
-from ..run_files import CLUSTER_COLUMNS, STEP_KEYS
+from ..run_files import CLUSTER_COLUMNS, DYNAMICS_KEYS, STEP_KEYS
 
 RUN_KEYS = ("model", "method", "seed")
 GROUP_COLUMNS = ("dataset", "attribute", "group", "n", "Acc", "F1", "TPR", "FPR", "FDR")
@@ -168,7 +168,7 @@ def read_dynamics(paths: Iterable[PathLike]) -> pd.DataFrame:
     :func:`parse_run_path`), step (int), wall_time_s (seconds since the run started), and the 11
     :data:`TABLE2_COLUMNS` (raw fractions), plus any other keys the files hold.
     """
-    return _read_jsonl_runs(paths, ["step", "wall_time_s", *TABLE2_COLUMNS])
+    return _read_jsonl_runs(paths, [*DYNAMICS_KEYS, *TABLE2_COLUMNS])
 
 
 def read_steps(paths: Iterable[PathLike]) -> pd.DataFrame:
