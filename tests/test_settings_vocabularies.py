@@ -63,3 +63,13 @@ def test_the_library_accepts_exactly_the_listed_values(block, key):
         accepts(key, value)
     with pytest.raises(ValueError, match="must be one of"):
         accepts(key, "paper_v2")
+
+
+def test_the_configured_estimator_options_are_the_librarys_defaults():
+    """config.yaml spells out the estimator options it reproduces; make_estimator(method) alone gives
+    the same estimator, so a library user gets the pipeline's reproduction."""
+    from eqpo.advantages import estimator_defaults
+
+    for method, options in CONFIG["estimators"].items():
+        defaults = estimator_defaults(method)
+        assert {key: defaults[key] for key in options} == options, method
