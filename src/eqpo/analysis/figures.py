@@ -34,6 +34,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from ..groups import AGE_BINS, SEXES
+from ..methods import EMPHASISED
 from ..metrics import PAPER_SCALE
 from .runtime import pareto_points, runtime_split
 from .style import (
@@ -248,7 +249,7 @@ def _group_order(groups: Sequence[str]) -> list[str]:
 @_styled
 def draw_group_f1(
     group_df: pd.DataFrame,
-    methods: Sequence[str] = ("grpo", "eqpo"),
+    methods: Sequence[str] = EMPHASISED,
     metric: str = "F1",
     max_cols: int = 4,
 ) -> Figure:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from ..methods import BASELINES, BIAS_MITIGATED, PAPER_NAMES, RL_BASELINES
+from ..methods import BASELINES, BIAS_MITIGATED, EMPHASISED, PAPER_NAMES, RL_BASELINES
 from ..metrics import PAPER_SCALE, TABLE2_COLUMNS
 from .style import method_label
 
@@ -314,7 +314,7 @@ def _group_means(ours: pd.DataFrame | None) -> pd.DataFrame:
         frame = frame.assign(group=frame["group"].astype(str))
         return frame.groupby(["model", "method", "dataset", "group"], sort=False)["F1"].mean(
         ).reset_index()
-    methods = [m for m in ("grpo", "eqpo") if m in frame.columns]
+    methods = [m for m in EMPHASISED if m in frame.columns]
     if not methods:
         raise ValueError("ours_group_f1 needs an F1 column (read_group_tables) or grpo/eqpo "
                          "columns (paper_tables.table4)")
