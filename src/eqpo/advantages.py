@@ -253,16 +253,23 @@ def estimator_options(method: str) -> list[str]:
     return list(estimator_defaults(method))
 
 
-def make_estimator(method: str, **options: Any) -> "Estimator":
-    """Build the advantage estimator for ``method`` (one of :data:`ESTIMATORS`) with its options."""
+def check_estimator_options(method: str, options: Mapping[str, Any], where: str = "",
+                            also: Sequence[str] = ()) -> None:
+    """Raise a ValueError naming the options ``make_estimator(method)`` does not take and the ones it
+    does (``where``: where the options were written, e.g. "algorithm.eqpo: "; ``also``: other keys
+    that place accepts)."""
     if method not in ESTIMATORS:
         raise ValueError(f"unknown advantage estimator {method!r}; choose one of {sorted(ESTIMATORS)}")
     allowed = estimator_options(method)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(
-            f"option(s) {unknown} do not apply to estimator {method!r}; it accepts {allowed or 'no options'}"
-        )
+        accepts = f"{allowed or 'no options'}" + (f" plus {sorted(also)}" if also else "")
+        raise ValueError(f"{where}option(s) {unknown} do not apply to estimator {method!r}; it accepts {accepts}")
+
+
+def make_estimator(method: str, **options: Any) -> "Estimator":
+    """Build the advantage estimator for ``method`` (one of :data:`ESTIMATORS`) with its options."""
+    check_estimator_options(method, options)
     return ESTIMATORS[method](**options)
 
 

@@ -51,7 +51,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from verl.trainer.ppo import core_algos
 
-from eqpo.advantages import Estimator, estimator_options, make_estimator, normalize_group
+from eqpo.advantages import Estimator, check_estimator_options, make_estimator, normalize_group
 from eqpo.methods import METHODS, VERL_REGISTERED
 
 # ----------------------------------------------------------------------------------------------
@@ -254,15 +254,9 @@ def options_from_config(config: Any) -> dict:
 
 def split_options(method: str, options: Mapping) -> tuple[dict, dict]:
     """(estimator options, extension options); unknown keys are an error naming the valid ones."""
-    allowed = estimator_options(method)
     extension = {k: v for k, v in options.items() if k in EXTENSION_KEYS}
     est = {k: v for k, v in options.items() if k not in EXTENSION_KEYS}
-    unknown = sorted(set(est) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"algorithm.eqpo has option(s) {unknown} that do not apply to estimator {method!r}; "
-            f"it accepts {sorted(allowed)} plus {sorted(EXTENSION_KEYS)}"
-        )
+    check_estimator_options(method, est, where="algorithm.eqpo: ", also=EXTENSION_KEYS)
     if method == "drpo" and est.get("kl_quantile") is not None:
         raise ValueError("drpo's kl_quantile needs per-response KL, which verl does not pass to advantage "
                          "estimators; leave algorithm.eqpo.kl_quantile unset (off, as in the released code)")
