@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from eqpo.advantages import EstimatorStats, make_estimator
-from eqpo.analysis.collect import read_clusters, read_steps
+from eqpo.analysis.collect import estimator_statistics, read_clusters, read_steps
 from eqpo.run_files import (CLUSTER_COLUMNS, STEP_KEYS, RunFiles, cluster_rows, estimator_metrics,
                             missing_estimator_state, step_record)
 
@@ -76,3 +76,30 @@ def test_the_missing_state_error_names_the_checkpoint_the_file_and_the_way_out()
     message = str(missing_estimator_state("/runs/ckpt/global_step_4", "the CPU trainer"))
     assert "/runs/ckpt/global_step_4 has no eqpo_estimator.json" in message
     assert "written by the CPU trainer" in message and "train.restart_estimator_on_resume: true" in message
+
+
+def test_the_statistics_a_backend_logs_are_read_back_by_the_analysis(tmp_path):
+    """Two steps of EQPO on a batch with a labelled group and unlabeled prompts: what the estimator
+    reported is what estimator_statistics reads from steps.jsonl, group by group."""
+    est = make_estimator("eqpo", scope="batch")
+    rewards = [1, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+    prompts = ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e", "f", "f"]
+    groups = ["F", "F", "F", "F", None, None, None, None, None, None, None, None]
+    files = RunFiles.for_run(tmp_path / "m" / "eqpo" / "seed0")
+    files.run_dir.mkdir(parents=True)
+    reported = []
+    with files.steps.open("w") as handle:
+        for step in (1, 2):
+            est(rewards, prompts, ["D"] * 12, groups)
+            reported.append(est.last_stats())
+            handle.write(json.dumps(step_record(step, 0.5, 1.0, 0.5, 0.1, 0.4, stats=est.last_stats())) + "\n")
+    frame = estimator_statistics(read_steps([files.steps]))
+    assert frame.loc[frame["statistic"] == "k", "group"].tolist() == [None, None]
+    stats = frame.set_index(["step", "group", "statistic"])
+    for step, call in zip((1, 2), reported):
+        assert stats.loc[(step, None, "k"), "value"] == call.k["D"] == 2  # two distinct vectors: [1, 1], [0, 0]
+        for row in call.group_stats:
+            for statistic in ("N", "rbar", "factor"):
+                assert stats.loc[(step, row["group"], statistic), "value"] == pytest.approx(row[statistic])
+    assert set(frame["group"].dropna()) == {"F", "cluster0", "cluster1"}
+    assert estimator_statistics(read_steps([])).empty

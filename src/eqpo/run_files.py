@@ -103,6 +103,17 @@ def is_estimator_metric(name: str) -> bool:
     return name.startswith((GROUP_METRIC_PREFIX, K_METRIC_PREFIX))
 
 
+def parse_estimator_metric(name: str) -> tuple[str, str | None, str] | None:
+    """The reading of an :func:`estimator_metrics` name: ``eqpo/group/<dataset>/<group>/<statistic>`` ->
+    (dataset, group, statistic); ``eqpo/k/<dataset>`` -> (dataset, None, "k"); anything else -> None."""
+    if name.startswith(K_METRIC_PREFIX):
+        return name[len(K_METRIC_PREFIX):], None, "k"
+    if name.startswith(GROUP_METRIC_PREFIX):
+        dataset, group, statistic = name[len(GROUP_METRIC_PREFIX):].rsplit("/", 2)
+        return dataset, group, statistic
+    return None
+
+
 def step_record(step: int, reward_mean: float, time_step_s: float, time_generate_s: float, time_advantage_s: float,
                 time_update_s: float, unparsed_shares: Mapping[str, float] | None = None,
                 stats: EstimatorStats | None = None) -> dict[str, Any]:
