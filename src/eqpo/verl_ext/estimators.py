@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -396,18 +397,30 @@ for _name, _fn in VERL_FUNCTIONS.items():
 # Launch settings
 # ----------------------------------------------------------------------------------------------
 
-_PLAIN = re.compile(r"[A-Za-z0-9_.\-/:]+")
+_BARE = re.compile(r"[A-Za-z_/][A-Za-z0-9_./\-]*")
+_LOOKS_TYPED = re.compile(r"(?i)true|false|null|inf|nan")  # would parse as bool/null/float
 
 
-def _hydra_value(value: Any) -> str:
-    if value is None:
-        return "null"
+def format_value(value: Any) -> str:
+    """A Python value in Hydra's override grammar (strings quoted where needed); the one renderer of
+    every override this package writes (the launcher's and :func:`verl_overrides`)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if value is None:
+        return "null"
     if isinstance(value, (int, float)):
         return repr(value)
-    text = str(value)
-    return text if _PLAIN.fullmatch(text) else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str):
+        if _BARE.fullmatch(value) and not _LOOKS_TYPED.fullmatch(value):
+            return value
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as a Hydra override value")
 
 
 def verl_overrides(method: str, options: Mapping | None = None, cluster_log: str | None = None,
@@ -439,9 +452,9 @@ def verl_overrides(method: str, options: Mapping | None = None, cluster_log: str
         f"reward.custom_reward_function.path={REWARD_PATH}",
         f"reward.custom_reward_function.name={REWARD_NAME}",
     ]
-    out += [f"+algorithm.eqpo.{key}={_hydra_value(value)}" for key, value in options.items()]
+    out += [f"+algorithm.eqpo.{key}={format_value(value)}" for key, value in options.items()]
     if format_weight is not None:
-        out.append(f"+reward.custom_reward_function.reward_kwargs.format_weight={_hydra_value(float(format_weight))}")
+        out.append(f"+reward.custom_reward_function.reward_kwargs.format_weight={format_value(float(format_weight))}")
     from ..run_settings import MATCHINGS, REWARD_FUNCTIONS
 
     allowed = {"function": REWARD_FUNCTIONS, "matching": MATCHINGS}
@@ -450,7 +463,7 @@ def verl_overrides(method: str, options: Mapping | None = None, cluster_log: str
             raise ValueError(f"unknown reward option {key!r}; valid: {sorted(allowed)}")
         if value not in allowed[key]:
             raise ValueError(f"reward.{key} must be one of {list(allowed[key])}, got {value!r}")
-        out.append(f"+reward.custom_reward_function.reward_kwargs.{key}={_hydra_value(value)}")
+        out.append(f"+reward.custom_reward_function.reward_kwargs.{key}={format_value(value)}")
     if cluster_log is not None:
-        out.append(f"+trainer.eqpo_cluster_log={_hydra_value(str(cluster_log))}")
+        out.append(f"+trainer.eqpo_cluster_log={format_value(str(cluster_log))}")
     return out

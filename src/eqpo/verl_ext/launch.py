@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 # module verl imports in every process; launch.py keeps no copy of them.
 from eqpo import base_models
 
-from .estimators import EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, verl_overrides
+from .estimators import EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, format_value, verl_overrides
 from ..data.export import train_part
 from ..run_files import CLUSTER_LOG_FILE, CLUSTERS_FILE, DYNAMICS_FILE, STEPS_FILE
 from ..run_settings import reproduction_options, train_settings
@@ -141,31 +140,6 @@ class RunPaths:
 # ----------------------------------------------------------------------------------------------
 # Overrides
 # ----------------------------------------------------------------------------------------------
-
-_BARE = re.compile(r"[A-Za-z_/][A-Za-z0-9_./\-]*")
-_LOOKS_TYPED = re.compile(r"(?i)true|false|null|inf|nan")  # would parse as bool/null/float
-
-
-def format_value(value: Any) -> str:
-    """A Python value in Hydra's override grammar (strings quoted where needed)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, Path):
-        value = str(value)
-    if isinstance(value, str):
-        if _BARE.fullmatch(value) and not _LOOKS_TYPED.fullmatch(value):
-            return value
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(format_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as a Hydra override value")
-
 
 def flatten_overrides(overrides: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
     """``models.<m>.overrides`` as ``{dotted key: value}``; nested dicts are flattened
