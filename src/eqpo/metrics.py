@@ -291,13 +291,14 @@ def class_mean(values: np.ndarray, positives: np.ndarray, class_set: str) -> np.
 
 def group_rates(size: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray,
                 class_set: str = "dataset"):
-    """metric -> (G,) class-mean rate per group, from (G, C) counts and (G,) group sizes.
+    """metric -> (..., G) class-mean rate per group, from (..., G, C) counts and (..., G) group sizes
+    (leading axes: e.g. bootstrap replicates).
 
     Acc=(TP+TN)/n, F1=2TP/(2TP+FP+FN), TPR=TP/(TP+FN), FPR=FP/(FP+TN), FDR=FP/(FP+TP); 0/0 = 0.
     The class mean runs over the classes ``class_set`` names (see :func:`class_mean`).
     """
     per_class = {
-        "Acc": _safe_div(tp + tn, size[:, None]),
+        "Acc": _safe_div(tp + tn, size[..., None]),
         "F1": _safe_div(2 * tp, 2 * tp + fp + fn),
         "TPR": _safe_div(tp, tp + fn),
         "FPR": _safe_div(fp, fp + tn),
