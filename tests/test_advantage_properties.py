@@ -1,6 +1,8 @@
-"""Property tests: every estimator returns finite advantages for any well-formed input."""
+"""Property tests: for any well-formed input every estimator returns finite advantages that rank a
+prompt's rollouts as their rewards do, and zero where no rollout is better than another."""
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,6 +43,22 @@ def test_finite_over_a_sequence_of_batches(method, scope, data):
         assert adv.shape == (len(rewards),)
         assert np.all(np.isfinite(adv))
         assert np.all(adv[[p is None for p in pids]] == 0)
+        assert_ranked_by_reward(np.asarray(rewards), pids, adv)
+
+
+def assert_ranked_by_reward(rewards: np.ndarray, pids: list, adv: np.ndarray) -> None:
+    """Within each prompt a clearly higher reward gets a higher advantage and equal rewards equal ones:
+    every estimator here scales a prompt's centred rewards by one positive number (a baseline,
+    GRPO's std, EQPO's factors, Group DRO's weight) or whitens the whole batch."""
+    for pid in {p for p in pids if p is not None}:
+        rows = np.flatnonzero([p == pid for p in pids])
+        r, a = rewards[rows], adv[rows]
+        for i in range(len(rows)):
+            for j in range(len(rows)):
+                if r[i] > r[j] + 1e-6:
+                    assert a[i] > a[j], (pid, r, a)
+                elif r[i] == r[j]:
+                    assert a[i] == pytest.approx(a[j], abs=1e-9), (pid, r, a)
 
 
 @settings(max_examples=30, deadline=None)

@@ -457,15 +457,6 @@ def assert_written(paths: list[Path]) -> None:
     assert paths[1].read_bytes()[:5] == b"%PDF-"
 
 
-def test_figures_are_written(tmp_path, runs):
-    dynamics = read_dynamics([r / "dynamics.jsonl" for r in runs])
-    assert_written(figures.plot_training_dynamics(dynamics, tmp_path / "fig" / "dynamics"))
-    groups = read_group_tables([r / "metrics.json" for r in runs])
-    assert_written(figures.plot_group_f1(groups, tmp_path / "fig" / "group_f1"))
-    stability = cluster_stability(read_clusters([r / "clusters.parquet" for r in runs]))
-    assert_written(figures.plot_cluster_stability(stability, tmp_path / "fig" / "clusters"))
-
-
 def test_figures_with_nothing_to_plot(tmp_path):
     empty = pd.DataFrame(columns=["model", "method", "seed", "step"])
     assert_written(figures.plot_training_dynamics(empty, tmp_path / "a"))

@@ -80,6 +80,12 @@ def test_training_writes_the_run_contract(workspace):
     assert {"F1", "delta_F1", "Acc", "wall_time_s"} <= set(dynamics[0])
     steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
     assert len(steps) == 12 and all(s["time_advantage_s"] > 0 for s in steps)
+    # the estimator's statistics of every step (run_files.estimator_metrics): a k per dataset, and
+    # per group a factor, all positive
+    for s in steps:
+        k = {name: v for name, v in s.items() if name.startswith("eqpo/k/")}
+        factors = [v for name, v in s.items() if name.startswith("eqpo/group/") and name.endswith("/factor")]
+        assert k and all(v >= 1 for v in k.values()) and factors and all(f > 0 for f in factors)
     clusters = pd.read_parquet(run / "clusters.parquet")
     assert list(clusters.columns) == ["sample_id", "step", "dataset", "cluster", "k", "true_group"]
     assert len(clusters) > 0 and clusters["true_group"].notna().all()

@@ -3,6 +3,8 @@ intervals, annotations and titles against values computed here from the input fr
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,12 +91,16 @@ def test_group_f1_with_one_seed_has_no_interval_and_no_dots():
     assert intervals(ax) == []
 
 
+def dynamics_rows() -> pd.DataFrame:
+    return pd.DataFrame([{"model": model, "method": method, "seed": seed, "step": step,
+                          "F1": 0.1 * step + 0.01 * seed + (0.5 if method == "eqpo" else 0), "Acc": 0.5 + 0.01 * seed,
+                          "delta_F1": 0.2}
+                         for model in ("m1", "m2") for method in ("grpo", "eqpo") for seed in (0, 2)
+                         for step in (0, 5, 10)])
+
+
 def test_training_dynamics_lines_are_seed_means_at_the_paper_scale():
-    rows = [{"model": model, "method": method, "seed": seed, "step": step,
-             "F1": 0.1 * step + 0.01 * seed + (0.5 if method == "eqpo" else 0), "Acc": 0.5 + 0.01 * seed,
-             "delta_F1": 0.2}
-            for model in ("m1", "m2") for method in ("grpo", "eqpo") for seed in (0, 2) for step in (0, 5, 10)]
-    frame = pd.DataFrame(rows)
+    frame = dynamics_rows()
     fig = figures.draw_training_dynamics(frame)
     axes = visible_axes(fig)
     assert len(axes) == 6  # 2 models x (F1, Acc, delta_F1)
@@ -108,11 +114,14 @@ def test_training_dynamics_lines_are_seed_means_at_the_paper_scale():
     assert len(axes[0].collections) == 2  # a min-max band per method (two seeds)
 
 
+def runtime_rows() -> pd.DataFrame:
+    return pd.DataFrame([{"model": "m", "method": method, "seed": 0, "step": step, "reward_mean": 0.5,
+                          "time_generate_s": 6.0, "time_update_s": 3.0, "time_advantage_s": adv, "time_step_s": 10.0}
+                         for method, adv in (("grpo", 0.1), ("eqpo", 0.5)) for step in (1, 2)])
+
+
 def test_runtime_split_stacks_the_phase_means_and_writes_the_advantage_share():
-    rows = [{"model": "m", "method": method, "seed": 0, "step": step, "reward_mean": 0.5,
-             "time_generate_s": 6.0, "time_update_s": 3.0, "time_advantage_s": adv, "time_step_s": 10.0}
-            for method, adv in (("grpo", 0.1), ("eqpo", 0.5)) for step in (1, 2)]
-    fig = figures.draw_runtime_split(pd.DataFrame(rows))
+    fig = figures.draw_runtime_split(runtime_rows())
     (ax,) = visible_axes(fig)
     heights = sorted(round(r.get_height(), 6) for r in bars(ax))
     # generation 6, update 3, advantage 0.1 / 0.5, other 10 - 9.1 = 0.9 / 10 - 9.5 = 0.5
@@ -120,12 +129,16 @@ def test_runtime_split_stacks_the_phase_means_and_writes_the_advantage_share():
     assert sorted(t.get_text() for t in ax.texts) == ["1%", "5%"]  # 0.1 / 10 and 0.5 / 10
 
 
-def test_pareto_stars_each_runs_last_checkpoint_and_draws_the_frontier():
+def pareto_rows() -> pd.DataFrame:
     rows = [{"model": "m", "method": "grpo", "seed": 0, "step": s, "F1": f, "delta_F1": d}
             for s, f, d in ((0, 0.2, 0.3), (5, 0.4, 0.2), (10, 0.5, 0.4))]
     rows += [{"model": "m", "method": "eqpo", "seed": 0, "step": s, "F1": f, "delta_F1": d}
              for s, f, d in ((0, 0.3, 0.1), (5, 0.35, 0.15))]
-    fig = figures.draw_pareto(pd.DataFrame(rows))
+    return pd.DataFrame(rows)
+
+
+def test_pareto_stars_each_runs_last_checkpoint_and_draws_the_frontier():
+    fig = figures.draw_pareto(pareto_rows())
     (ax,) = visible_axes(fig)
     stars = [c for c in ax.collections if isinstance(c, PathCollection) and c.get_sizes().max() == 150]
     finals = sorted(tuple(np.round(o, 6)) for c in stars for o in c.get_offsets())
@@ -136,12 +149,15 @@ def test_pareto_stars_each_runs_last_checkpoint_and_draws_the_frontier():
     assert sorted(np.round(frontier[0].get_xdata(), 6)) == [0.3, 0.35, 0.4, 0.5]
 
 
+def stability_rows() -> pd.DataFrame:
+    return pd.DataFrame([{"model": "m", "method": method, "seed": 0, "dataset": dataset, "step": step,
+                          "ari": (0.5 if dataset == "A" else np.nan), "nmi": 0.4 if dataset == "A" else np.nan,
+                          "consecutive_ari": 0.9 if dataset == "A" else np.nan, "k": 2, "n": 10, "n_labeled": 3}
+                         for method in ("eqpo", "eqpo_nd") for dataset in ("A", "B") for step in (10, 20)])
+
+
 def test_cluster_stability_draws_a_line_per_method_and_says_when_nothing_is_defined():
-    rows = [{"model": "m", "method": method, "seed": 0, "dataset": dataset, "step": step,
-             "ari": (0.5 if dataset == "A" else np.nan), "nmi": 0.4 if dataset == "A" else np.nan,
-             "consecutive_ari": 0.9 if dataset == "A" else np.nan, "k": 2, "n": 10, "n_labeled": 3}
-            for method in ("eqpo", "eqpo_nd") for dataset in ("A", "B") for step in (10, 20)]
-    fig = figures.draw_cluster_stability(pd.DataFrame(rows))
+    fig = figures.draw_cluster_stability(stability_rows())
     axes = np.array(visible_axes(fig)).reshape(len(figures.STABILITY_PANELS), 2)
     ari_a, ari_b = axes[0]
     assert ari_a.get_title() == "A" and len(ari_a.lines) == 2
@@ -160,3 +176,26 @@ def test_nothing_to_plot_gives_a_figure_that_says_so(draw, frame):
     fig = draw(frame)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert len(texts) == 1 and texts[0].startswith("no ")
+
+
+@pytest.mark.parametrize("name, frame", [
+    ("group_f1", group_rows), ("training_dynamics", dynamics_rows), ("runtime_split", runtime_rows),
+    ("pareto", pareto_rows), ("cluster_stability", stability_rows),
+])
+def test_plot_writes_the_drawn_figure_as_one_png_and_one_pdf_page(tmp_path, name, frame):
+    """plot_<name> writes what draw_<name> draws: a PNG of the figure's size at DPI holding every
+    method's colour, and a one-page PDF of the same size in points."""
+    from matplotlib.image import imread
+
+    png, pdf = getattr(figures, f"plot_{name}")(frame(), tmp_path / name)
+    assert (png.name, pdf.name) == (f"{name}.png", f"{name}.pdf")
+    width, height = getattr(figures, f"draw_{name}")(frame()).get_size_inches()
+    pixels = imread(png)[..., :3]
+    assert pixels.shape[:2] == (round(height * figures.DPI), round(width * figures.DPI))
+    for method in frame()["method"].unique():
+        distance = np.abs(pixels - np.array(matplotlib_rgb(method_color(method)))).max(axis=-1)
+        assert (distance < 2 / 255).sum() >= 10, method  # some pixels in the method's own colour
+    document = pdf.read_bytes()
+    assert len(re.findall(rb"/Type\s*/Page\b(?!s)", document)) == 1
+    box = [float(v) for v in re.search(rb"/MediaBox\s*\[([^\]]+)\]", document).group(1).split()]
+    assert box[2:] == pytest.approx([width * 72, height * 72])

@@ -1,4 +1,4 @@
-"""Tests of eqpo.metrics (METHOD.md Section 4): a hand-computed case, cross-checks against
+"""Tests of eqpo.metrics (docs/method.md §4): a hand-computed case, cross-checks against
 scikit-learn and fairlearn, hypothesis properties, the attribute rules and input validation."""
 
 from __future__ import annotations
@@ -162,11 +162,12 @@ def test_unparseable_share():
     assert share.name == "unparseable_share"
 
 
-def test_table2_constants():
-    assert TABLE2_COLUMNS == (
-        "PP", "EOD", "FPR_diff", "sigma_F1", "delta_F1", "sigma_Acc", "delta_Acc", "Acc", "F1",
-        "Acc_ES", "F1_ES",
-    )
+def test_table2_columns_are_the_papers_in_its_order():
+    """Against the transcribed paper table shipped with the package, not a restated list."""
+    from eqpo.analysis.paper import paper_readme, _read_csv
+
+    assert list(_read_csv("table2_main.csv").columns) == ["base_model", "method", *TABLE2_COLUMNS]
+    assert "PP, EOD, FPR_diff, sigma_Acc, delta_Acc, Acc, Acc_ES are x100" in paper_readme()
     assert set(PAPER_SCALE) == set(TABLE2_COLUMNS)
     hundred = {"PP", "EOD", "FPR_diff", "sigma_Acc", "delta_Acc", "Acc", "Acc_ES"}
     assert {k for k, v in PAPER_SCALE.items() if v == 100} == hundred
@@ -198,7 +199,31 @@ def random_frame(seed: int) -> pd.DataFrame:
     sex = rng.choice(np.array(["F", "M", "female", "male", None, "O"], dtype=object), n)
     df = pd.DataFrame(rows, columns=["dataset", "labels", "prediction"])
     df["age"], df["sex"] = age, sex
+    # Classes some groups never have (so the two class sets differ): no "c4" among the female rows of
+    # ML, no "s2" in age bin a1 of SL (a row left with no label keeps its prediction).
+    female = np.array([normalize_sex(x) == "F" for x in sex])
+    young = np.array([age_bin(a) == "a1" for a in age])
+    df["labels"] = [[c for c in labels if not ((d == "ML" and f and c == "c4") or (d == "SL" and y and c == "s2"))]
+                    for labels, d, f, y in zip(df["labels"], df["dataset"], female, young)]
     return df
+
+
+def classes_of(dataset_rows: pd.DataFrame, group_rows: pd.DataFrame, class_set: str) -> list[str]:
+    """The classes a group's mean runs over, read from the definition: every class of the dataset's
+    ground truth ("dataset") or those with a positive among the group's rows ("group_present")."""
+    classes = sorted({c for labels in dataset_rows["labels"] for c in labels})
+    if class_set == "dataset":
+        return classes
+    return [c for c in classes if any(c in labels for labels in group_rows["labels"])]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_class_sets_differ_on_the_cross_check_data(seed):
+    df = random_frame(seed)
+    a = FairnessReport.from_predictions(df, class_set="dataset").by_group.set_index(["dataset", "attribute", "group"])
+    b = FairnessReport.from_predictions(df, class_set="group_present").by_group.set_index(
+        ["dataset", "attribute", "group"])
+    assert (a["F1"] != b["F1"]).sum() >= 2  # the female rows of ML and age bin a1 of SL
 
 
 def row_groups(df: pd.DataFrame, attribute: str) -> list:
@@ -208,8 +233,9 @@ def row_groups(df: pd.DataFrame, attribute: str) -> list:
     return [normalize_sex(s) for s in df["sex"]]
 
 
+@pytest.mark.parametrize("class_set", ["dataset", "group_present"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_by_group_matches_sklearn(seed):
+def test_by_group_matches_sklearn(seed, class_set):
     from sklearn.metrics import (
         accuracy_score,
         confusion_matrix,
@@ -219,14 +245,14 @@ def test_by_group_matches_sklearn(seed):
     )
 
     df = random_frame(seed)
-    report = FairnessReport.from_predictions(df)
+    report = FairnessReport.from_predictions(df, class_set=class_set)
     assert len(report.by_group) == 2 * (4 + 2)
     checked = 0
     for r in report.by_group.itertuples():
-        sub = df[(df["dataset"] == r.dataset).to_numpy()]
-        classes = sorted({c for labels in sub["labels"] for c in labels})
-        in_group = np.array([g == r.group for g in row_groups(sub, r.attribute)])
-        sub = sub[in_group]
+        dataset_rows = df[(df["dataset"] == r.dataset).to_numpy()]
+        in_group = np.array([g == r.group for g in row_groups(dataset_rows, r.attribute)])
+        sub = dataset_rows[in_group]
+        classes = classes_of(dataset_rows, sub, class_set)
         assert len(sub) == r.n
         acc, tpr, fpr, fdr, f1 = [], [], [], [], []
         for c in classes:
@@ -241,7 +267,7 @@ def test_by_group_matches_sklearn(seed):
             f1.append(f1_score(y, p, zero_division=0))
         expected = {"Acc": acc, "TPR": tpr, "FPR": fpr, "FDR": fdr, "F1": f1}
         for metric, values in expected.items():
-            assert getattr(r, metric) == pytest.approx(np.mean(values), abs=1e-12), (r, metric)
+            assert getattr(r, metric) == pytest.approx(np.mean(values) if values else 0.0, abs=1e-12), (r, metric)
         checked += 1
     assert checked == 12
 
@@ -256,12 +282,13 @@ def test_by_group_matches_sklearn(seed):
             assert row[f"{metric}_sigma"] == pytest.approx(values.std(ddof=1))
 
 
+@pytest.mark.parametrize("class_set", ["dataset", "group_present"])
 @pytest.mark.parametrize("seed", [0, 3])
-def test_by_group_matches_fairlearn(seed):
-    from fairlearn.metrics import MetricFrame, false_positive_rate, true_positive_rate
+def test_by_group_matches_fairlearn(seed, class_set):
+    from fairlearn.metrics import MetricFrame, count, false_positive_rate, true_positive_rate
 
     df = random_frame(seed)
-    report = FairnessReport.from_predictions(df)
+    report = FairnessReport.from_predictions(df, class_set=class_set)
     for dataset in ("ML", "SL"):
         sub = df[(df["dataset"] == dataset).to_numpy()]
         classes = sorted({c for labels in sub["labels"] for c in labels})
@@ -276,13 +303,20 @@ def test_by_group_matches_fairlearn(seed):
                     metrics={
                         "TPR": partial(true_positive_rate, pos_label=1),
                         "FPR": partial(false_positive_rate, pos_label=1),
+                        "positives": lambda y_true, y_pred: int(np.sum(y_true)),
+                        "n": count,
                     },
                     y_true=y,
                     y_pred=p,
                     sensitive_features=groups[keep].to_numpy(),
                 )
                 per_class.append(mf.by_group)
-            expected = sum(per_class) / len(per_class)
+            # the class mean per group: over every class, or over the classes with a positive in it
+            used = [(f["positives"] > 0).astype(float) if class_set == "group_present" else f["n"] * 0 + 1.0
+                    for f in per_class]
+            n_used = sum(used)
+            expected = pd.DataFrame({m: sum(f[m].astype(float) * u for f, u in zip(per_class, used)) / n_used.where(
+                n_used > 0) for m in ("TPR", "FPR")}).fillna(0.0)
             g = report.by_group
             mine = (g["dataset"] == dataset) & (g["attribute"] == attribute)
             got = g[mine].set_index("group")[["TPR", "FPR"]]

@@ -312,12 +312,20 @@ def test_eqpo_nodemo_is_eqpo_with_every_prompt_unlabeled():
     assert not np.allclose(nodemo, nd)  # flat domain mean, no clamps: not the qoq_med3 estimator
 
 
-def test_both_eqpo_nd_variants_run_in_the_demo_and_the_paper_row_names_one():
-    from eqpo.analysis.paper import PAPER_EQPO_ND_METHOD, PAPER_METHOD_NAMES
+def test_both_eqpo_nd_variants_run_in_the_demo_and_the_paper_row_is_compared_with_eqpo_nodemo():
+    """A run with both variants: the paper's EQPO-ND rows get eqpo_nodemo's numbers, never eqpo_nd's."""
+    from eqpo.analysis.paper import paper_vs_reproduction_table2
+    from eqpo.metrics import TABLE2_COLUMNS
 
     demo = validate(load_config("config/demo.yaml"))
     assert {"eqpo_nd", "eqpo_nodemo"} <= set(demo["methods"])
-    assert PAPER_METHOD_NAMES["EQPO-ND"] == PAPER_EQPO_ND_METHOD == "eqpo_nodemo"
+    ours = pd.DataFrame([{"model": "medgemma-4b", "method": method, **{c: value for c in TABLE2_COLUMNS}}
+                         for method, value in (("eqpo_nd", 0.11), ("eqpo_nodemo", 0.22), ("eqpo", 0.33))])
+    comparison = paper_vs_reproduction_table2(ours.set_index(["model", "method"]))
+    nd_rows = comparison[comparison["paper_method"].isin(["EQPO-ND", "FairGRPO_ND", "FairGRPO-ND"])
+                         & (comparison["model"] == "medgemma-4b")]
+    assert len(nd_rows) == len(TABLE2_COLUMNS)
+    assert (nd_rows["method"] == "eqpo_nodemo").all() and (nd_rows["ours"] == 0.22).all()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "eqpo"
 # The method itself: what users' own code and every backend call. It imports nothing above it.
-LIBRARY = {"eqpo.advantages", "eqpo.groups", "eqpo.rewards", "eqpo.metrics", "eqpo.vocabularies",
-           "eqpo.run_settings", "eqpo.jsonl", "eqpo.base_models"}
+LIBRARY = {"eqpo.advantages", "eqpo.groups", "eqpo.rewards", "eqpo.metrics", "eqpo.vocabularies", "eqpo.methods",
+           "eqpo.run_files", "eqpo.run_settings", "eqpo.jsonl", "eqpo.base_models"}
 
 
 def module_name(path: Path) -> str:

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eqpo.analysis import figures
 from eqpo.analysis.collect import read_group_tables, read_metrics
 from eqpo.analysis.paper import (
     PAPER_METHOD_NAMES,
@@ -639,18 +638,6 @@ def test_pareto_mask_and_points():
                         & ((at["F1"] > p["F1"]) | (at["equity"] > p["equity"]))).any() \
                 or not p["on_front"]
         assert len(front) >= 1
-
-
-@pytest.mark.parametrize("plot, frame", [
-    (figures.plot_runtime_split, synthetic_steps),
-    (figures.plot_pareto, synthetic_dynamics),
-])
-def test_figures_are_written(tmp_path, plot, frame):
-    paths = plot(frame(), tmp_path / "figure")
-    assert [p.suffix for p in paths] == [".png", ".pdf"]
-    assert all(p.stat().st_size > 1000 for p in paths)
-    empty = plot(frame().iloc[:0], tmp_path / "empty")
-    assert all(p.stat().st_size > 0 for p in empty)
 
 
 def test_group_f1_figure_with_identical_values_across_seeds(tmp_path):

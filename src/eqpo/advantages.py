@@ -1,4 +1,4 @@
-"""Outcome-reward advantage estimators: the baselines and EQPO (METHOD.md Section 3).
+"""Outcome-reward advantage estimators: the baselines and EQPO (docs/method.md §3).
 
 Every estimator is made by :func:`make_estimator` and called on one batch of N responses::
 
@@ -14,8 +14,9 @@ Every estimator is made by :func:`make_estimator` and called on one batch of N r
 
 Stateful estimators (eqpo, eqpo_nd, drpo in history scope; grpo_dro) keep their state inside and
 expose ``state_dict()`` / ``load_state_dict()`` (JSON-serialisable), so a resumed run continues
-exactly. After each call, hierarchical estimators expose ``last_clusters`` (prompt id -> implicit
-cluster id), ``last_k`` (dataset -> chosen k) and ``last_group_stats`` (one dict per group used).
+exactly. After each call, ``est.last_stats()`` reports what the call used (:class:`EstimatorStats`:
+group statistics, chosen k, implicit cluster of each prompt); every backend logs it the same way
+(:mod:`eqpo.run_files`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -174,6 +175,42 @@ def _batch_std(values: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
+# What one call reports
+# ----------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@dataclass(frozen=True)
+class EstimatorStats:
+    """What an estimator's last call reports (:meth:`Estimator.last_stats`); empty for the estimators
+    without groups (grpo, grpo_rs, rloo, reinforce_pp).
+
+    group_stats: one dict per group the call used, with plain Python values: dataset, group (the
+    explicit group, "UNK" for Group DRO's unlabeled cell, "cluster<i>" for an implicit group),
+    implicit (bool), N (prompts, or the cluster's size), rbar (mean rollout reward, in [0, 1] for the
+    paper's reward), and the estimator's own quantity: factor (the hierarchical scalers' divisor,
+    with N_domain and batch_prompts) or weight (Group DRO's C * q_c, mean 1).
+    k: dataset -> number of implicit groups chosen. clusters: prompt id -> implicit cluster id of the
+    call's clustered prompts.
+    """
+
+    group_stats: tuple[dict, ...] = ()
+    k: Mapping[str, int] = field(default_factory=dict)
+    clusters: Mapping[Any, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, group_stats: Sequence[Mapping] = (), k: Mapping | None = None,
+           clusters: Mapping | None = None) -> "EstimatorStats":
+        """Plain copies: numpy scalars become Python numbers, k and cluster ids ints."""
+        return cls(group_stats=tuple({key: _plain(v) for key, v in row.items()} for row in group_stats),
+                   k={str(d): int(v) for d, v in (k or {}).items()},
+                   clusters={p: int(c) for p, c in (clusters or {}).items()})
+
+
+# ----------------------------------------------------------------------------------------------
 # Registry
 # ----------------------------------------------------------------------------------------------
 
@@ -190,40 +227,6 @@ def register_estimator(name: str) -> Callable:
         return factory
 
     return decorate
-
-
-def estimator_metrics(group_stats: Sequence[Mapping[str, Any]], k: Mapping[str, int]) -> dict[str, float]:
-    """Flat logger metrics of one estimator call's statistics (its ``last_group_stats`` / Group-DRO's
-    ``cell_stats`` and ``last_k``): ``eqpo/group/<dataset>/<group>/{N,rbar,factor,weight}`` (finite
-    values only) and ``eqpo/k/<dataset>``, as every backend logs them."""
-    out: dict[str, float] = {}
-    for row in group_stats:
-        prefix = f"eqpo/group/{row['dataset']}/{row['group']}"
-        for key in ("N", "rbar", "factor", "weight"):
-            value = row.get(key)
-            if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value):
-                out[f"{prefix}/{key}"] = float(value)
-    for dataset, value in k.items():
-        out[f"eqpo/k/{dataset}"] = float(value)
-    return out
-
-
-# The estimator state in a training checkpoint: one JSON file per checkpoint folder (every backend).
-ESTIMATOR_STATE_FILE = "eqpo_estimator.json"
-
-
-class MissingEstimatorStateError(RuntimeError):
-    """A checkpoint to resume from has no estimator state and no fresh start was asked for."""
-
-
-def missing_estimator_state(checkpoint: Any, written_by: str) -> MissingEstimatorStateError:
-    """The error for resuming from ``checkpoint`` without :data:`ESTIMATOR_STATE_FILE` (``written_by``:
-    the trainer whose checkpoints carry it)."""
-    return MissingEstimatorStateError(
-        f"the checkpoint {checkpoint} has no {ESTIMATOR_STATE_FILE}: resuming from it would restart the stateful "
-        "estimators (EQPO's history statistics, Group-DRO's weights) from nothing and change the run. Resume from "
-        f"a checkpoint written by {written_by}, delete this checkpoint folder to start over, or set "
-        "train.restart_estimator_on_resume: true to accept a fresh estimator.")
 
 
 def estimator_defaults(method: str) -> dict[str, Any]:
@@ -250,16 +253,23 @@ def estimator_options(method: str) -> list[str]:
     return list(estimator_defaults(method))
 
 
-def make_estimator(method: str, **options: Any) -> "Estimator":
-    """Build the advantage estimator for ``method`` (one of :data:`ESTIMATORS`) with its options."""
+def check_estimator_options(method: str, options: Mapping[str, Any], where: str = "",
+                            also: Sequence[str] = ()) -> None:
+    """Raise a ValueError naming the options ``make_estimator(method)`` does not take and the ones it
+    does (``where``: where the options were written, e.g. "algorithm.eqpo: "; ``also``: other keys
+    that place accepts)."""
     if method not in ESTIMATORS:
         raise ValueError(f"unknown advantage estimator {method!r}; choose one of {sorted(ESTIMATORS)}")
     allowed = estimator_options(method)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(
-            f"option(s) {unknown} do not apply to estimator {method!r}; it accepts {allowed or 'no options'}"
-        )
+        accepts = f"{allowed or 'no options'}" + (f" plus {sorted(also)}" if also else "")
+        raise ValueError(f"{where}option(s) {unknown} do not apply to estimator {method!r}; it accepts {accepts}")
+
+
+def make_estimator(method: str, **options: Any) -> "Estimator":
+    """Build the advantage estimator for ``method`` (one of :data:`ESTIMATORS`) with its options."""
+    check_estimator_options(method, options)
     return ESTIMATORS[method](**options)
 
 
@@ -267,9 +277,11 @@ class Estimator:
     """Base class: ``est(rewards, prompt_ids, datasets, groups) -> (N,) advantages``."""
 
     name = "base"
+    _stats: EstimatorStats | None = None
 
     def __call__(self, rewards, prompt_ids, datasets, groups) -> np.ndarray:
         batch = layout_batch(rewards, prompt_ids, datasets, groups)
+        self._stats = None
         if not batch.valid.any():
             return np.zeros(len(batch.rewards))
         adv = self.compute(batch)
@@ -278,6 +290,11 @@ class Estimator:
 
     def compute(self, batch: Batch) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def last_stats(self) -> EstimatorStats:
+        """The group statistics, chosen k and implicit clusters of the last call (see
+        :class:`EstimatorStats`); what every backend logs."""
+        return self._stats if self._stats is not None else EstimatorStats()
 
     def state_dict(self) -> dict:
         return {"method": self.name}
@@ -377,9 +394,11 @@ class GroupDRO(Estimator):
     def cell_stats(self, rewards, prompt_ids, datasets, groups) -> list[dict]:
         """The cells of one batch as :meth:`compute` forms them (per response, as its arguments):
         dataset, group, implicit (False), N (prompts), rbar (mean reward of their rollouts) and
-        weight (C * q_c with the current weights; 0 for a cell not seen yet). Logged by the
-        backends next to EQPO's group statistics."""
-        batch = layout_batch(rewards, prompt_ids, datasets, groups)
+        weight (C * q_c with the current weights; 0 for a cell not seen yet). A call reports the
+        same rows, with the weights it used, in :meth:`last_stats`."""
+        return self._cell_rows(layout_batch(rewards, prompt_ids, datasets, groups))
+
+    def _cell_rows(self, batch: Batch) -> list[dict]:
         weights, sums = self.weights, batch.prompt_sums()
         cells: dict[tuple[str, str], list[float]] = {}
         for p, cell in enumerate(self._cells(batch)):
@@ -410,6 +429,7 @@ class GroupDRO(Estimator):
         s = grpo_scores(batch, self.eps)
         v = batch.valid
         s[v] *= scale[batch.prompt[v]]
+        self._stats = EstimatorStats.of(self._cell_rows(batch))
         return s
 
     def state_dict(self) -> dict:
@@ -683,6 +703,7 @@ class HierarchicalScaler(Estimator):
 
         self.last_clusters = {batch.prompt_ids[p]: int(c_id[p]) for p in np.flatnonzero(c_id >= 0)}
         self._record_stats(batch, labeled, domain, explicit, c_size, c_mean, c_id, factor)
+        self._stats = EstimatorStats.of(self.last_group_stats, self.last_k, self.last_clusters)
         return out
 
     def _factors(self, batch, labeled, domain, explicit, c_size, c_mean, summaries) -> np.ndarray:
@@ -722,7 +743,7 @@ class HierarchicalScaler(Estimator):
 
 @register_estimator("eqpo")
 class EQPO(HierarchicalScaler):
-    """EQPO (the paper's FairGRPO), METHOD.md Section 3.
+    """EQPO (the paper's FairGRPO), docs/method.md §3.3.
 
     Groups are explicit where the prompt has demographics, else implicit (elbow K-means on the reward
     vectors of the dataset's unlabeled prompts). T_g = sqrt(N_g) * rbar_g over the dataset's prompts
@@ -825,5 +846,3 @@ class DRPO(HierarchicalScaler):
         out[v] *= t / (t + z)
         return out
 
-
-METHODS = tuple(ESTIMATORS)

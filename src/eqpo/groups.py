@@ -2,7 +2,7 @@
 
 Explicit groups have two definitions (config ``groups.definition``):
 
-- ``paper`` (METHOD.md Section 1, paper Table 1): age bins a1 <= 25 < a2 <= 50 < a3 <= 75 < a4, sex
+- ``paper`` (docs/method.md §1, paper Table 1): age bins a1 <= 25 < a2 <= 50 < a3 <= 75 < a4, sex
   F/M, and the group of a sample is the intersection of the attributes its dataset records ("F|a3";
   an age-only dataset gives "a3"). A sample missing any of its dataset's attributes has no explicit
   group (None) and is treated as unlabeled, i.e. it gets an implicit group by K-means on reward
@@ -24,7 +24,7 @@ dataset that records sex (Hemorrhage and PAD-UFES-20 included) is balanced over 
 missing part is "unk" (an age "nan" too) and the wholly unknown cell is balanced like any other;
 under ``paper`` the explicit groups, unlabeled prompts kept once.
 
-Implicit groups use K-means with the elbow rule of the authors' code (METHOD.md Section 3), run on
+Implicit groups use K-means with the elbow rule of the authors' code (docs/method.md §3.6), run on
 DISTINCT reward vectors weighted by how many prompts produced them: the K-means objective is the
 same as on the raw rows, and the cost is bounded by the number of distinct vectors (at most 2**n for
 binary rewards), not by the number of prompts seen.
@@ -39,11 +39,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .run_settings import GROUP_DEFINITIONS
 from .vocabularies import ATTRIBUTES
 
 AGE_BINS = ("a1", "a2", "a3", "a4")
 UNKNOWN = "unk"
-GROUP_DEFINITIONS = ("paper", "authors_code")
 # Datasets whose sex the authors' loader does not read (their demographics name it "gender").
 AUTHORS_AGE_ONLY = ("Hemorrhage", "PAD-UFES-20")
 AGE_EDGES = (25.0, 50.0, 75.0)  # upper edges (inclusive) of a1, a2, a3
@@ -261,7 +261,7 @@ def elbow_kmeans(
     seed: int = 0,
     n_init: int = 1,
 ) -> ElbowKMeansResult:
-    """K-means whose k is chosen by the elbow rule of METHOD.md Section 3.
+    """K-means whose k is chosen by the elbow rule of docs/method.md §3.6.
 
     X: (P, D) DISTINCT points (reward vectors); weights: (P,) multiplicities (default 1).
     k_cap = min(k_max, P); fit k = 1..k_cap; with drops D_k = I_(k-1) - I_k choose the first k >= 2

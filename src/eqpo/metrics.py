@@ -1,4 +1,4 @@
-"""Fairness metrics of the paper's Table 2 and its per-group Tables 5-17 (METHOD.md Section 4).
+"""Fairness metrics of the paper's Table 2 and its per-group Tables 5-17 (docs/method.md §4).
 
 Input
 -----
@@ -55,10 +55,10 @@ import numpy as np
 import pandas as pd
 
 from .groups import AGE_BINS, AGE_EDGES, SEXES, age_bin, normalize_sex
+from .run_settings import CLASS_SETS
 from .vocabularies import ATTRIBUTES
 
 REQUIRED_COLUMNS = ("dataset", "labels", "prediction", "age", "sex")
-CLASS_SETS = ("dataset", "group_present")
 METRICS = ("Acc", "F1", "TPR", "FPR", "FDR")
 TABLE2_COLUMNS = (
     "PP",
@@ -291,13 +291,14 @@ def class_mean(values: np.ndarray, positives: np.ndarray, class_set: str) -> np.
 
 def group_rates(size: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray,
                 class_set: str = "dataset"):
-    """metric -> (G,) class-mean rate per group, from (G, C) counts and (G,) group sizes.
+    """metric -> (..., G) class-mean rate per group, from (..., G, C) counts and (..., G) group sizes
+    (leading axes: e.g. bootstrap replicates).
 
     Acc=(TP+TN)/n, F1=2TP/(2TP+FP+FN), TPR=TP/(TP+FN), FPR=FP/(FP+TN), FDR=FP/(FP+TP); 0/0 = 0.
     The class mean runs over the classes ``class_set`` names (see :func:`class_mean`).
     """
     per_class = {
-        "Acc": _safe_div(tp + tn, size[:, None]),
+        "Acc": _safe_div(tp + tn, size[..., None]),
         "F1": _safe_div(2 * tp, 2 * tp + fp + fn),
         "TPR": _safe_div(tp, tp + fn),
         "FPR": _safe_div(fp, fp + tn),

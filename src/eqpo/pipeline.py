@@ -1,9 +1,10 @@
 """The workflow's steps as plain functions: each Snakemake script is a thin call into one of these,
 so every step can be run and tested without Snakemake.
 
-File contract of a run directory ``results/<experiment>/<model>/<method>/seed<seed>/``:
-``dynamics.jsonl``, ``steps.jsonl``, ``clusters.parquet`` (training, either backend),
-``predictions.parquet`` (test split, METHOD.md schema) and ``metrics.json`` (scored predictions).
+A run directory ``results/<experiment>/<model>/<method>/seed<seed>/`` holds the files of
+:mod:`eqpo.run_files`: ``dynamics.jsonl``, ``steps.jsonl``, ``clusters.parquet`` (training, every
+backend), ``predictions.parquet`` (test split, docs/method.md §4.1) and ``metrics.json`` (scored
+predictions).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Answer extraction, label parsing and the rewards (METHOD.md Section 2; README "Reproduction
+"""Answer extraction, label parsing and the rewards (docs/method.md §2; README "Reproduction
 defaults vs the paper text").
 
 The same parsing serves training (the reward) and evaluation (the prediction column of the
@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Sequence
+
+from .run_settings import EXTRACTIONS, MATCHINGS, REWARD_FUNCTIONS
 
 _BOX = "\\boxed{"
 _TEXT_WRAPPER = re.compile(r"\\text(?:bf|rm|it)?\{([^{}]*)\}")
@@ -58,9 +60,6 @@ def extract_boxed(text: str | None) -> str | None:
 
 _FIRST_BOX = re.compile(r"\\boxed\{([^}]*)\}")
 _FIRST_BRACKET = re.compile(r"\[(.*?)\]")
-EXTRACTIONS = ("last_box", "first_box")
-MATCHINGS = ("lenient", "strict")
-REWARD_FUNCTIONS = ("f1", "exact", "authors_composite", "qoq_med3")
 # Weights of the authors' composite reward: label F1, box IoU, bbox-JSON format.
 AUTHORS_COMPOSITE_WEIGHTS = {"f1": 0.5, "iou": 0.3, "format": 0.1}
 # qoq_med3's medical_compute_score (the QoQ-Med3 scripts' reward, qoq_med3 repository version):

@@ -26,6 +26,9 @@ ESTIMATOR_KEY = "estimator"
 REWARD_KEY = "reward"
 DEFAULT_TRAIN_SOURCE = "paper Table 3"
 
+# The values of each reproduction option, listed here once (eqpo.metrics, eqpo.rewards and eqpo.groups
+# import them; tests/test_settings_vocabularies.py holds the schema's enums to them). The first value is
+# the reproduction default (the authors' code, as ReproductionOptions and config.yaml).
 CLASS_SETS = ("group_present", "dataset")
 EXTRACTIONS = ("first_box", "last_box")
 GROUP_DEFINITIONS = ("authors_code", "paper")

@@ -20,7 +20,7 @@ class DatasetSpec:
     labels: the label vocabulary, in the order the prompt lists it.
     multi_label: True when the answer is a set of labels (CheXpert), False for one label per sample.
     attributes: which demographic attributes the dataset records, from ``ATTRIBUTES``; the explicit
-        group of a sample is the intersection of these (paper Section 3; METHOD.md Section 1).
+        group of a sample is the intersection of these (paper Section 3; docs/method.md §1).
     """
 
     name: str

@@ -193,15 +193,6 @@ def test_missing_files_name_the_landing_page_and_expected_files(tmp_path, capsys
     assert chexpert.LANDING_PAGE in capsys.readouterr().err
 
 
-def test_skip_unavailable_writes_an_empty_table(tmp_path):
-    table = prepare(chexpert.SOURCE, tmp_path / "data", skip_unavailable=True)
-    assert table.empty
-    out = tmp_path / "data" / "CheXpert"
-    assert pd.read_parquet(out / "table.parquet").empty
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["skipped"] is True and chexpert.LANDING_PAGE in manifest["reason"]
-
-
 def test_replaced_source_keeps_the_either_folder_rule(tmp_path):
     source = dataclasses.replace(chexpert.SOURCE, example_command="")
     raw = tmp_path / "raw"

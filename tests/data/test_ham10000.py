@@ -19,7 +19,7 @@ from PIL import Image
 
 from eqpo.data.datasets import ham10000
 from eqpo.data.prepare import prepare
-from eqpo.data.sources import Access, MissingDataError, RemoteFile, patient_split
+from eqpo.data.sources import Access, RemoteFile, patient_split
 
 COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"]
 # lesion_id, image_id, dx, dx_type, age, sex, localization, dataset; then whether the JPEG is corrupt
@@ -152,22 +152,6 @@ def test_unknown_dx_and_missing_image_are_skipped(tmp_path):
         "HAM10000-ISIC_0000002": "image file not found under raw/",
         "HAM10000-ISIC_0000003": "no recognised label in the metadata",
     }
-
-
-def test_missing_files_raise_with_instructions(tmp_path):
-    with pytest.raises(MissingDataError) as err:
-        prepare(dataclasses.replace(ham10000.SOURCE, remote=()), tmp_path / "data")
-    text = str(err.value)
-    assert ham10000.SOURCE.landing_page in text
-    assert "HAM10000_metadata" in text and "ISIC2018_Task3_Training_Input/" in text
-
-
-def test_skip_unavailable_writes_empty_table(tmp_path):
-    table = prepare(dataclasses.replace(ham10000.SOURCE, remote=()), tmp_path / "data", skip_unavailable=True)
-    assert table.empty
-    assert pd.read_parquet(tmp_path / "data" / "HAM10000" / "table.parquet").empty
-    manifest = json.loads((tmp_path / "data" / "HAM10000" / "manifest.json").read_text())
-    assert manifest["skipped"] is True and ham10000.SOURCE.landing_page in manifest["reason"]
 
 
 def test_source_declaration():

@@ -151,17 +151,6 @@ def test_wrong_sha256_raises(served, tmp_path):
     assert not (raw / f"{isic2020.IMAGES_ZIP}.part").exists()
 
 
-def test_missing_files_raise_with_instructions(tmp_path):
-    offline = dataclasses.replace(isic2020.SOURCE, remote=())
-    with pytest.raises(MissingDataError) as err:
-        prepare(offline, tmp_path / "data")
-    text = str(err.value)
-    assert isic2020.SOURCE.landing_page in text
-    for name in isic2020.SOURCE.expected:
-        assert name in text
-    assert err.value.exit_status == 3
-
-
 def test_archive_without_train_folder_raises(tmp_path, file_server):
     directory = tmp_path / "server"
     directory.mkdir()
@@ -170,17 +159,6 @@ def test_archive_without_train_folder_raises(tmp_path, file_server):
         archive.writestr("other/ISIC_0000001.jpg", jpeg_bytes((8, 8), 0))
     with pytest.raises(MissingDataError, match="train/"):
         prepare(make_source(file_server(directory)), tmp_path / "data")
-
-
-def test_skip_unavailable_writes_empty_table(tmp_path):
-    offline = dataclasses.replace(isic2020.SOURCE, remote=())
-    table = prepare(offline, tmp_path / "data", skip_unavailable=True)
-    assert table.empty
-    out = tmp_path / "data" / "ISIC-2020"
-    assert pd.read_parquet(out / "table.parquet").empty
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["skipped"] is True
-    assert isic2020.SOURCE.landing_page in manifest["reason"]
 
 
 def test_source_declaration():

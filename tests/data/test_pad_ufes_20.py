@@ -18,7 +18,7 @@ from PIL import Image
 
 from eqpo.data.datasets import pad_ufes_20
 from eqpo.data.prepare import prepare
-from eqpo.data.sources import Access, MissingDataError, RemoteFile, patient_split
+from eqpo.data.sources import Access, RemoteFile, patient_split
 
 COLUMNS = ("patient_id,lesion_id,smoke,drink,background_father,background_mother,age,pesticide,gender,"
            "skin_cancer_history,cancer_history,has_piped_water,has_sewage_system,fitspatrick,region,diameter_1,"
@@ -151,22 +151,6 @@ def test_wrong_sha256_raises(served, tmp_path):
     _, url = served
     with pytest.raises(IOError, match="checksum mismatch"):
         prepare(make_source(url, "1" * 64), tmp_path / "data")
-
-
-def test_missing_files_raise_with_instructions(tmp_path):
-    with pytest.raises(MissingDataError) as err:
-        prepare(dataclasses.replace(pad_ufes_20.SOURCE, remote=()), tmp_path / "data")
-    text = str(err.value)
-    assert pad_ufes_20.SOURCE.landing_page in text
-    assert "metadata.csv" in text and "images/" in text
-
-
-def test_skip_unavailable_writes_empty_table(tmp_path):
-    table = prepare(dataclasses.replace(pad_ufes_20.SOURCE, remote=()), tmp_path / "data", skip_unavailable=True)
-    assert table.empty
-    assert pd.read_parquet(tmp_path / "data" / "PAD-UFES-20" / "table.parquet").empty
-    manifest = json.loads((tmp_path / "data" / "PAD-UFES-20" / "manifest.json").read_text())
-    assert manifest["skipped"] is True and pad_ufes_20.SOURCE.landing_page in manifest["reason"]
 
 
 def test_source_declaration():

@@ -118,6 +118,11 @@ def test_run_files_follow_the_contract(runs):
     rollouts = _jsonl(runs["eqpo"] / "rollouts.jsonl")
     unlabeled = {(r["step"], r["sample_id"]) for r in rollouts if r["group"] is None}
     assert unlabeled and set(zip(clusters["step"], clusters["sample_id"])) == unlabeled
+    # ... and each step's record carries the estimator's statistics: the k of every clustered dataset
+    for s in _jsonl(runs["eqpo"] / "steps.jsonl"):
+        logged = clusters[clusters["step"] == s["step"]].groupby("dataset")["k"].first()
+        assert {f"eqpo/k/{d}": float(k) for d, k in logged.items()} == {
+            name: v for name, v in s.items() if name.startswith("eqpo/k/")}
 
 
 def test_predictions_of_the_trained_model(runs, fixture_data, tmp_path, helpers):

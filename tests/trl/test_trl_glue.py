@@ -40,7 +40,7 @@ def test_every_method_gets_its_estimators_advantages_over_steps(method):
     reference = make_estimator(method, **options)
     for step in (1, 2, 3):
         rewards, rows = _batch(seed=step)
-        call = compute_advantages(ours, method, rewards, rows, 4, step)
+        call = compute_advantages(ours, rewards, rows, 4, step)
         expected = reference(rewards, [f"{step}-{i // 4}" for i in range(len(rows))],
                              [r["dataset"] for r in rows], [r["group"] for r in rows])
         np.testing.assert_array_equal(call.advantages, expected)
@@ -49,14 +49,14 @@ def test_every_method_gets_its_estimators_advantages_over_steps(method):
 
 def test_eqpo_statistics_and_clusters_are_reported_like_the_verl_trainer():
     rewards, rows = _batch()
-    call = compute_advantages(make_estimator("eqpo"), "eqpo", rewards, rows, 4, step=7)
-    groups = {(g["dataset"], g["group"]) for g in call.group_stats}
+    call = compute_advantages(make_estimator("eqpo"), rewards, rows, 4, step=7)
+    groups = {(g["dataset"], g["group"]) for g in call.stats.group_stats}
     assert ("HAM10000", "F|a2") in groups and ("CheXpert", "M|a3") in groups
     unlabeled = sorted({r["sample_id"] for r in rows if r["group"] is None})
     assert sorted(c["sample_id"] for c in call.clusters) == unlabeled
     assert all(c["step"] == 7 and c["true_group"] == "F|a1" and c["k"] >= 1 for c in call.clusters)
-    dro = compute_advantages(make_estimator("grpo_dro"), "grpo_dro", rewards, rows, 4, step=1)
-    cells = {(g["dataset"], g["group"]): g for g in dro.group_stats}
+    dro = compute_advantages(make_estimator("grpo_dro"), rewards, rows, 4, step=1)
+    cells = {(g["dataset"], g["group"]): g for g in dro.stats.group_stats}
     assert cells[("CheXpert", "UNK")]["N"] == 1 and cells[("HAM10000", "F|a2")]["N"] == 1
     assert cells[("CheXpert", "M|a3")]["rbar"] == pytest.approx(rewards[8:12].mean())  # prompt 2
 
@@ -65,13 +65,13 @@ def test_a_group_of_rollouts_from_different_prompts_is_an_error():
     rewards, rows = _batch()
     rows[5] = {**rows[5], "sample_id": "elsewhere"}
     with pytest.raises(RuntimeError, match="rollouts of one prompt"):
-        compute_advantages(make_estimator("grpo"), "grpo", rewards, rows, 4, 1)
+        compute_advantages(make_estimator("grpo"), rewards, rows, 4, 1)
 
 
 def test_unscorable_completions_are_padding():
     rewards, rows = _batch()
     rewards[[0, 13]] = np.nan
-    call = compute_advantages(make_estimator("grpo"), "grpo", rewards, rows, 4, 1)
+    call = compute_advantages(make_estimator("grpo"), rewards, rows, 4, 1)
     assert call.advantages[0] == 0 and call.advantages[13] == 0
     kept = np.ones(len(rows), dtype=bool)
     kept[[0, 13]] = False

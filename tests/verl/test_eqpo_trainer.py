@@ -8,10 +8,12 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from eqpo.advantages import MissingEstimatorStateError
+from eqpo.advantages import make_estimator
+from eqpo.run_files import MissingEstimatorStateError
 from eqpo.verl_ext import estimators as E
 from eqpo.verl_ext import trainer as T
 
@@ -57,13 +59,38 @@ def test_a_fresh_estimator_only_when_asked(tmp_path, monkeypatch, caplog):
         trainer._load_checkpoint()
 
 
+def _batch(seed: int):
+    """Eight prompts x 4 rollouts of two datasets; half the prompts unlabeled (clustered)."""
+    rng = np.random.default_rng(seed)
+    prompts = np.repeat([f"{seed}:{p}" for p in range(8)], 4)
+    datasets = np.repeat(["A", "B"] * 4, 4)
+    groups = np.repeat(["F", None, "M", None] * 2, 4)
+    return rng.integers(0, 2, size=32).astype(float), prompts, datasets, groups
+
+
 def test_a_checkpoint_with_estimator_state_resumes_it(tmp_path, monkeypatch):
+    """A run that stepped its EQPO estimator twice, saved and was reset (a new process) continues after
+    _load_checkpoint exactly as the uninterrupted estimator does; without the load it would not."""
+    options = {"scope": "history", "k_max": 3}
+    E.reset_estimators()
+    uninterrupted = make_estimator("eqpo", **options)
+    for seed in (1, 2):
+        E.get_estimator("eqpo", options)(*_batch(seed))
+        uninterrupted(*_batch(seed))
+    state = E.estimator_state()
+    assert state["estimators"]["eqpo"]["history"]["totals"]["domain"]  # a state with something in it
     trainer = trainer_at(tmp_path, monkeypatch)
-    state = E.estimator_state()  # what _save_checkpoint writes (no estimator used yet)
     (tmp_path / "ckpt" / "global_step_20" / T.ESTIMATOR_STATE_FILE).write_text(json.dumps(state))
     E.reset_estimators()
+    fresh = E.get_estimator("eqpo", options)(*_batch(3))
+    E.reset_estimators()
     trainer._load_checkpoint()
-    assert trainer.global_steps == 20 and E.estimator_state() == state
+    resumed = E.get_estimator("eqpo", options)(*_batch(3))
+    expected = uninterrupted(*_batch(3))
+    assert trainer.global_steps == 20
+    np.testing.assert_allclose(resumed, expected, rtol=1e-12)
+    assert not np.allclose(fresh, expected)  # the history changes this step's advantages
+    E.reset_estimators()
 
 
 def test_unparsed_item_share_per_dataset_from_the_rewards_extra_info():

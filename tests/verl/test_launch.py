@@ -20,7 +20,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from eqpo.data.export import to_verl
-from eqpo.metrics import fairness_summary
 from eqpo.rewards import render_answer
 from eqpo.run_settings import estimator_options, run_reward, train_settings
 from eqpo.verl_ext import launch, logs
@@ -394,7 +393,8 @@ STEP_LOG = {1: {"timing_s/step": 10.0, "timing_s/gen": 6.0, "timing_s/adv": 0.5,
                 "critic/score/mean": 0.25, "critic/rewards/mean": 0.25},
             2: {"timing_s/step": 12.0, "timing_s/gen": 7.0, "timing_s/adv": 0.25, "timing_s/update_actor": 4.0,
                 "critic/score/mean": 0.5, "critic/rewards/mean": 0.5, "timing_s/testing": 5.0,
-                "eqpo/unparsed_item_share/HAM10000": 0.125}}
+                "eqpo/unparsed_item_share/HAM10000": 0.125, "eqpo/k/HAM10000": 2, "eqpo/adv_time_s": 0.2,
+                "eqpo/group/HAM10000/cluster1/factor": 0.5}}
 
 
 def response(labels):
@@ -474,10 +474,20 @@ class FakeVerl:
         return 1 if (self.fail_after and not resumed) else 0
 
 
-def expected_summary(step):
-    preds = pd.DataFrame([{"sample_id": s, "dataset": d, "labels": lab, "prediction": ANSWERS[step][s], "age": a,
-                           "sex": x} for s, d, lab, a, x in SAMPLES])
-    return fairness_summary(preds, class_set=PAPER["metrics"]["class_set"])  # the config's evaluator reading
+# The validation summaries by hand, under the config's class_set (group_present: a group's mean runs over
+# the classes with a positive in that group). Age bins: 30 -> a2, 45 -> a2, 60/70 -> a3, 80 -> a4.
+# Step 0, HAM10000: F {h1 Nevus ok, h4 Melanoma ok}: Acc 1, F1 1; M {h2 Melanoma -> Nevus, h3 Nevus -> none}:
+#   Nevus FP+FN (Acc 0, F1 0), Melanoma FN+TN (Acc 0.5, F1 0) -> Acc 0.25, F1 0. Age a2 {h1}: Nevus only
+#   -> Acc 1, F1 1; a3 {h2, h3} = M. Both attributes: Acc 0.625 (gap 0.75), F1 0.5 (gap 1).
+#   VinDr-Mammo (no sex): a2 {v1 BIRAD 1 ok}: Acc 1, F1 1; a4 {v2 BIRAD 2 -> BIRAD 1}: BIRAD 2 FN -> 0, 0:
+#   Acc 0.5 (gap 1), F1 0.5 (gap 1). Overall: Acc 0.5625, F1 0.5, delta_Acc 0.875, delta_F1 1.
+# Step 2: every answer right: levels 1, every gap, sigma and rate difference 0. (Under class_set "dataset"
+# VinDr's one-class age groups would score F1 0.5, so F1 1.0 also shows which reading ran.)
+EXPECTED_SUMMARY = {
+    0: {"Acc": 0.5625, "F1": 0.5, "delta_Acc": 0.875, "delta_F1": 1.0},
+    2: {"Acc": 1.0, "F1": 1.0, "delta_Acc": 0.0, "delta_F1": 0.0, "sigma_Acc": 0.0, "sigma_F1": 0.0, "PP": 0.0,
+        "EOD": 0.0, "FPR_diff": 0.0, "Acc_ES": 1.0, "F1_ES": 1.0},
+}
 
 
 def test_run_training_writes_the_run_files(tmp_path):
@@ -488,9 +498,10 @@ def test_run_training_writes_the_run_files(tmp_path):
     assert fake.calls[0][1:3] == ["-m", "verl.trainer.main_ppo"]
     dynamics = [json.loads(line) for line in paths.dynamics.read_text().splitlines()]
     assert [d["step"] for d in dynamics] == [0, 2]
+    assert PAPER["metrics"]["class_set"] == "group_present"  # the reading EXPECTED_SUMMARY is worked in
     for record in dynamics:
-        expected = expected_summary(record["step"])
-        assert {k: record[k] for k in expected} == pytest.approx(expected, nan_ok=True)
+        expected = EXPECTED_SUMMARY[record["step"]]
+        assert {k: record[k] for k in expected} == pytest.approx(expected)
     assert dynamics[0]["F1"] < dynamics[1]["F1"]
     assert dynamics[0]["unparseable"] == pytest.approx(1 / 6) and dynamics[1]["unparseable"] == 0.0
     assert [d["wall_time_s"] for d in dynamics] == [0.0, 22.0]
@@ -498,7 +509,8 @@ def test_run_training_writes_the_run_files(tmp_path):
     assert steps == [{"step": 1, "reward_mean": 0.25, "time_step_s": 10.0, "time_generate_s": 6.0,
                       "time_advantage_s": 0.5, "time_update_s": 3.0},
                      {"step": 2, "reward_mean": 0.5, "time_step_s": 12.0, "time_generate_s": 7.0,
-                      "time_advantage_s": 0.25, "time_update_s": 4.0, "unparsed_item_share/HAM10000": 0.125}]
+                      "time_advantage_s": 0.25, "time_update_s": 4.0, "unparsed_item_share/HAM10000": 0.125,
+                      "eqpo/group/HAM10000/cluster1/factor": 0.5, "eqpo/k/HAM10000": 2.0}]  # estimator statistics
     clusters = pd.read_parquet(paths.clusters)
     assert list(clusters.columns) == logs.CLUSTER_COLUMNS
     records = [{**r, "true_group": None if pd.isna(r["true_group"]) else r["true_group"]}

@@ -28,7 +28,8 @@ import torch
 from omegaconf import OmegaConf
 
 import eqpo.verl_ext as ext
-from eqpo.advantages import make_estimator
+from eqpo.advantages import EstimatorStats, make_estimator
+from eqpo.methods import METHOD_KEYS, METHODS, get_method
 from eqpo.rewards import score_response
 from eqpo.verl_ext import estimators as E
 from eqpo.verl_ext import trainer as T
@@ -197,10 +198,11 @@ def test_overrides_compose_into_verl_config(verl_config, workdir):
 
 
 def test_method_mapping_resolves_in_verl_registry():
-    assert set(ext.METHOD_TO_VERL) == {"grpo", "rloo", "reinforce_pp", "grpo_rs", "grpo_dro", "eqpo", "eqpo_nd",
-                                       "eqpo_nodemo", "drpo"}
+    assert list(ext.METHOD_TO_VERL) == list(METHOD_KEYS)
     builtins = {e.value for e in core_algos.AdvantageEstimator}
     assert not builtins & set(ext.REGISTERED)  # no clash with verl's own names
+    for method in METHODS:  # the table's verl_builtin says which estimators verl has and which we add
+        assert (method.verl_estimator in builtins) == method.verl_builtin, method.key
     for method, verl_name in ext.METHOD_TO_VERL.items():
         fn = core_algos.get_adv_estimator_fn(verl_name)
         assert (verl_name in ext.REGISTERED) == (fn is E.VERL_FUNCTIONS.get(verl_name)), method
@@ -229,13 +231,14 @@ def test_dispatch_through_verl_compute_advantage(name):
     stats = E.last_advantage_stats()
     assert stats["method"] == E.REGISTERED[name] and stats["n_padding"] == 3 and stats["time_s"] >= 0
     assert stats["n_rows"] == len(rows)
-    if name != "grpo_dro":  # hierarchical estimators cluster unlabeled prompts, keyed by sample id
-        assert set(stats["clusters"]) <= {sid for sid, _, _ in PROMPTS} and stats["clusters"]
-        assert set(stats["k"]) <= {"CheXpert", "HAM10000"}
+    reported = stats["estimator"]
+    if get_method(E.REGISTERED[name]).clusters:  # implicit groups of unlabeled prompts, keyed by sample id
+        assert set(reported.clusters) <= {sid for sid, _, _ in PROMPTS} and reported.clusters
+        assert set(reported.k) <= {"CheXpert", "HAM10000"}
     else:
-        cells = {(g["dataset"], g["group"]) for g in stats["group_stats"]}
+        cells = {(g["dataset"], g["group"]) for g in reported.group_stats}
         assert ("CheXpert", "UNK") in cells and ("HAM10000", "F|a2") in cells
-        assert sum(g["N"] for g in stats["group_stats"]) == len(PROMPTS)
+        assert sum(g["N"] for g in reported.group_stats) == len(PROMPTS)
 
 
 def test_missing_context_is_a_clear_error():
@@ -480,8 +483,9 @@ def test_compute_advantage_override_with_real_transfer_queue(verl_config, local_
 def test_metrics_and_cluster_log_rows():
     ctx = E.make_batch_context(["A", "A", "A", "B", "A"], [None, None, None, "F", None], ["s1", "s1", "s2", "s3", "s1"],
                                [False, False, False, False, True], true_groups=["F|a1", "F|a1", None, "F", "F|a1"])
-    stats = {"time_s": 0.01, "clusters": {"s1": 2, "s2": 0}, "k": {"A": 3},
-             "group_stats": [{"dataset": "A", "group": "cluster2", "N": 1.0, "rbar": 0.5, "factor": float("nan")}]}
+    stats = {"time_s": 0.01, "estimator": EstimatorStats.of(
+        [{"dataset": "A", "group": "cluster2", "N": 1.0, "rbar": 0.5, "factor": float("nan")}], {"A": 3},
+        {"s1": 2, "s2": 0})}
     assert T.cluster_log_rows(stats, ctx, step=9) == [
         {"sample_id": "s1", "step": 9, "dataset": "A", "cluster": 2, "k": 3, "true_group": "F|a1"},
         {"sample_id": "s2", "step": 9, "dataset": "A", "cluster": 0, "k": 3, "true_group": None},
@@ -667,7 +671,8 @@ VERL_ENV_CHECK = """
 import verl
 from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.v1 import get_trainer_cls
-assert all(n in core_algos.ADV_ESTIMATOR_REGISTRY for n in ("eqpo", "eqpo_nd", "grpo_dro", "drpo"))
+from eqpo.methods import VERL_REGISTERED  # the method table only: it registers nothing itself
+assert all(n in core_algos.ADV_ESTIMATOR_REGISTRY for n in VERL_REGISTERED)
 print("OK", get_trainer_cls("eqpo_sync").__name__)
 """
 

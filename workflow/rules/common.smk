@@ -19,6 +19,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.getenv("PYTHONP
 sys.path.insert(0, SRC)
 
 from eqpo.data.export import train_part
+from eqpo.methods import CLUSTERING, EMPHASISED
 from eqpo.run_settings import cpu_train_config, reproduction_options, train_settings
 from eqpo.run_settings import estimator_options as run_estimator_options
 
@@ -32,7 +33,6 @@ RESULTS = f"results/{EXP}"
 FIGURES = f"figures/{EXP}"
 LOGS = f"logs/{EXP}"
 RUN = f"results/{EXP}/{{model}}/{{method}}/seed{{seed}}"
-HIERARCHICAL = ("eqpo", "eqpo_nd", "eqpo_nodemo", "drpo")
 
 
 def _check_models():
@@ -108,12 +108,14 @@ def estimator_options(wildcards):
 
 
 def hierarchical_methods():
-    return [m for m in config["methods"] if m in HIERARCHICAL]
+    """Configured methods whose estimator forms implicit groups (eqpo.methods.CLUSTERING)."""
+    return [m for m in config["methods"] if m in CLUSTERING]
 
 
 def compared_methods():
-    """Methods shown in the per-group comparison (paper Fig. 3): GRPO and EQPO when both run."""
-    return [m for m in ("grpo", "eqpo") if m in config["methods"]]
+    """Methods shown in the per-group comparison (paper Fig. 3): GRPO and EQPO (eqpo.methods.EMPHASISED)
+    when both run."""
+    return [m for m in EMPHASISED if m in config["methods"]]
 
 
 def notebook_parameters(figure_dir=None, table_dir=None, **inputs):

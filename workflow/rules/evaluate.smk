@@ -1,5 +1,5 @@
 rule predict_cpu:
-    """Greedy answers of the trained CPU policy on the test split (METHOD.md predictions schema)."""
+    """Greedy answers of the trained CPU policy on the test split (the predictions table of docs/method.md §4.1)."""
     input:
         cohort=COHORT,
         policy=f"{RUN}/final.pt",

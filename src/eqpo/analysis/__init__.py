@@ -10,6 +10,7 @@ clusters.parquet),
 """
 
 from .collect import (
+    estimator_statistics,
     parse_run_path,
     read_clusters,
     read_dynamics,
@@ -35,6 +36,7 @@ __all__ = [
     "METHOD_ORDER",
     "cluster_stability",
     "cluster_stability_summary",
+    "estimator_statistics",
     "model_label",
     "parse_run_path",
     "read_clusters",

@@ -20,10 +20,10 @@ import pandas as pd
 
 from .. import jsonl
 from ..metrics import TABLE2_COLUMNS
+from ..run_files import CLUSTER_COLUMNS, DYNAMICS_KEYS, STEP_KEYS, parse_estimator_metric
 
 RUN_KEYS = ("model", "method", "seed")
 GROUP_COLUMNS = ("dataset", "attribute", "group", "n", "Acc", "F1", "TPR", "FPR", "FDR")
-CLUSTER_COLUMNS = ("sample_id", "step", "dataset", "cluster", "k", "true_group")
 _SEED_DIR = re.compile(r"^seed(-?\d+)$")
 
 PathLike = str | Path
@@ -168,7 +168,7 @@ def read_dynamics(paths: Iterable[PathLike]) -> pd.DataFrame:
     :func:`parse_run_path`), step (int), wall_time_s (seconds since the run started), and the 11
     :data:`TABLE2_COLUMNS` (raw fractions), plus any other keys the files hold.
     """
-    return _read_jsonl_runs(paths, ["step", "wall_time_s", *TABLE2_COLUMNS])
+    return _read_jsonl_runs(paths, [*DYNAMICS_KEYS, *TABLE2_COLUMNS])
 
 
 def read_steps(paths: Iterable[PathLike]) -> pd.DataFrame:
@@ -178,9 +178,29 @@ def read_steps(paths: Iterable[PathLike]) -> pd.DataFrame:
     (mean reward of the batch, in [0, 1]), time_step_s, time_generate_s, time_advantage_s,
     time_update_s (seconds), plus any other keys the files hold.
     """
-    columns = ["step", "reward_mean", "time_step_s", "time_generate_s", "time_advantage_s",
-               "time_update_s"]
-    return _read_jsonl_runs(paths, columns)
+    return _read_jsonl_runs(paths, list(STEP_KEYS))
+
+
+def estimator_statistics(steps: pd.DataFrame) -> pd.DataFrame:
+    """The estimator's per-step statistics held in :func:`read_steps` output, in long form.
+
+    Returns one row per (run, step, dataset, group, statistic): model, method, seed, step, dataset,
+    group (None for the chosen k), statistic (N: prompts or cluster size; rbar: mean reward;
+    factor: EQPO's divisor; weight: Group DRO's C * q_c; k: implicit groups chosen) and value.
+    Steps and runs without statistics (estimators without groups) contribute no rows.
+    """
+    columns = [*RUN_KEYS, "step", "dataset", "group", "statistic", "value"]
+    parsed = {c: parse_estimator_metric(c) for c in steps.columns}
+    metric_columns = [c for c, p in parsed.items() if p is not None]
+    if not metric_columns or steps.empty:
+        return pd.DataFrame(columns=columns)
+    long = steps.melt(id_vars=[*RUN_KEYS, "step"], value_vars=metric_columns, var_name="metric").dropna(
+        subset=["value"])
+    keys = pd.DataFrame([parsed[m] for m in long["metric"]], columns=["dataset", "group", "statistic"],
+                        index=long.index)
+    out = pd.concat([long.drop(columns="metric"), keys], axis=1)[columns]
+    out["group"] = pd.Series([g if isinstance(g, str) else None for g in out["group"]], index=out.index, dtype=object)
+    return out.sort_values([*RUN_KEYS, "step", "dataset", "statistic"], kind="stable").reset_index(drop=True)
 
 
 def read_clusters(paths: Iterable[PathLike]) -> pd.DataFrame:

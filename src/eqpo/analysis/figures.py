@@ -1,4 +1,4 @@
-"""Paper figures from the collected run frames (METHOD.md Section 5).
+"""Paper figures from the collected run frames (docs/method.md §5).
 
 Every ``draw_*`` function draws with matplotlib's object-oriented API on a fresh ``Figure`` (Agg
 canvas; no pyplot state, no global backend switch) and returns it; its ``plot_*`` twin takes the
@@ -34,6 +34,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from ..groups import AGE_BINS, SEXES
+from ..methods import EMPHASISED
 from ..metrics import PAPER_SCALE
 from .runtime import pareto_points, runtime_split
 from .style import (
@@ -61,7 +62,7 @@ METRIC_TITLES: dict[str, str] = {
     "Acc_ES": "Acc ES (%) ↑",
     "F1_ES": "F1 ES ↑",
 }
-# Group key -> x tick label (age bins per METHOD.md Section 1).
+# Group key -> x tick label (age bins per docs/method.md §1).
 GROUP_TICKS: dict[str, str] = {
     "a1": "a1\n≤25",
     "a2": "a2\n26–50",
@@ -248,7 +249,7 @@ def _group_order(groups: Sequence[str]) -> list[str]:
 @_styled
 def draw_group_f1(
     group_df: pd.DataFrame,
-    methods: Sequence[str] = ("grpo", "eqpo"),
+    methods: Sequence[str] = EMPHASISED,
     metric: str = "F1",
     max_cols: int = 4,
 ) -> Figure:

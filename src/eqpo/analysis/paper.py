@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from ..methods import BASELINES, BIAS_MITIGATED, EMPHASISED, PAPER_NAMES, RL_BASELINES
 from ..metrics import PAPER_SCALE, TABLE2_COLUMNS
 from .style import method_label
 
@@ -46,25 +47,10 @@ __all__ = [
 DATA_PACKAGE = "eqpo.analysis"
 DATA_DIR = "paper_data"
 
-# The run the paper's EQPO-ND row is compared with. The authors' code has two EQPO-ND variants: the
-# paper-era run in DDVD233/mirl (commit "Add no demographic training", 2025-08-27) is FairGRPO on a
-# training file without demographics (our eqpo_nodemo: flat domain mean, no clamps); qoq_med3's
-# later fair_grpo_nd estimator (inverse-size domain mean, clamps) is our eqpo_nd. The paper's
-# numbers predate the latter, so its EQPO-ND row is read as eqpo_nodemo.
-PAPER_EQPO_ND_METHOD = "eqpo_nodemo"
-# Paper method name (every spelling the paper uses) -> our method id.
-PAPER_METHOD_NAMES: dict[str, str] = {
-    "REINFORCE++": "reinforce_pp",
-    "RLOO": "rloo",
-    "GRPO": "grpo",
-    "GRPO+RS": "grpo_rs",
-    "GRPO+DRO": "grpo_dro",
-    "EQPO": "eqpo",
-    "FairGRPO": "eqpo",
-    "EQPO-ND": PAPER_EQPO_ND_METHOD,
-    "FairGRPO_ND": PAPER_EQPO_ND_METHOD,
-    "FairGRPO-ND": PAPER_EQPO_ND_METHOD,
-}
+# Paper method name (every spelling the paper uses) -> our method id, from the method table. The
+# paper's EQPO-ND row is the authors' paper-era run, our eqpo_nodemo (see eqpo.methods).
+PAPER_METHOD_NAMES: dict[str, str] = dict(PAPER_NAMES)
+PAPER_EQPO_ND_METHOD = PAPER_METHOD_NAMES["EQPO-ND"]
 # Paper base-model name -> our model id (config.yaml's `models:` keys).
 PAPER_MODEL_NAMES: dict[str, str] = {
     "MedGemma-4B": "medgemma-4b",
@@ -92,10 +78,6 @@ COVID_BLUES_NOTE = ("The published values average COVID-BLUES in as zeros (F1 0,
                     "age group of the authors' validation logs): CLIMB's COVID-BLUES question lists no answer "
                     "options and the authors' models never answered with a valid label.")
 _IGNORED_MODEL_TOKENS = frozenset({"vl", "it", "instruct", "hf"})
-# Methods in the claim formulas.
-BASELINES = ("grpo", "rloo", "reinforce_pp", "grpo_rs", "grpo_dro")
-RL_BASELINES = ("rloo", "reinforce_pp")
-BIAS_MITIGATED = ("grpo_rs", "grpo_dro")
 LOWER_IS_BETTER = frozenset({"PP", "EOD", "FPR_diff", "sigma_F1", "delta_F1", "sigma_Acc",
                              "delta_Acc"})
 
@@ -376,7 +358,7 @@ def _group_means(ours: pd.DataFrame | None) -> pd.DataFrame:
         frame = frame.assign(group=frame["group"].astype(str))
         return frame.groupby(["model", "method", "dataset", "group"], sort=False)["F1"].mean(
         ).reset_index()
-    methods = [m for m in ("grpo", "eqpo") if m in frame.columns]
+    methods = [m for m in EMPHASISED if m in frame.columns]
     if not methods:
         raise ValueError("ours_group_f1 needs an F1 column (read_group_tables) or grpo/eqpo "
                          "columns (paper_tables.table4)")

@@ -22,6 +22,7 @@ import pandas as pd
 
 from ..advantages import ESTIMATORS, estimator_defaults
 from ..groups import AGE_BINS, SEXES
+from ..methods import EMPHASISED
 from ..metrics import METRICS, PAPER_SCALE, TABLE2_SOURCE
 from ..run_settings import (GPU_ONLY_TRAIN_KEYS, cpu_train_config, estimator_options, reproduction_options,
                             run_overrides, run_reward, run_source)
@@ -241,7 +242,7 @@ def _check_groups(group_df: pd.DataFrame) -> None:
 
 
 def table4(group_df: pd.DataFrame, metric: str = "F1",
-           methods: Sequence[str] = ("grpo", "eqpo")) -> pd.DataFrame:
+           methods: Sequence[str] = EMPHASISED) -> pd.DataFrame:
     """Paper Table 4: per-group ``metric`` (F1) of GRPO and EQPO per base model and dataset.
 
     Returns a frame indexed by (model, dataset, attribute, group) -- models and datasets in order

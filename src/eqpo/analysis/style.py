@@ -1,67 +1,22 @@
-"""Shared presentation constants: method order, paper names, fixed colours, model names.
+"""Shared presentation constants: method order, names, fixed colours and markers, model names.
 
 Every table and figure of :mod:`eqpo.analysis` reads these, so a method has the same position,
-name and colour everywhere. Colours come from the Okabe-Ito palette (distinguishable under the
-common colour-vision deficiencies): EQPO is vermillion (the strongest colour), GRPO the
-contrasting blue, EQPO-ND a lighter warm orange (a sibling of EQPO).
+name and colour everywhere; the method attributes are views of :data:`eqpo.methods.METHODS`.
 """
 
 from __future__ import annotations
 
 import re
 
-# Order of rows in tables and of entries in legends: baselines first, then ours, then the extra.
-METHOD_ORDER: tuple[str, ...] = (
-    "grpo",
-    "rloo",
-    "reinforce_pp",
-    "grpo_rs",
-    "grpo_dro",
-    "eqpo_nd",
-    "eqpo_nodemo",
-    "eqpo",
-    "drpo",
-)
-# Method key -> name printed in the paper (EQPO = the paper's FairGRPO, EQPO-ND = FairGRPO_ND).
-METHOD_LABELS: dict[str, str] = {
-    "grpo": "GRPO",
-    "rloo": "RLOO",
-    "reinforce_pp": "REINFORCE++",
-    "grpo_rs": "GRPO+RS",
-    "grpo_dro": "GRPO+DRO",
-    "eqpo_nd": "EQPO-ND",
-    # EQPO with every prompt unlabeled (the authors' paper-era EQPO-ND run: FairGRPO on a training
-    # file without demographics); eqpo_nd is the later qoq_med3 estimator.
-    "eqpo_nodemo": "EQPO-ND (no-demo file)",
-    "eqpo": "EQPO",
-    "drpo": "DRPO",
-}
-# Method key -> fixed hex colour (Okabe-Ito; grey for GRPO+DRO, black for DRPO).
-METHOD_COLORS: dict[str, str] = {
-    "grpo": "#0072B2",  # blue: the main baseline, contrasting with EQPO
-    "rloo": "#56B4E9",  # sky blue
-    "reinforce_pp": "#009E73",  # bluish green
-    "grpo_rs": "#CC79A7",  # reddish purple
-    "grpo_dro": "#7F7F7F",  # grey
-    "eqpo_nd": "#E69F00",  # orange
-    "eqpo_nodemo": "#F0E442",  # yellow: the other EQPO-ND variant
-    "eqpo": "#D55E00",  # vermillion: ours, the strongest colour
-    "drpo": "#000000",  # black
-}
-# Method key -> marker, for plots where colour alone must not carry the method (print in grey).
-METHOD_MARKERS: dict[str, str] = {
-    "grpo": "s",
-    "rloo": "v",
-    "reinforce_pp": "P",
-    "grpo_rs": "D",
-    "grpo_dro": "X",
-    "eqpo_nd": "^",
-    "eqpo_nodemo": "<",
-    "eqpo": "o",
-    "drpo": "*",
-}
+from ..methods import EMPHASISED, METHOD_KEYS, METHODS
+
+# Every method attribute comes from the one method table (eqpo.methods); these are views of it.
+METHOD_ORDER: tuple[str, ...] = METHOD_KEYS  # rows of tables, entries of legends
+METHOD_LABELS: dict[str, str] = {m.key: m.label for m in METHODS}
+METHOD_COLORS: dict[str, str] = {m.key: m.color for m in METHODS}
+METHOD_MARKERS: dict[str, str] = {m.key: m.marker for m in METHODS}
 # Methods drawn with a thicker line in line plots (the two the paper compares most).
-EMPHASISED_METHODS: frozenset[str] = frozenset({"grpo", "eqpo"})
+EMPHASISED_METHODS: frozenset[str] = frozenset(EMPHASISED)
 FALLBACK_COLOR = "#444444"
 
 # Normalised model key (lower case, alphanumerics only) -> name printed in the paper.

@@ -1,4 +1,4 @@
-"""Paper tables from the collected run frames (METHOD.md Sections 4-5).
+"""Paper tables from the collected run frames (docs/method.md §4-5).
 
 - :func:`table2` / :func:`table2_std` / :func:`table2_long`: Table 2, mean (and spread) over seeds.
 - :func:`write_table`: one table as CSV (raw fractions, full precision), Markdown and LaTeX

@@ -42,11 +42,10 @@ from ..metrics import (
     TABLE2_SOURCE,
     ATTRIBUTE_GROUPS,
     TABLE2_COLUMNS,
-    _safe_div,
     check_class_set,
-    class_mean,
     encode_predictions,
     fairness_summary,
+    group_rates,
     one_hot,
     validate_predictions,
 )
@@ -117,22 +116,6 @@ def _encode(predictions: pd.DataFrame) -> list[_Block]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _rates(size: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray,
-           class_set: str = "dataset"):
-    """metric -> (..., G) class-mean rates; counts (..., G, C), size (..., G).
-
-    The same elementwise formulas, in the same order, as :func:`eqpo.metrics.group_rates`.
-    """
-    per_class = {
-        "Acc": _safe_div(tp + tn, size[..., None]),
-        "F1": _safe_div(2 * tp, 2 * tp + fp + fn),
-        "TPR": _safe_div(tp, tp + fn),
-        "FPR": _safe_div(fp, fp + tn),
-        "FDR": _safe_div(fp, fp + tp),
-    }
-    return {metric: class_mean(values, tp + fn, class_set) for metric, values in per_class.items()}
-
-
 def _patterns(keys: np.ndarray):
     """Yield (mask of the distinct boolean row, indices of the rows having it)."""
     uniques, inverse = np.unique(keys, axis=0, return_inverse=True)
@@ -170,7 +153,7 @@ def _block_values(block: _Block, weights: np.ndarray, class_set: str = "dataset"
         stats = []  # per usable attribute: {(metric, stat): (r,)}
         for groups in usable:
             cells = np.ix_(reps, groups, classes)
-            rates = _rates(size[np.ix_(reps, groups)], tp[cells], fp[cells], fn[cells], tn[cells], class_set)
+            rates = group_rates(size[np.ix_(reps, groups)], tp[cells], fp[cells], fn[cells], tn[cells], class_set)
             per = {}
             for metric, values in rates.items():
                 per[metric, "level"] = values.mean(axis=1)

@@ -1,6 +1,6 @@
 """CPU backend: supervised warm start, RL training with the library's estimators, prediction.
 
-The RL loop has the paper's structure (METHOD.md Section 6, verl's PPO trainer): each step draws B
+The RL loop has the paper's structure (docs/method.md §6, verl's PPO trainer): each step draws B
 prompts from the unified training set (all datasets), samples n rollouts per prompt from the current
 policy, scores them with the library's reward, computes advantages with the method's estimator, and
 takes PPO-clip updates over mini-batches of prompts against the rollout-time log-probabilities (KL
@@ -8,7 +8,7 @@ off by default). Every ``test_freq`` steps the validation split is answered gree
 the full metric suite. Checkpoints every ``save_freq`` steps hold the policy, the optimizer, the
 estimator state and every random-number state, so a killed run resumes to the same result.
 
-Files written into the run directory (the contract the analysis code reads):
+Files written into the run directory (the contract of :mod:`eqpo.run_files`, which the analysis reads):
 ``dynamics.jsonl`` (one line per validation), ``steps.jsonl`` (one line per step with timings),
 ``clusters.parquet`` (implicit-group assignments of a fixed probe set of training prompts at every
 validation step, for eqpo / eqpo_nd / drpo), ``final.pt`` (the trained policy) and ``ckpt/last.pt``.
@@ -16,6 +16,7 @@ validation step, for eqpo / eqpo_nd / drpo), ``final.pt`` (the trained policy) a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,11 +37,11 @@ from ..advantages import HierarchicalScaler, make_estimator
 from ..groups import regroup, resample_for_rs
 from ..metrics import fairness_summary
 from ..rewards import LabelParser, render_answer, score_response
+from ..run_files import (CLUSTER_COLUMNS, CLUSTER_LOG_FILE, CLUSTERS_FILE, DYNAMICS_FILE, STEPS_FILE,
+                         UNPARSED_SHARE_PREFIX, cluster_rows, step_record)
 from ..run_settings import ReproductionOptions
 from ..vocabularies import DatasetSpec, get_spec
 from .policy import MultiTaskPolicy, PolicyConfig, action_labels, labels_to_target
-
-CLUSTER_COLUMNS = ["sample_id", "step", "dataset", "cluster", "k", "true_group"]
 
 
 def _from_dict(cls, values: dict, what: str):
@@ -220,11 +221,11 @@ def unparsed_item_shares(datasets: np.ndarray, unparsed: np.ndarray, items: np.n
 
 def _prefixed(shares: dict[str, float]) -> dict[str, float]:
     """{dataset: share} -> {"unparsed_item_share/<dataset>": share} (flat log keys)."""
-    return {f"unparsed_item_share/{d}": v for d, v in shares.items()}
+    return {f"{UNPARSED_SHARE_PREFIX}{d}": v for d, v in shares.items()}
 
 
 def predict(policy: MultiTaskPolicy, cohort: Cohort, scorer: Scorer, extraction: str = "last_box") -> pd.DataFrame:
-    """Greedy answers for every sample: the METHOD.md predictions table plus response, reward and
+    """Greedy answers for every sample: the predictions table of docs/method.md §4.1 plus response, reward and
     the answer's item counts (``items``, ``unparsed_items``: items naming no label). ``extraction``:
     which part of the response is the answer (``metrics.extraction``)."""
     rows = []
@@ -377,9 +378,9 @@ class RLTrainer:
         # Work in progress lives in ckpt/ (not a declared output, so Snakemake leaves it alone when it
         # cleans up after a killed job); the declared files are written when the run completes.
         self.work = self.run_dir / "ckpt"
-        self.dynamics = jsonl.Log(self.work / "dynamics.jsonl")
-        self.steps_log = jsonl.Log(self.work / "steps.jsonl")
-        self.clusters_log = jsonl.Log(self.work / "clusters.jsonl")
+        self.dynamics = jsonl.Log(self.work / DYNAMICS_FILE)
+        self.steps_log = jsonl.Log(self.work / STEPS_FILE)
+        self.clusters_log = jsonl.Log(self.work / CLUSTER_LOG_FILE)
         self.ckpt = self.work / "last.pt"
         self.fingerprint = json.dumps({
             "method": method, "seed": seed, "estimator": estimator_options, "config": asdict(config),
@@ -490,13 +491,12 @@ class RLTrainer:
                 act, _ = sample_actions(self.policy, x, d, self.config.temperature, self.probe_generator)
                 rewards = np.array([self.scorer(d, a, self.train.labels[r])[1].score
                                     for a, r in zip(act.numpy(), np.repeat(mine, n))]).reshape(len(mine), n)
-                clusters = self.estimator.assign_clusters(d, rewards)
-                k = self.estimator.last_k.get(d, 0)
-                for r, c in zip(mine, clusters):
-                    if c >= 0:
-                        self.clusters_log.append({"sample_id": self.train.sample_id[r], "step": self.step, "dataset": d,
-                                                  "cluster": int(c), "k": int(k),
-                                                  "true_group": self.train.true_group[r]})
+                # the probe prompts' clusters under the last call's clustering, with its chosen k
+                assigned = self.estimator.assign_clusters(d, rewards)
+                probe = dataclasses.replace(self.estimator.last_stats(), clusters=dict(zip(mine.tolist(), assigned)))
+                prompts = [(r, self.train.sample_id[r], d, self.train.true_group[r]) for r in mine.tolist()
+                           if probe.clusters[r] >= 0]
+                self.clusters_log.append(*cluster_rows(probe, self.step, prompts))
 
     # -- checkpoints ------------------------------------------------------------------------
     def _save(self) -> None:
@@ -562,10 +562,8 @@ class RLTrainer:
             t3 = time.perf_counter()
             self.step += 1
             shares = unparsed_item_shares(self.train.dataset[ro.rows][ro.prompt], self._unparsed, self._items)
-            self.steps_log.append({"step": self.step, "reward_mean": float(ro.rewards.mean()),
-                                   "time_step_s": t3 - t0, "time_generate_s": t1 - t0,
-                                   "time_advantage_s": t2 - t1, "time_update_s": t3 - t2,
-                                   **_prefixed(shares)})
+            self.steps_log.append(step_record(self.step, ro.rewards.mean(), t3 - t0, t1 - t0, t2 - t1, t3 - t2, shares,
+                                              self.estimator.last_stats()))
             if self.step % self.config.test_freq == 0 or self.step == self.total_steps:
                 last_f1 = self._validate(time.perf_counter() - start)["F1"]
                 self._log_clusters()
@@ -581,8 +579,8 @@ class RLTrainer:
 
     def _finish(self) -> None:
         """Write the declared outputs, then drop the work directory (a later forced rerun starts afresh)."""
-        clusters = pd.DataFrame(self.clusters_log.records(), columns=CLUSTER_COLUMNS)
-        clusters.to_parquet(self.run_dir / "clusters.parquet", index=False)
+        clusters = pd.DataFrame(self.clusters_log.records(), columns=list(CLUSTER_COLUMNS))
+        clusters.to_parquet(self.run_dir / CLUSTERS_FILE, index=False)
         for log in (self.dynamics, self.steps_log):
             shutil.copyfile(log.path, self.run_dir / log.path.name)
         save_policy(self.policy, self.run_dir / "final.pt", step=self.step, method=self.method, seed=self.seed)

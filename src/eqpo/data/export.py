@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..groups import resample_for_rs
+from ..methods import RESAMPLED
 from ..rewards import LabelParser, as_label_list, score_response
 from ..vocabularies import get_spec
 
@@ -98,7 +99,7 @@ def to_verl(table: pd.DataFrame, root: str | Path, mask_demographics: bool = Fal
 
 
 # Methods that train on the group-resampled export (GRPO+RS); every other one on train.parquet.
-RESAMPLED_METHODS = ("grpo_rs",)
+RESAMPLED_METHODS = RESAMPLED
 
 
 def train_part(method: str) -> str:

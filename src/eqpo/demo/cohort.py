@@ -73,7 +73,7 @@ COVID-BLUES 0.83 (0.49) / 0.86 / 0.78. CheXpert (one-vs-rest, per-label accuracy
 gap is a few points and can flip in a small cohort or for another seed's world; tests/test_demo_cohort.py
 checks the baseline and the gap on the 100,000-sample cohort.
 
-Dataset profiles (:data:`DATASET_PROFILES`; real figures from shared/docs/notes/datasets.md)
+Dataset profiles (:data:`DATASET_PROFILES`; real figures from the datasets' published metadata)
 ---------------------------------------------------------------------------------------------
 - Class priors: Hemorrhage "Has Hemorrhage" 0.25 (real: ~13% of slices, 44% of scans);
   VinDr-Mammo BIRAD 1..5 = 0.67/0.23/0.05/0.04/0.01 (real training counts); ISIC-2020 "Malignant"

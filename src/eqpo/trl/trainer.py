@@ -22,7 +22,7 @@ assignments of the batch's prompts are appended to ``clusters.jsonl``. The estim
 written as ``eqpo_estimator.json`` into every TRL checkpoint folder and restored when training
 resumes from one; a checkpoint without it stops the run unless ``restart_estimator_on_resume``.
 
-:func:`run_training` drives one run of the workflow (run-file contract of :mod:`eqpo.pipeline`).
+:func:`run_training` drives one run of the workflow (run-file contract of :mod:`eqpo.run_files`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ import pandas as pd
 import torch
 
 from .. import jsonl
-from ..advantages import (ESTIMATOR_STATE_FILE, MissingEstimatorStateError, estimator_metrics, make_estimator,
-                          missing_estimator_state)
+from ..advantages import Estimator, EstimatorStats, make_estimator
+from ..run_files import (CLUSTER_COLUMNS, CLUSTER_LOG_FILE, CLUSTERS_FILE, DYNAMICS_FILE, ESTIMATOR_STATE_FILE,
+                         STEPS_FILE, MissingEstimatorStateError, cluster_rows, estimator_metrics,
+                         missing_estimator_state, step_record)
 from ..rewards import LabelParser, score_response
 from ..run_settings import ReproductionOptions
 from ..vocabularies import get_spec
@@ -56,7 +58,6 @@ from transformers import TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 STATE_FORMAT = "eqpo.trl/1"
-CLUSTER_COLUMNS = ["sample_id", "step", "dataset", "cluster", "k", "true_group"]
 ROW_COLUMNS = ("dataset", "group", "true_group", "sample_id")
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
 
@@ -123,9 +124,9 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def advantage_metrics(seconds: float, group_stats: Sequence[Mapping], k: Mapping[str, int]) -> dict[str, float]:
-    """``eqpo/adv_time_s``, ``eqpo/group/<dataset>/<group>/{N,rbar,factor,weight}``, ``eqpo/k/<dataset>``."""
-    return {"eqpo/adv_time_s": float(seconds), **estimator_metrics(group_stats, k)}
+def advantage_metrics(seconds: float, stats: EstimatorStats) -> dict[str, float]:
+    """``eqpo/adv_time_s`` and the estimator's :func:`eqpo.run_files.estimator_metrics`."""
+    return {"eqpo/adv_time_s": float(seconds), **estimator_metrics(stats)}
 
 
 @dataclass
@@ -138,12 +139,11 @@ class AdvantageCall:
     prompt_ids: list
     rows: list[dict]
     seconds: float
-    group_stats: list[dict] = field(default_factory=list)
-    k: dict = field(default_factory=dict)
+    stats: EstimatorStats = field(default_factory=EstimatorStats)
     clusters: list[dict] = field(default_factory=list)
 
 
-def compute_advantages(estimator: Any, method: str, rewards: np.ndarray, rows: Sequence[Mapping], num_generations: int,
+def compute_advantages(estimator: Estimator, rewards: np.ndarray, rows: Sequence[Mapping], num_generations: int,
                        step: int) -> AdvantageCall:
     """The estimator on one gathered batch: ``rows`` (dataset, group, true_group, sample_id per
     completion, in TRL's order), ``rewards`` (NaN: unscorable -> padding). Rollouts of one prompt are
@@ -164,24 +164,10 @@ def compute_advantages(estimator: Any, method: str, rewards: np.ndarray, rows: S
     start = time.perf_counter()
     adv = np.asarray(estimator(clean, prompt_ids, datasets, groups), dtype=np.float64)
     seconds = time.perf_counter() - start
-    if method == "grpo_dro":
-        stats = estimator.cell_stats(clean, prompt_ids, datasets, groups)
-    else:
-        stats = [{k: _plain(v) for k, v in row.items()} for row in getattr(estimator, "last_group_stats", [])]
-    k = {d: int(v) for d, v in getattr(estimator, "last_k", {}).items()}
-    first = {}
-    for i, pid in enumerate(prompt_ids):
-        if pid is not None:
-            first.setdefault(pid, i)
-    clusters = []
-    for pid, cluster in getattr(estimator, "last_clusters", {}).items():
-        if pid in first:
-            row = rows[first[pid]]
-            clusters.append({"sample_id": row["sample_id"], "step": int(step), "dataset": row["dataset"],
-                             "cluster": int(cluster), "k": int(k.get(row["dataset"], 0)),
-                             "true_group": row["true_group"]})
-    clusters.sort(key=lambda r: (r["dataset"], str(r["sample_id"])))
-    return AdvantageCall(step, adv, rewards, prompt_ids, list(rows), seconds, stats, k, clusters)
+    stats = estimator.last_stats()
+    clusters = cluster_rows(stats, step, [(pid, rows[i]["sample_id"], rows[i]["dataset"], rows[i]["true_group"])
+                                          for i, pid in enumerate(prompt_ids) if pid is not None])
+    return AdvantageCall(step, adv, rewards, prompt_ids, list(rows), seconds, stats, clusters)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +243,7 @@ class EqpoGRPOTrainer(GRPOTrainer):
         rewards = (rpf * self.reward_weights.cpu().float().unsqueeze(0)).nansum(dim=1).double().numpy()
         rewards[torch.isnan(rpf).all(dim=1).numpy()] = np.nan
         step = int(self.state.global_step) + 1
-        call = compute_advantages(self.estimator, self.eqpo_method, rewards, batch["rows"], self.num_generations, step)
+        call = compute_advantages(self.estimator, rewards, batch["rows"], self.num_generations, step)
         n_local = batch["local"]
         process = slice(self.accelerator.process_index * n_local, (self.accelerator.process_index + 1) * n_local)
         trl_adv = output["advantages"]
@@ -268,7 +254,7 @@ class EqpoGRPOTrainer(GRPOTrainer):
         for _ in range(min(len(call.advantages), len(logged))):
             logged.pop()
         logged.extend(call.advantages.tolist())
-        for name, value in advantage_metrics(call.seconds, call.group_stats, call.k).items():
+        for name, value in advantage_metrics(call.seconds, call.stats).items():
             self._metrics[mode][name].append(value)
         self.last_advantage_call = call
         self._record(call, batch, trl_adv, process, time.perf_counter() - start)
@@ -285,7 +271,7 @@ class EqpoGRPOTrainer(GRPOTrainer):
         self.eqpo_step_info[call.step] = {
             "reward_mean": float(np.mean(call.rewards[valid])) if valid.any() else float("nan"),
             "time_generate_s": seconds - call.seconds, "time_advantage_s": call.seconds,
-            **{f"unparsed_item_share/{d}": (u / t if t else 0.0) for d, (u, t) in sorted(shares.items())},
+            "unparsed_shares": {d: (u / t if t else 0.0) for d, (u, t) in shares.items()}, "stats": call.stats,
         }
         if self.eqpo_log_dir is None:
             return
@@ -293,7 +279,7 @@ class EqpoGRPOTrainer(GRPOTrainer):
         trl_all = gather_object(trl_adv.detach().cpu().tolist()) if self.eqpo_record_rollouts else []
         if not self._main:
             return
-        self._log("clusters.jsonl").append(*call.clusters)
+        self._log(CLUSTER_LOG_FILE).append(*call.clusters)
         if self.eqpo_record_rollouts:
             records = []
             for i, row in enumerate(call.rows):
@@ -363,7 +349,7 @@ class EqpoGRPOTrainer(GRPOTrainer):
             raise missing_estimator_state(checkpoint, "EqpoGRPOTrainer")
         match = _CHECKPOINT.search(str(Path(checkpoint).name))
         if match and self._main and self.eqpo_log_dir is not None:
-            for name in ("clusters.jsonl", "rollouts.jsonl", "loss_inputs.jsonl"):
+            for name in (CLUSTER_LOG_FILE, "rollouts.jsonl", "loss_inputs.jsonl"):
                 self._log(name).truncate_after(int(match.group(1)))
 
 
@@ -482,8 +468,8 @@ class RunCallback(TrainerCallback):
                  test_freq: int, stop_after: int | None):
         self.trainer_ref, self.work, self.validate = trainer_ref, work, validate
         self.test_freq, self.stop_after = test_freq, stop_after
-        self.steps = jsonl.Log(work / "steps.jsonl", default=_plain)
-        self.dynamics = jsonl.Log(work / "dynamics.jsonl", default=_plain)
+        self.steps = jsonl.Log(work / STEPS_FILE, default=_plain)
+        self.dynamics = jsonl.Log(work / DYNAMICS_FILE, default=_plain)
         self._t0 = None
         self._last_info: dict = {}
         self.killed = False
@@ -505,14 +491,12 @@ class RunCallback(TrainerCallback):
         # its rollouts' reward, and no generation or advantage time of their own
         info = trainer.eqpo_step_info.pop(step, None)
         if info is None:
-            info = {**self._last_info, "time_generate_s": 0.0, "time_advantage_s": 0.0}
+            info = {**self._last_info, "time_generate_s": 0.0, "time_advantage_s": 0.0, "stats": None}
         self._last_info = info
         if trainer.accelerator.is_main_process:
             gen, adv = info.get("time_generate_s", 0.0), info.get("time_advantage_s", 0.0)
-            self.steps.append({"step": step, "reward_mean": info.get("reward_mean"), "time_step_s": total,
-                               "time_generate_s": gen, "time_advantage_s": adv,
-                               "time_update_s": max(total - gen - adv, 0.0),
-                               **{k: v for k, v in info.items() if k.startswith("unparsed_item_share/")}})
+            self.steps.append(step_record(step, info.get("reward_mean", float("nan")), total, gen, adv,
+                                          max(total - gen - adv, 0.0), info.get("unparsed_shares"), info.get("stats")))
         if step % self.test_freq == 0 or step == state.max_steps:
             self.validate(step)
         if self.stop_after is not None and step >= self.stop_after and step < state.max_steps:
@@ -571,7 +555,7 @@ def run_training(train_parquet: str | Path, val_parquet: str | Path, model_dir: 
     marker.write_text(fingerprint)
     resume = _checkpoints(out_dir)
     if not resume:
-        for name in ("steps.jsonl", "dynamics.jsonl", "clusters.jsonl", "rollouts.jsonl", "loss_inputs.jsonl"):
+        for name in (STEPS_FILE, DYNAMICS_FILE, CLUSTER_LOG_FILE, "rollouts.jsonl", "loss_inputs.jsonl"):
             jsonl.Log(work / name).reset()
 
     processor = load_processor(model_dir)
@@ -588,13 +572,13 @@ def run_training(train_parquet: str | Path, val_parquet: str | Path, model_dir: 
             answers = generate_answers(model_, processor, val_recs, settings.max_response_length,
                                        settings.eval_batch_size)
             preds = predictions_from_outputs(val_rows, answers, options)
-            wall = sum(r["time_step_s"] for r in jsonl.Log(work / "steps.jsonl").records() if r["step"] <= step)
+            wall = sum(r["time_step_s"] for r in jsonl.Log(work / STEPS_FILE).records() if r["step"] <= step)
             record = {"step": step, "wall_time_s": round(wall, 3), **fairness_summary(preds, options.class_set),
                       "unparseable": float((preds["prediction"].map(len) == 0).mean())}
             for d, part in preds.groupby("dataset"):
                 total = float(part["items"].sum())
                 record[f"unparsed_item_share/{d}"] = float(part["unparsed_items"].sum()) / total if total else 0.0
-            jsonl.Log(work / "dynamics.jsonl", default=_plain).append(record)
+            jsonl.Log(work / DYNAMICS_FILE, default=_plain).append(record)
             log(f"step {step}: validation F1 {record.get('F1', float('nan')):.4f}, "
                 f"unparseable {record['unparseable']:.1%}")
         trainer.accelerator.wait_for_everyone()
@@ -648,15 +632,15 @@ def _finish(trainer: EqpoGRPOTrainer, base: str | Path, processor: Any, work: Pa
         copy_processor_files(base, model_dir)
     else:
         processor.save_pretrained(model_dir)
-    clusters = pd.DataFrame(jsonl.Log(work / "clusters.jsonl").records(), columns=CLUSTER_COLUMNS)
+    clusters = pd.DataFrame(jsonl.Log(work / CLUSTER_LOG_FILE).records(), columns=list(CLUSTER_COLUMNS))
     clusters = clusters.drop_duplicates(["sample_id", "step"], keep="last")
     clusters["sample_id"] = clusters["sample_id"].astype(str)
     for column in ("step", "cluster", "k"):
         clusters[column] = clusters[column].astype("int64")
     clusters["true_group"] = clusters["true_group"].astype(object)
-    clusters.to_parquet(run_dir / "clusters.parquet", index=False)
+    clusters.to_parquet(run_dir / CLUSTERS_FILE, index=False)
     (run_dir / "estimator.json").write_text(json.dumps(trainer.estimator_state(), default=_plain))
-    names = ["dynamics.jsonl", "steps.jsonl"] + (["rollouts.jsonl", "loss_inputs.jsonl"] if keep_rollouts else [])
+    names = [DYNAMICS_FILE, STEPS_FILE] + (["rollouts.jsonl", "loss_inputs.jsonl"] if keep_rollouts else [])
     for name in names:
         source = work / name
         if source.exists():

@@ -2,9 +2,9 @@
 
 Importing this package registers, in the importing process:
 
-- the advantage estimators ``eqpo``, ``eqpo_nd``, ``grpo_dro``, ``drpo`` in verl's registry
-  (:mod:`eqpo.verl_ext.estimators`; :data:`METHOD_TO_VERL` maps every project method to its verl
-  ``algorithm.adv_estimator``);
+- the advantage estimators verl lacks (:data:`REGISTERED`, read from :mod:`eqpo.methods`) in
+  verl's registry (:mod:`eqpo.verl_ext.estimators`; :data:`METHOD_TO_VERL` maps every project
+  method to its verl ``algorithm.adv_estimator``);
 - the MedGemma (Gemma3) support patch (:mod:`eqpo.verl_ext.gemma3`; :data:`GEMMA3_OVERRIDES` are
   the Hydra overrides a MedGemma run adds);
 - the v1 trainer ``eqpo_sync`` (:mod:`eqpo.verl_ext.trainer`), which hands each row's dataset,

@@ -1,7 +1,8 @@
 """eqpo's advantage estimators inside verl 0.9.1's advantage-estimator registry.
 
-Importing this module registers ``eqpo``, ``eqpo_nd``, ``eqpo_nodemo``, ``grpo_dro`` and ``drpo`` with
-``verl.trainer.ppo.core_algos.register_adv_est``; select one with ``algorithm.adv_estimator=<name>``.
+Importing this module registers the estimators verl lacks (:data:`REGISTERED`: ``eqpo``, ``eqpo_nd``,
+``eqpo_nodemo``, ``grpo_dro``, ``drpo``, the methods of :mod:`eqpo.methods` whose ``verl_builtin`` is
+false) with ``verl.trainer.ppo.core_algos.register_adv_est``; select one with ``algorithm.adv_estimator=<name>``.
 :data:`METHOD_TO_VERL` maps each of the project's methods to the verl estimator that runs it.
 
 How a registered function gets what verl does not pass
@@ -35,50 +36,40 @@ Estimator options are read from ``config["eqpo"]`` (the ``algorithm`` section ve
 own ``allow_missing_context``. One estimator object per method lives for the whole process, so
 history statistics and Group-DRO weights accumulate over steps; :func:`estimator_state` /
 :func:`load_estimator_state` carry them through checkpoints, and :func:`last_advantage_stats`
-reports the last call (time, group statistics, chosen k, cluster of each sample id).
+reports the last call (time, and the estimator's ``last_stats()`` with the cluster of each sample id).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import re
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
 from verl.trainer.ppo import core_algos
 
-from eqpo.advantages import Estimator, estimator_options, make_estimator, normalize_group
+from eqpo.advantages import Estimator, check_estimator_options, make_estimator, normalize_group
+from eqpo.methods import METHODS, VERL_REGISTERED
 
 # ----------------------------------------------------------------------------------------------
 # Names
 # ----------------------------------------------------------------------------------------------
 
-#: verl ``algorithm.adv_estimator`` for each of the project's methods. grpo, rloo and reinforce_pp
-#: are verl's own estimators (cross-checked against eqpo.advantages in tests/test_verl_crosscheck.py;
-#: verl's reinforce_plus_plus whitens over tokens, so it weights long responses more than
-#: eqpo.advantages' reinforce_pp does). grpo_rs is verl's grpo trained on the resampled parquet
-#: (train_rs.parquet from eqpo.data.export). The other five are registered by this module under the
-#: same names (none of them clashes with a verl 0.9.1 built-in). eqpo_nodemo (EQPO with every
-#: prompt unlabeled) masks the groups inside the estimator, so it trains on train.parquet, as the
-#: demographics-free export would, while its cluster log keeps the true groups for the analysis.
-METHOD_TO_VERL: dict[str, str] = {
-    "grpo": "grpo",
-    "rloo": "rloo",
-    "reinforce_pp": "reinforce_plus_plus",
-    "grpo_rs": "grpo",
-    "grpo_dro": "grpo_dro",
-    "eqpo": "eqpo",
-    "eqpo_nd": "eqpo_nd",
-    "eqpo_nodemo": "eqpo_nodemo",
-    "drpo": "drpo",
-}
+#: verl ``algorithm.adv_estimator`` for each of the project's methods (from :mod:`eqpo.methods`). grpo,
+#: rloo and reinforce_pp are verl's own estimators (cross-checked against eqpo.advantages in
+#: tests/test_verl_crosscheck.py); grpo_rs is verl's grpo trained on the resampled parquet
+#: (train_rs.parquet from eqpo.data.export). The others are registered by this module under their own
+#: names (none clashes with a verl 0.9.1 built-in). eqpo_nodemo (EQPO with every prompt unlabeled)
+#: masks the groups inside the estimator, so it trains on train.parquet, as the demographics-free
+#: export would, while its cluster log keeps the true groups for the analysis.
+METHOD_TO_VERL: dict[str, str] = {m.key: m.verl_estimator for m in METHODS}
 
 #: verl estimator name -> eqpo.advantages method, for the estimators this module registers.
-REGISTERED: dict[str, str] = {"eqpo": "eqpo", "eqpo_nd": "eqpo_nd", "eqpo_nodemo": "eqpo_nodemo",
-                              "grpo_dro": "grpo_dro", "drpo": "drpo"}
+REGISTERED: dict[str, str] = dict(VERL_REGISTERED)
 
 #: Keys of ``algorithm.eqpo`` that configure this extension, not the eqpo estimator.
 EXTENSION_KEYS = frozenset({"allow_missing_context"})
@@ -264,15 +255,9 @@ def options_from_config(config: Any) -> dict:
 
 def split_options(method: str, options: Mapping) -> tuple[dict, dict]:
     """(estimator options, extension options); unknown keys are an error naming the valid ones."""
-    allowed = estimator_options(method)
     extension = {k: v for k, v in options.items() if k in EXTENSION_KEYS}
     est = {k: v for k, v in options.items() if k not in EXTENSION_KEYS}
-    unknown = sorted(set(est) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"algorithm.eqpo has option(s) {unknown} that do not apply to estimator {method!r}; "
-            f"it accepts {sorted(allowed)} plus {sorted(EXTENSION_KEYS)}"
-        )
+    check_estimator_options(method, est, where="algorithm.eqpo: ", also=EXTENSION_KEYS)
     if method == "drpo" and est.get("kl_quantile") is not None:
         raise ValueError("drpo's kl_quantile needs per-response KL, which verl does not pass to advantage "
                          "estimators; leave algorithm.eqpo.kl_quantile unset (off, as in the released code)")
@@ -332,8 +317,8 @@ def clear_last_stats() -> None:
 
 def last_advantage_stats() -> dict:
     """Statistics of the last registered-estimator call ({} before any): method, time_s (seconds in
-    the estimator), n_rows, n_padding, group_stats (list of dicts: dataset, group, implicit, N, rbar,
-    ...), k (dataset -> chosen k), clusters (sample_id -> implicit cluster id)."""
+    the estimator), n_rows, n_padding and estimator (the :class:`eqpo.advantages.EstimatorStats` of
+    the call, its clusters keyed by sample id)."""
     return dict(_LAST_STATS)
 
 
@@ -342,25 +327,17 @@ def last_advantage_stats() -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def _record(method: str, est: Any, seconds: float, context: BatchContext, uids: list, prompt_ids: list,
-            rewards: np.ndarray) -> None:
+def _record(method: str, est: Estimator, seconds: float, context: BatchContext, uids: list) -> None:
+    """Keep the call's statistics (:meth:`Estimator.last_stats`), its clusters keyed by sample id."""
     sample_of_uid: dict = {}
     for uid, sid, pad in zip(uids, context.sample_ids, context.is_padding):
         if not pad:
             sample_of_uid.setdefault(uid, sid)
-    clusters = {sample_of_uid[uid]: int(c) for uid, c in getattr(est, "last_clusters", {}).items()
-                if uid in sample_of_uid}
-    if method == "grpo_dro":
-        group_stats = est.cell_stats(rewards, prompt_ids, context.datasets, context.groups)
-    else:
-        group_stats = [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
-                       for row in getattr(est, "last_group_stats", [])]
+    stats = est.last_stats()
+    clusters = {sample_of_uid[uid]: c for uid, c in stats.clusters.items() if uid in sample_of_uid}
     _LAST_STATS.clear()
-    _LAST_STATS.update({
-        "method": method, "time_s": seconds, "n_rows": len(uids), "n_padding": context.n_padding,
-        "group_stats": group_stats, "k": {d: int(k) for d, k in getattr(est, "last_k", {}).items()},
-        "clusters": clusters,
-    })
+    _LAST_STATS.update({"method": method, "time_s": seconds, "n_rows": len(uids), "n_padding": context.n_padding,
+                        "estimator": dataclasses.replace(stats, clusters=clusters)})
 
 
 def compute_eqpo_advantage(name: str, token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
@@ -381,7 +358,7 @@ def compute_eqpo_advantage(name: str, token_level_rewards: torch.Tensor, respons
     start = time.perf_counter()
     adv = est(rewards, prompt_ids, list(context.datasets), list(context.groups))
     seconds = time.perf_counter() - start
-    _record(method, est, seconds, context, uids, prompt_ids, rewards)
+    _record(method, est, seconds, context, uids)
     per_row = torch.as_tensor(adv, dtype=token_level_rewards.dtype, device=token_level_rewards.device)
     advantages = per_row.unsqueeze(-1) * response_mask
     return advantages, advantages
@@ -414,29 +391,36 @@ def _register(name: str, fn) -> None:
 VERL_FUNCTIONS = {name: _make_verl_fn(name) for name in REGISTERED}
 for _name, _fn in VERL_FUNCTIONS.items():
     _register(_name, _fn)
-compute_eqpo_outcome_advantage = VERL_FUNCTIONS["eqpo"]
-compute_eqpo_nd_outcome_advantage = VERL_FUNCTIONS["eqpo_nd"]
-compute_eqpo_nodemo_outcome_advantage = VERL_FUNCTIONS["eqpo_nodemo"]
-compute_grpo_dro_outcome_advantage = VERL_FUNCTIONS["grpo_dro"]
-compute_drpo_outcome_advantage = VERL_FUNCTIONS["drpo"]
 
 
 # ----------------------------------------------------------------------------------------------
 # Launch settings
 # ----------------------------------------------------------------------------------------------
 
-_PLAIN = re.compile(r"[A-Za-z0-9_.\-/:]+")
+_BARE = re.compile(r"[A-Za-z_/][A-Za-z0-9_./\-]*")
+_LOOKS_TYPED = re.compile(r"(?i)true|false|null|inf|nan")  # would parse as bool/null/float
 
 
-def _hydra_value(value: Any) -> str:
-    if value is None:
-        return "null"
+def format_value(value: Any) -> str:
+    """A Python value in Hydra's override grammar (strings quoted where needed); the one renderer of
+    every override this package writes (the launcher's and :func:`verl_overrides`)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if value is None:
+        return "null"
     if isinstance(value, (int, float)):
         return repr(value)
-    text = str(value)
-    return text if _PLAIN.fullmatch(text) else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str):
+        if _BARE.fullmatch(value) and not _LOOKS_TYPED.fullmatch(value):
+            return value
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as a Hydra override value")
 
 
 def verl_overrides(method: str, options: Mapping | None = None, cluster_log: str | None = None,
@@ -468,10 +452,10 @@ def verl_overrides(method: str, options: Mapping | None = None, cluster_log: str
         f"reward.custom_reward_function.path={REWARD_PATH}",
         f"reward.custom_reward_function.name={REWARD_NAME}",
     ]
-    out += [f"+algorithm.eqpo.{key}={_hydra_value(value)}" for key, value in options.items()]
+    out += [f"+algorithm.eqpo.{key}={format_value(value)}" for key, value in options.items()]
     if format_weight is not None:
-        out.append(f"+reward.custom_reward_function.reward_kwargs.format_weight={_hydra_value(float(format_weight))}")
-    from ..rewards import EXTRACTIONS, MATCHINGS, REWARD_FUNCTIONS
+        out.append(f"+reward.custom_reward_function.reward_kwargs.format_weight={format_value(float(format_weight))}")
+    from ..run_settings import EXTRACTIONS, MATCHINGS, REWARD_FUNCTIONS
 
     allowed = {"function": REWARD_FUNCTIONS, "matching": MATCHINGS, "extraction": EXTRACTIONS}
     for key, value in (reward or {}).items():
@@ -479,7 +463,7 @@ def verl_overrides(method: str, options: Mapping | None = None, cluster_log: str
             raise ValueError(f"unknown reward option {key!r}; valid: {sorted(allowed)}")
         if value not in allowed[key]:
             raise ValueError(f"reward.{key} must be one of {list(allowed[key])}, got {value!r}")
-        out.append(f"+reward.custom_reward_function.reward_kwargs.{key}={_hydra_value(value)}")
+        out.append(f"+reward.custom_reward_function.reward_kwargs.{key}={format_value(value)}")
     if cluster_log is not None:
-        out.append(f"+trainer.eqpo_cluster_log={_hydra_value(str(cluster_log))}")
+        out.append(f"+trainer.eqpo_cluster_log={format_value(str(cluster_log))}")
     return out

@@ -1,5 +1,5 @@
 """Test-split evaluation of a verl-trained model: checkpoint -> HF weights -> greedy vLLM answers
--> the predictions table of the run-file contract (:mod:`eqpo.pipeline`).
+-> the predictions table of the run-file contract (:mod:`eqpo.run_files`).
 
 Steps (:func:`run_evaluation`):
 

@@ -12,7 +12,7 @@ verl 0.9.1 does not support ``Gemma3ForConditionalGeneration`` (MedGemma-4B-IT) 
    ``token_type_ids`` it returns come from a re-tokenisation that need not match the trajectory's
    token ids.
 3. ``token_type_ids`` (1 on image tokens) is what makes HF's Gemma3 attend bidirectionally within
-   each image, as vLLM's rollout does (per the project notes, §5.3). It has one entry per token, so
+   each image, as vLLM's rollout does. It has one entry per token, so
    the trajectories of a micro-batch have different lengths: ``verl.utils.model.
    extract_multi_modal_inputs`` concatenates such a key with ``torch.cat`` (an error) unless it is
    in ``verl.utils.model._VARLEN_MULTI_MODAL_KEYS``, where it is right-padded like the engine pads

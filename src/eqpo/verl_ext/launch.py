@@ -3,7 +3,7 @@
 The workflow's ``train_verl`` rule calls :func:`run_training`. It builds the Hydra overrides from
 ``config.yaml`` (``models.<m>.path``/``overrides``, the ``train`` block = paper Table 3, the
 method's ``estimators`` options), runs verl as a subprocess whose output is streamed into the rule
-log, and converts verl's outputs into the run-file contract of :mod:`eqpo.pipeline` with
+log, and converts verl's outputs into the run-file contract of :mod:`eqpo.run_files` with
 :mod:`eqpo.verl_ext.logs`.
 
 Layout of a run directory (all paths handed to verl are absolute)::
@@ -41,9 +41,10 @@ from typing import Any, Callable, Mapping, Sequence
 # module verl imports in every process; launch.py keeps no copy of them.
 from eqpo import base_models
 
-from .estimators import EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, verl_overrides
+from .estimators import EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, format_value, verl_overrides
 from ..data.export import train_part
 from ..memory_plan import max_token_len_per_gpu
+from ..run_files import CLUSTER_LOG_FILE, CLUSTERS_FILE, DYNAMICS_FILE, STEPS_FILE
 from ..run_settings import estimator_options, flatten_overrides, reproduction_options, run_reward, train_settings
 
 ENTRYPOINT = "verl.trainer.main_ppo"
@@ -127,9 +128,9 @@ class RunPaths:
         work = run / "verl"
         return cls(
             run_dir=run, work_dir=work, checkpoints=work / "checkpoints", validation_dir=work / "validation",
-            rollout_dir=work / "rollouts", file_log=work / "metrics.jsonl", cluster_log=work / "clusters.jsonl",
+            rollout_dir=work / "rollouts", file_log=work / "metrics.jsonl", cluster_log=work / CLUSTER_LOG_FILE,
             hydra_dir=work / "hydra", overrides_record=work / "overrides.json", checkpoint=run / "checkpoint",
-            dynamics=run / "dynamics.jsonl", steps=run / "steps.jsonl", clusters=run / "clusters.parquet",
+            dynamics=run / DYNAMICS_FILE, steps=run / STEPS_FILE, clusters=run / CLUSTERS_FILE,
         )
 
     def file_logs(self) -> list[Path]:
@@ -143,29 +144,6 @@ class RunPaths:
 # Overrides
 # ----------------------------------------------------------------------------------------------
 
-_BARE = re.compile(r"[A-Za-z_/][A-Za-z0-9_./\-]*")
-_LOOKS_TYPED = re.compile(r"(?i)true|false|null|inf|nan")  # would parse as bool/null/float
-
-
-def format_value(value: Any) -> str:
-    """A Python value in Hydra's override grammar (strings quoted where needed)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, Path):
-        value = str(value)
-    if isinstance(value, str):
-        if _BARE.fullmatch(value) and not _LOOKS_TYPED.fullmatch(value):
-            return value
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(format_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as a Hydra override value")
 
 
 def _bare_key(key: str) -> str:

@@ -1,4 +1,4 @@
-"""verl 0.9.1's outputs -> the run-file contract of :mod:`eqpo.pipeline`.
+"""verl 0.9.1's outputs -> the run-file contract of :mod:`eqpo.run_files`.
 
 Inputs, in the formats verl writes them (read from verl/trainer/ppo/v1/trainer_base.py and
 verl/utils/tracking.py):
@@ -28,13 +28,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .. import jsonl
+from .. import jsonl, run_files
 from ..metrics import fairness_summary
 from ..rewards import LabelParser, as_label_list, score_response
 from ..run_settings import ReproductionOptions
 from ..vocabularies import DatasetSpec, get_spec, register_dataset
 
-CLUSTER_COLUMNS = ["sample_id", "step", "dataset", "cluster", "k", "true_group"]
+CLUSTER_COLUMNS = list(run_files.CLUSTER_COLUMNS)
 PREDICTION_COLUMNS = ["sample_id", "dataset", "labels", "prediction", "age", "sex", "response", "reward"]
 
 # steps.jsonl field -> verl metric names, first present wins (verl/trainer/ppo/metric_utils.py:
@@ -87,15 +87,17 @@ def _first(metrics: Mapping[str, Any], names: Sequence[str]) -> float | None:
 
 def step_records(metrics_by_step: Mapping[int, Mapping[str, Any]]) -> list[dict]:
     """One steps.jsonl record per training step (steps whose metrics carry ``timing_s/step``), with the
-    step's per-dataset unparsed-item shares where the trainer logged them."""
+    step's per-dataset unparsed-item shares and the estimator's statistics where the trainer logged them."""
     records = []
     for step, metrics in metrics_by_step.items():
         if TRAINING_STEP_MARKER not in metrics:
             continue  # the initial validation (step 0) logs validation metrics only
         shares = {name[len("eqpo/"):]: float(value) for name, value in sorted(metrics.items())
                   if name.startswith(UNPARSED_SHARE_PREFIX)}
+        estimator = {name: float(value) for name, value in sorted(metrics.items())
+                     if run_files.is_estimator_metric(name)}
         records.append({"step": int(step), **{field: _first(metrics, names) for field, names in STEP_METRICS.items()},
-                        **shares})
+                        **shares, **estimator})
     return records
 
 
@@ -194,7 +196,7 @@ def _row_identity(row: Mapping[str, Any], ref: pd.DataFrame | None, where: str) 
 
 def validation_predictions(records: Sequence[Mapping[str, Any]], ref: pd.DataFrame | None = None,
                            where: str = "validation dump", options: ReproductionOptions | None = None) -> pd.DataFrame:
-    """Dumped validation answers -> a predictions table (METHOD.md schema: sample_id, dataset,
+    """Dumped validation answers -> a predictions table (docs/method.md §4.1: sample_id, dataset,
     labels, prediction, age, sex, response, reward). ``prediction``: the response read with
     ``options`` (default: the reproduction defaults, first box and strict matching), as
     :func:`eqpo.data.export.predictions_from_outputs` reads test answers."""

@@ -1,4 +1,4 @@
-"""verl reward function: the rewards of :mod:`eqpo.rewards` (config ``reward``; METHOD.md Section 2).
+"""verl reward function: the rewards of :mod:`eqpo.rewards` (config ``reward``; docs/method.md §2).
 
 Configure verl 0.9.1 with (the top-level ``custom_reward_function`` is ignored by main_ppo)::
 

@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from eqpo import jsonl
-from eqpo.advantages import ESTIMATOR_STATE_FILE, estimator_metrics, missing_estimator_state
+from eqpo.run_files import ESTIMATOR_STATE_FILE, cluster_rows, estimator_metrics, missing_estimator_state
 
 from . import estimators
 from .estimators import TRAINER_NAME, BatchContext, make_batch_context, normalize_group
@@ -141,31 +141,24 @@ def unparsed_item_metrics(extra_fields: Sequence, context: BatchContext) -> dict
 
 def advantage_metrics(adv_time_s: float, stats: Mapping, context: BatchContext | None = None) -> dict[str, float]:
     """Scalar metrics for verl's logger: eqpo/adv_time_s (the whole advantage step),
-    eqpo/estimator_time_s, eqpo/padding_rows, eqpo/group/{dataset}/{group}/{N,rbar,factor,weight}
-    and eqpo/k/{dataset}."""
+    eqpo/estimator_time_s, eqpo/padding_rows and the estimator's :func:`eqpo.run_files.estimator_metrics`."""
     out = {"eqpo/adv_time_s": float(adv_time_s)}
     if context is not None:
         out["eqpo/padding_rows"] = float(context.n_padding)
     if "time_s" in stats:
         out["eqpo/estimator_time_s"] = float(stats["time_s"])
-    out.update(estimator_metrics(stats.get("group_stats", []), stats.get("k", {})))
+    if "estimator" in stats:
+        out.update(estimator_metrics(stats["estimator"]))
     return out
 
 
 def cluster_log_rows(stats: Mapping, context: BatchContext, step: int) -> list[dict]:
-    """One row per clustered sample id (first row of that sample in the batch, padding excluded):
-    sample_id, step, dataset, cluster, k (chosen for the dataset), true_group."""
-    clusters = stats.get("clusters", {})
-    k = stats.get("k", {})
+    """The cluster-log rows (:func:`eqpo.run_files.cluster_rows`) of the last call: one per clustered
+    sample id (first row of that sample in the batch, padding excluded), with its true group."""
     true_groups = context.true_groups or context.groups
-    rows, done = [], set()
-    for sid, dataset, group, pad in zip(context.sample_ids, context.datasets, true_groups, context.is_padding):
-        if pad or sid in done or sid not in clusters:
-            continue
-        done.add(sid)
-        rows.append({"sample_id": sid, "step": int(step), "dataset": dataset, "cluster": int(clusters[sid]),
-                     "k": int(k.get(dataset, 0)), "true_group": group})
-    return rows
+    prompts = [(sid, sid, dataset, group) for sid, dataset, group, pad
+               in zip(context.sample_ids, context.datasets, true_groups, context.is_padding) if not pad]
+    return cluster_rows(stats["estimator"], step, prompts) if "estimator" in stats else []
 
 
 def _json_default(obj: Any) -> Any:
@@ -346,7 +339,7 @@ if TRAINER_IMPORT_ERROR is None:
             elapsed = time.perf_counter() - start
             stats = estimators.last_advantage_stats()
             metrics.update(advantage_metrics(elapsed, stats, context))
-            if self.eqpo_cluster_log and stats.get("clusters"):
+            if self.eqpo_cluster_log and "estimator" in stats and stats["estimator"].clusters:
                 append_jsonl(self.eqpo_cluster_log, cluster_log_rows(stats, context, self.global_steps))
             return batch
 

@@ -8,7 +8,7 @@ Files under ``<root>/VinDr-Mammo/raw/`` (the layout of https://physionet.org/fil
 - ``metadata.csv``: DICOM tags kept by the de-identification, one row per image, among them
   ``Patient's Age`` as a DICOM age string (``"053Y"``). It is joined on ``SOP Instance UID``
   (= image_id); ``Series Instance UID`` (= series_id) or ``Study Instance UID`` (= study_id) are
-  used when that column is absent (the notes could not confirm the exact key).
+  used when that column is absent (the exact key could not be confirmed from public material).
 - ``SHA256SUMS.txt``: PhysioNet's checksums of every file; used to verify the CSVs and each DICOM.
 - ``images/<study_id>/<image_id>.dicom``: the 20,000 DICOMs (about 340 GB). Their transfer
   syntax is not documented; compressed pixel data (JPEG lossless, JPEG-LS, JPEG 2000, as full-field
