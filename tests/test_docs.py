@@ -4,6 +4,7 @@ docs/method.md names a section that exists there."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,11 +16,11 @@ CITATION = re.compile(r"docs/method\.md,? (?:§|Section )(\d+(?:\.\d+)?)(?:\s*-\
 
 
 def repository_files() -> list[Path]:
-    roots = ["src", "tests", "workflow", "docs", "config", "benchmarks", "examples", "notebooks", "envs", "slurm"]
-    files = [p for root in roots for p in (REPO / root).rglob("*") if p.is_file()]
-    files += [REPO / name for name in ("README.md", "config.yaml", "Snakefile", "Makefile", "pyproject.toml",
-                                       "CITATION.cff")]
-    return [p for p in files if p.exists() and p.suffix in TEXT_SUFFIXES and "__pycache__" not in p.parts]
+    """The repository's own text files: tracked or new, not what .gitignore keeps out (builds, eggs)."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            check=True, capture_output=True, text=True).stdout.splitlines()
+    files = [REPO / name for name in listed]
+    return [p for p in files if p.is_file() and p.suffix in TEXT_SUFFIXES]
 
 
 def spec_sections() -> set[str]:
