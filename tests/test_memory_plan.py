@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 
 from eqpo import memory_plan as mp
 from eqpo import preflight as pf
+from eqpo.run_settings import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = yaml.safe_load((REPO / "config.yaml").read_text())
-SMOKE = pf.load_config([REPO / "config" / "smoke.yaml"], REPO)
+SMOKE = load_config([REPO / "config" / "smoke.yaml"], REPO)
 GIB_80, GIB_141 = mp.GPU_SIZES_GIB["80 GB"], mp.GPU_SIZES_GIB["141 GB"]
 
 

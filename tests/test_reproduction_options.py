@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from eqpo.advantages import make_estimator
 from eqpo.analysis.paper_tables import table3
@@ -22,6 +21,7 @@ from eqpo.groups import explicit_group, group_attributes, regroup
 from eqpo.metrics import FairnessReport, fairness_summary
 from eqpo.pipeline import render_table2, score_predictions
 from eqpo.rewards import LabelParser, bbox_format_score, extract_answer, extract_first_box, score_response
+from eqpo import run_settings
 from eqpo.run_settings import ReproductionOptions, reproduction_options, run_source, train_settings
 from eqpo.vocabularies import CHEXPERT_LABELS, SKIN_LABELS, DatasetSpec
 
@@ -31,18 +31,7 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 def load_config(*overlays: str) -> dict:
     """config.yaml with overlays merged as Snakemake merges --configfile (dicts merge, rest replaces)."""
-    def merge(base, extra):
-        for key, value in extra.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = value
-        return base
-
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    for overlay in overlays:
-        merge(config, yaml.safe_load((REPO / overlay).read_text()))
-    return config
+    return run_settings.load_config([REPO / o for o in overlays], REPO)
 
 
 def validate(config: dict) -> dict:

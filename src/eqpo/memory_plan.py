@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from eqpo.run_settings import flatten_overrides
+from eqpo.run_settings import flatten_overrides, load_config
 
 GIB = 2**30
 FP32 = 4
@@ -237,7 +237,6 @@ def plan_table(config: Mapping[str, Any], gpu_counts: tuple[int, ...] = (1, 2, 4
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from eqpo.preflight import load_config
 
     parser = argparse.ArgumentParser(prog="python -m eqpo.memory_plan", description=plan_table.__doc__)
     parser.add_argument("--configfile", nargs="*", default=[], help="overlays, as given to snakemake")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from eqpo import base_models, memory_plan
+from eqpo.run_settings import load_config
 from eqpo.data.export import train_part
 from eqpo.run_settings import train_settings
 
@@ -364,24 +365,6 @@ def report(checks: Sequence[Check]) -> str:
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
-
-
-def merge_config(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
-    """Snakemake's ``--configfile`` merge: dicts merge recursively, anything else replaces."""
-    out = dict(base)
-    for key, value in overlay.items():
-        out[key] = (merge_config(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
-                    else value)
-    return out
-
-
-def load_config(configfiles: Sequence[str | Path], root: Path) -> dict[str, Any]:
-    import yaml
-
-    config: dict[str, Any] = yaml.safe_load((root / "config.yaml").read_text())
-    for file in configfiles:
-        config = merge_config(config, yaml.safe_load(Path(file).read_text()) or {})
-    return config
 
 
 def main(argv: Sequence[str] | None = None, probe: Probe | None = None) -> int:

@@ -15,7 +15,8 @@ Kept free of heavy imports: the verl launcher imports it in the driver process.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 RUNS_KEY = "runs"
 ALL_METHODS = "all"
@@ -218,3 +219,23 @@ class ReproductionOptions:
 def reproduction_options(config: Mapping[str, Any]) -> ReproductionOptions:
     """:meth:`ReproductionOptions.from_config`."""
     return ReproductionOptions.from_config(config)
+
+
+def merge_config(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Snakemake's ``--configfile`` merge: dicts merge recursively, anything else replaces."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = (merge_config(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+                    else value)
+    return out
+
+
+def load_config(configfiles: Sequence[str | Path], root: str | Path = ".") -> dict[str, Any]:
+    """``root``/config.yaml with the overlays merged in order, as ``snakemake --configfile`` does (no
+    schema defaults: the workflow's validation adds those)."""
+    import yaml
+
+    config: dict[str, Any] = yaml.safe_load((Path(root) / "config.yaml").read_text())
+    for file in configfiles:
+        config = merge_config(config, yaml.safe_load(Path(file).read_text()) or {})
+    return config

@@ -800,7 +800,7 @@ def test_the_smoke_run_composes_and_passes_verls_validation_on_two_gpus(tmp_path
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    from eqpo.preflight import load_config
+    from eqpo.run_settings import load_config
 
     smoke = load_config([REPO / "config" / "smoke.yaml"], REPO)
     paths = RunPaths.for_run(tmp_path / "run")
