@@ -1,4 +1,4 @@
-"""Tiny tokenizers and Qwen-VL configs built locally (no downloads), shared by the verl tests
+"""Tiny tokenizers and Qwen-VL and Gemma3 configs built locally (no downloads), shared by the verl tests
 (tests/verl/test_qwen_vl.py, test_gemma3.py) and the trl backend's tests (tests/trl/conftest.py).
 
 The tokenizers are byte-level BPE without merges: every text round-trips exactly, and the model's
@@ -82,4 +82,49 @@ def tiny_qwen_config(family: str, tokenizer, max_position_embeddings: int = 1024
         text = qwen_text_config(tokenizer, [4, 2, 2], max_position_embeddings, mrope_interleaved=True)
     config = Config(text_config=text, vision_config=vision, **qwen_token_ids(tokenizer))
     config.architectures = [QWEN_ARCHITECTURES[family]]
+    return config
+
+
+# Gemma3 (MedGemma): tests/verl/test_gemma3.py and the verl loop tests.
+BOI, EOI, IMAGE = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
+GEMMA3_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", BOI, EOI, IMAGE]
+GEMMA3_TOKENS_PER_IMAGE = 4
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<start_of_turn>"
+    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def gemma3_tokenizer():
+    """Gemma3's chat and image special tokens over byte-level BPE."""
+    return byte_level_tokenizer(
+        GEMMA3_SPECIALS, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+        extra_special_tokens={"boi_token": BOI, "eoi_token": EOI, "image_token": IMAGE},
+    )
+
+
+def tiny_gemma3_config(tokenizer):
+    """A tiny Gemma3 (MedGemma's architecture): 2 text layers of width 32 (one sliding, one full
+    attention), one SigLIP layer on 32x32 images, 4 tokens per image."""
+    from transformers import Gemma3Config
+    from transformers.models.gemma3.configuration_gemma3 import Gemma3TextConfig
+    from transformers.models.siglip.configuration_siglip import SiglipVisionConfig
+
+    text = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=1024, sliding_window=512,
+        layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=16,
+    )
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=32, patch_size=8)
+    config = Gemma3Config(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=GEMMA3_TOKENS_PER_IMAGE,
+        boi_token_index=tokenizer.convert_tokens_to_ids(BOI), eoi_token_index=tokenizer.convert_tokens_to_ids(EOI),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
+    )
+    config.architectures = ["Gemma3ForConditionalGeneration"]
     return config

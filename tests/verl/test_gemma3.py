@@ -20,48 +20,8 @@ tokenizers = pytest.importorskip("tokenizers")
 
 from eqpo.data.export import to_verl  # noqa: E402
 from eqpo.verl_ext import gemma3  # noqa: E402
-from tiny_models import byte_level_tokenizer  # noqa: E402
-
-BOI, EOI, IMAGE = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
-SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", BOI, EOI, IMAGE]
-TOKENS_PER_IMAGE = 4
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}<start_of_turn>"
-    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}"
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
-    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}{% endfor %}{% endif %}"
-    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
-
-
-def _tiny_tokenizer():
-    return byte_level_tokenizer(
-        SPECIALS, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-        extra_special_tokens={"boi_token": BOI, "eoi_token": EOI, "image_token": IMAGE},
-    )
-
-
-def _tiny_model_config(tokenizer):
-    from transformers import Gemma3Config
-    from transformers.models.gemma3.configuration_gemma3 import Gemma3TextConfig
-    from transformers.models.siglip.configuration_siglip import SiglipVisionConfig
-
-    text = Gemma3TextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=1024, sliding_window=512,
-        layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=16,
-    )
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                image_size=32, patch_size=8)
-    config = Gemma3Config(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=TOKENS_PER_IMAGE,
-        boi_token_index=tokenizer.convert_tokens_to_ids(BOI), eoi_token_index=tokenizer.convert_tokens_to_ids(EOI),
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
-    )
-    config.architectures = ["Gemma3ForConditionalGeneration"]
-    return config
-
+from tiny_models import (GEMMA3_CHAT_TEMPLATE as CHAT_TEMPLATE, GEMMA3_TOKENS_PER_IMAGE as TOKENS_PER_IMAGE,  # noqa: E402
+                         gemma3_tokenizer as _tiny_tokenizer, tiny_gemma3_config as _tiny_model_config)
 
 @pytest.fixture(scope="module")
 def medgemma(tmp_path_factory):
