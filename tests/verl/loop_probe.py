@@ -1,5 +1,6 @@
 """A recorder loaded into every process of the verl loop tests (``VERL_USE_EXTERNAL_MODULES``, after
-``eqpo.verl_ext``); it only records, and writes JSON lines under ``$EQPO_LOOP_PROBE_DIR``:
+``eqpo.verl_ext``); it only records, and writes JSON lines under ``$EQPO_LOOP_PROBE_DIR``, each with
+the ``$EQPO_LOOP_ATTEMPT`` it belongs to:
 
 - ``advantages.<pid>.jsonl`` (verl's TaskRunner): one line per call of a registered eqpo estimator
   by verl's ``compute_advantage``: the trainer's step, the rows as verl handed them (outcome reward,
@@ -11,6 +12,7 @@
 - ``loss.<pid>.jsonl`` (the FSDP workers): one line per call of verl's policy loss: the worker's rank
   and, per row with response tokens, the advantage the loss received (its mean over the row's tokens;
   outcome advantages are constant over a row) and the number of tokens.
+- ``images.<pid>.jsonl``: the number of images our CPU dataset class opened for each prompt.
 - ``saved.<pid>.jsonl``: the steps whose checkpoint (with the estimator state) was written. With
   ``$EQPO_LOOP_HANG_AFTER_STEP=N`` the trainer waits after saving step N, so that a test can kill the
   run at a known point.
@@ -31,6 +33,7 @@ _STEP = {"step": None}
 
 
 def _write(kind: str, record: dict) -> None:
+    record = {"attempt": int(os.environ.get("EQPO_LOOP_ATTEMPT", "0") or 0), **record}
     with open(os.path.join(DIR, f"{kind}.{os.getpid()}.jsonl"), "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -108,7 +111,21 @@ def _wrap_policy_loss() -> None:
     core_algos.POLICY_LOSS_REGISTRY["vanilla"] = recorded
 
 
+def _wrap_images() -> None:
+    from eqpo.verl_ext.cpu_dataset import PilImageDataset
+
+    real = PilImageDataset.__dict__["_process_multi_modal_info"].__func__
+
+    def recorded(cls, messages, image_patch_size, config):
+        images, videos, audios = real(cls, messages, image_patch_size, config)
+        _write("images", {"images": len(images or [])})
+        return images, videos, audios
+
+    PilImageDataset._process_multi_modal_info = classmethod(recorded)
+
+
 if DIR:
+    _wrap_images()
     _wrap_estimators()
     _wrap_trainer()
     _wrap_policy_loss()

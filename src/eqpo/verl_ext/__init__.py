@@ -22,11 +22,36 @@ but only when the model config is built, after verl has looked up ``trainer.v1.t
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 import warnings
 
+_EXTERNAL_MODULES = "VERL_USE_EXTERNAL_MODULES"
+
+
+def _import_verl_before_later_modules() -> list[str]:
+    """When this package is imported before verl in a process (a Ray worker unpickling one of our classes),
+    ``import verl`` below would import the modules that VERL_USE_EXTERNAL_MODULES lists after this one while
+    this one is half done (before the CPU platform exists). Import verl without them; returns them, to be
+    imported at the end, so that they load after this package as the variable's order says."""
+    if "verl" in sys.modules:
+        return []
+    names = [name for name in os.environ.get(_EXTERNAL_MODULES, "").split(",") if name]
+    later = names[names.index(__name__) + 1:] if __name__ in names else []
+    if later:
+        os.environ[_EXTERNAL_MODULES] = ",".join(names[: len(names) - len(later)])
+        try:
+            import verl  # noqa: F401
+        finally:
+            os.environ[_EXTERNAL_MODULES] = ",".join(names)
+    return later
+
+
+_LATER_MODULES = _import_verl_before_later_modules()
+
 # First the CPU platform (VERL_PLATFORM=cpu only): verl's trainer modules ask for the platform when imported.
-from . import compat, cpu
+from . import compat, cpu  # noqa: E402
 
 cpu.register()
 compat.apply()  # verl 0.9.1 beside TRL 1.16 (see eqpo.verl_ext.compat)
@@ -66,6 +91,9 @@ if os.environ.get(DATA_DIR_ENV):
     from .logs import register_custom_specs
 
     register_custom_specs(os.environ[DATA_DIR_ENV])
+
+for _name in _LATER_MODULES:
+    importlib.import_module(_name)
 
 if TRAINER_IMPORT_ERROR is not None:
     warnings.warn(
