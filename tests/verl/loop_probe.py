@@ -13,9 +13,9 @@ the ``$EQPO_LOOP_ATTEMPT`` it belongs to:
   and, per row with response tokens, the advantage the loss received (its mean over the row's tokens;
   outcome advantages are constant over a row) and the number of tokens.
 - ``images.<pid>.jsonl``: the number of images our CPU dataset class opened for each prompt.
-- ``saved.<pid>.jsonl``: the steps whose checkpoint (with the estimator state) was written. With
-  ``$EQPO_LOOP_HANG_AFTER_STEP=N`` the trainer waits after saving step N, so that a test can kill the
-  run at a known point.
+- ``saved.<pid>.jsonl``: the steps whose checkpoint (with the estimator state) was written.
+- ``hung.<pid>.jsonl``: with ``$EQPO_LOOP_HANG_AT_STEP=N`` the trainer waits in step N after its
+  rollouts and rewards, before its advantages, so that a test can kill the run mid-step.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 
 DIR = os.environ.get("EQPO_LOOP_PROBE_DIR")
 SHADOWS = [name for name in os.environ.get("EQPO_LOOP_SHADOWS", "").split(",") if name]
-HANG_AFTER = int(os.environ.get("EQPO_LOOP_HANG_AFTER_STEP", "0") or 0)
+HANG_AT = int(os.environ.get("EQPO_LOOP_HANG_AT_STEP", "0") or 0)
 _STEP = {"step": None}
 
 
@@ -83,13 +83,14 @@ def _wrap_trainer() -> None:
 
     def compute_advantage(self, batch, metrics):
         _STEP["step"] = int(self.global_steps)
+        if HANG_AT and _STEP["step"] == HANG_AT:
+            _write("hung", {"step": _STEP["step"]})
+            time.sleep(3600)  # the test kills the run here: the step's rollouts are done, its update is not
         return compute(self, batch, metrics)
 
     def save_checkpoint(self):
         save(self)
         _write("saved", {"step": int(self.global_steps)})
-        if HANG_AFTER and int(self.global_steps) == HANG_AFTER:
-            time.sleep(3600)  # the test kills the run here
 
     trainer._compute_advantage, trainer._save_checkpoint = compute_advantage, save_checkpoint
 

@@ -7,15 +7,15 @@ Each run goes through our launcher (``eqpo.verl_ext.launch.run_training``) and v
 files. The models are tiny random vision-language models warm-started to answer in the prompt's
 format (tests/tiny_vl.py), so rewards vary and advantages are not zero; the prompts carry images.
 
-Two launches of Qwen2.5-VL with ``eqpo`` on two FSDP ranks (gloo): the first is killed (SIGKILL to
-the whole process group) right after it saved step 1, the second resumes from that checkpoint and
-runs step 2. One launch of Gemma3 (MedGemma's architecture, through our Gemma3 patch) with
-``grpo_dro``. A recorder loaded into every verl process (tests/verl/loop_probe.py) writes what verl
-handed the estimator, what it returned, and what verl's policy loss received; the tests replay the
-library's estimators (``eqpo.advantages.make_estimator``) on those logged batches and compare. In the
-Qwen2.5-VL run, ``eqpo_nd``, ``eqpo_nodemo``, ``grpo_dro`` and ``drpo`` also run, through their
-registered verl functions, on each of the loop's batches ("shadows": their state is checkpointed and
-resumed with the run's, but their advantages never reach the loss).
+Two launches of Qwen2.5-VL with ``eqpo`` on two FSDP ranks (gloo): the first is killed (SIGKILL to the
+whole process group) in step 2, after its rollouts and before its update, the second resumes from the
+step-1 checkpoint and runs step 2 again. One launch of Gemma3 (MedGemma's architecture, through our
+Gemma3 patch) with ``grpo_dro``. A recorder loaded into every verl process (tests/verl/loop_probe.py)
+writes what verl handed the estimator, what it returned, and what verl's policy loss received; the tests
+replay the library's estimators (``eqpo.advantages.make_estimator``) on those logged batches and
+compare. In the Qwen2.5-VL run, ``eqpo_nd``, ``eqpo_nodemo``, ``grpo_dro`` and ``drpo`` also run,
+through their registered verl functions, on each of the loop's batches ("shadows": their state is
+checkpointed and resumed with the run's, but their advantages never reach the loss).
 
 About 5 minutes on 2 shared cores (three verl launches of 80-120 s each, mostly Ray and verl start-up).
 """
@@ -67,12 +67,12 @@ def _config(model_path: Path, model_type: str, gpus: int) -> dict:
     return config
 
 
-def _probe_env(env: dict, probe_dir: Path, attempt: int, shadows=(), hang_after: int = 0) -> dict:
+def _probe_env(env: dict, probe_dir: Path, attempt: int, shadows=(), hang_at: int = 0) -> dict:
     env = dict(env)
     env["VERL_USE_EXTERNAL_MODULES"] += ",loop_probe"
     env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(PROBE)])
     env.update(EQPO_LOOP_PROBE_DIR=str(probe_dir), EQPO_LOOP_SHADOWS=",".join(shadows),
-               EQPO_LOOP_HANG_AFTER_STEP=str(hang_after), EQPO_LOOP_ATTEMPT=str(attempt), RAY_DEDUP_LOGS="0")
+               EQPO_LOOP_HANG_AT_STEP=str(hang_at), EQPO_LOOP_ATTEMPT=str(attempt), RAY_DEDUP_LOGS="0")
     return env
 
 
@@ -89,17 +89,17 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
-def _runner(log: Path, probe_dir: Path, attempt: int, shadows=(), kill_after: int = 0):
-    """A launcher runner that records with the probe; with ``kill_after`` it SIGKILLs the run (its
-    whole session: driver, Ray and verl's workers) once the checkpoint of that step is written."""
+def _runner(log: Path, probe_dir: Path, attempt: int, shadows=(), kill_at: int = 0):
+    """A launcher runner that records with the probe; with ``kill_at`` it SIGKILLs the run (its whole
+    session: driver, Ray and verl's workers) in the middle of that step (see loop_probe)."""
 
     def run(argv, env):
-        env = _probe_env(env, probe_dir, attempt, shadows, kill_after)
+        env = _probe_env(env, probe_dir, attempt, shadows, kill_at)
         with open(log, "a") as out:
             proc = subprocess.Popen(list(argv), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                while kill_after and proc.poll() is None:
-                    if any(json.loads(line)["step"] == kill_after for line in _lines(probe_dir, "saved")):
+                while kill_at and proc.poll() is None:
+                    if any(json.loads(line)["step"] == kill_at for line in _lines(probe_dir, "hung")):
                         os.killpg(proc.pid, signal.SIGKILL)
                         break
                     time.sleep(1)
@@ -134,14 +134,14 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def qwen_run(data, tmp_path_factory):
-    """Qwen2.5-VL, eqpo, 2 FSDP ranks: killed after the step-1 checkpoint, then resumed to step 2."""
+    """Qwen2.5-VL, eqpo, 2 FSDP ranks: killed in step 2 (after the step-1 checkpoint), then resumed."""
     root = tmp_path_factory.mktemp("verl_loop_qwen")
     model = build_qwen_vl(root / "model", warm_steps=40)
     config, probe, log, run_dir = _config(model, "qwen2_5_vl", gpus=2), root / "probe", root / "verl.log", root / "run"
     probe.mkdir()
     with pytest.raises(RuntimeError, match="verl exited with status -9"):
         launch.run_training(config, "tiny", "eqpo", 0, run_dir, data,
-                            runner=_runner(log, probe, 1, SHADOWS, kill_after=1))
+                            runner=_runner(log, probe, 1, SHADOWS, kill_at=2))
     killed_checkpoints = sorted(p.name for p in (run_dir / "verl" / "checkpoints").glob("global_step_*"))
     paths = launch.run_training(config, "tiny", "eqpo", 0, run_dir, data, runner=_runner(log, probe, 2, SHADOWS))
     return {"paths": paths, "probe": probe, "log": log, "config": config, "killed_checkpoints": killed_checkpoints}
