@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
-from .cpu import images_of
+from .cpu_images import images_of
 
 
 class PilImageDataset(RLHFDataset):

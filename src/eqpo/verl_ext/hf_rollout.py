@@ -25,8 +25,6 @@ import os
 from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry
 
-from .cpu import ROLLOUT
-
 logger = logging.getLogger(__name__)
 
 ADAPTER = f"{__name__}.HFServerAdapter"
@@ -110,7 +108,7 @@ class HFServerAdapter(rollout_base.BaseRollout):
         logger.info("hf rollout weight sync: %s", self.last_sync)
 
 
-def register() -> None:
-    """Make ``rollout.name=hf`` known to verl's two rollout registries (idempotent)."""
-    rollout_base._ROLLOUT_REGISTRY[(ROLLOUT, "async")] = ADAPTER
-    RolloutReplicaRegistry.register(ROLLOUT, lambda: HFReplica)
+def register(name: str) -> None:
+    """Make ``rollout.name=<name>`` (``hf``) known to verl's two rollout registries (idempotent)."""
+    rollout_base._ROLLOUT_REGISTRY[(name, "async")] = ADAPTER
+    RolloutReplicaRegistry.register(name, lambda: HFReplica)

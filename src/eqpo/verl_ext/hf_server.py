@@ -34,9 +34,9 @@ class HFServer:
     """One replica's generation server (see the module docstring)."""
 
     def __init__(self, model_path: str, trust_remote_code: bool, response_length: int, seed: int):
-        from . import cpu
+        from .cpu_images import image_only_processors
 
-        cpu.image_only_processors()  # this actor loads the processor itself
+        image_only_processors()  # this actor loads the processor itself
         self.model, self.processor = _load(model_path, trust_remote_code)
         generation = self.model.generation_config
         self.eos_token_id = generation.eos_token_id
