@@ -21,7 +21,9 @@ Layout of a run directory (all paths handed to verl are absolute)::
 
 The extension's own settings (estimator name, trainer mode ``eqpo_sync``, reward function, estimator
 options, cluster log) come from :func:`eqpo.verl_ext.estimators.verl_overrides`. A missing GPU/vLLM
-environment gives :class:`TrainingEnvironmentError` before anything starts.
+environment gives :class:`TrainingEnvironmentError` before anything starts. ``train.device: cpu``
+runs verl's own loop on a machine without GPU instead (:mod:`eqpo.verl_ext.cpu`: its Hydra overrides
+and environment are added, the GPU preflight is skipped).
 """
 
 from __future__ import annotations
