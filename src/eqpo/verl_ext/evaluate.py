@@ -406,6 +406,10 @@ def run_evaluation(checkpoint_dir: str | Path, test_parquet: str | Path, out_par
     if not isinstance(model_config, dict) or model_config.get("backend") != "verl":
         raise ValueError(f"run_evaluation evaluates verl-trained models; got model config {model_config!r}")
     out = Path(out_parquet)
+    if not isinstance(test_parquet, pd.DataFrame):
+        from .logs import register_custom_specs
+
+        register_custom_specs(Path(test_parquet).parent)  # your own datasets' labels, to parse the answers
     rows = subsample(read_export(test_parquet), max_samples)
     requests = build_requests(rows)
     if generator is None:
