@@ -47,11 +47,11 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).resolve().parent  # loop_probe.py
 SHADOWS = ["eqpo_nd", "eqpo_nodemo", "grpo_dro", "drpo"]
-# 3 prompts x 3 rollouts = 9 responses a step in PPO mini-batches of 2 prompts (6 responses, 3 per FSDP
-# rank): verl pads each step's batch with 3 synthetic rows to 12, two mini-batches. Sampling at
+# 5 prompts x 3 rollouts = 15 responses a step in PPO mini-batches of 2 prompts (6 responses, 3 per FSDP
+# rank): verl pads each step's batch with 3 synthetic rows to 18, three mini-batches. Sampling at
 # temperature 0.5 from the barely warm-started models parses often enough for rewards to vary.
 # Label-set F1 with strict matching: 1 for the right label in the last box, else 0.
-TRAIN = {"device": "cpu", "steps": 2, "epochs": 1, "batch_prompts": 3, "rollouts": 3, "ppo_mini_batch": 2,
+TRAIN = {"device": "cpu", "steps": 2, "epochs": 1, "batch_prompts": 5, "rollouts": 3, "ppo_mini_batch": 2,
          "lr": 1e-3, "max_prompt_length": 512, "max_response_length": 16, "save_freq": 1, "test_freq": 2,
          "temperature": 0.5, "tensor_parallel": 1, "loggers": [], "max_ckpt_to_keep": 2, "rollout_data": True}
 
@@ -122,13 +122,14 @@ def _records(probe_dir: Path, kind: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """The fixture dataset (tiny PNGs, a third of the samples without demographics) exported for verl."""
+    """Two fixture datasets (two domains for the estimators; tiny PNGs, a third of the samples without
+    demographics) exported for verl."""
     from eqpo.pipeline import build_cohort, run_export_verl
 
     root = tmp_path_factory.mktemp("verl_loop_data")
-    entry = custom_dataset(root / "raw")
-    build_cohort([], root / "cohort.parquet", root / "table1", [entry])
-    run_export_verl(root / "cohort.parquet", root, root / "verl", 0, [entry])
+    entries = [custom_dataset(root / "raw", seed=0), custom_dataset(root / "raw_b", seed=1, name="TinyDermB")]
+    build_cohort([], root / "cohort.parquet", root / "table1", entries)
+    run_export_verl(root / "cohort.parquet", root, root / "verl", 0, entries)
     return root / "verl"
 
 
@@ -226,7 +227,7 @@ def test_the_loss_received_the_library_estimator_replayed_on_the_logged_batches(
 def test_padding_rows_reach_the_estimator_flagged_and_not_the_loss(qwen_run):
     steps = _by_step(_records(qwen_run["probe"], "advantages"))
     for record in steps.values():
-        assert len(record["uids"]) == 12 and sum(record["is_padding"]) == 3
+        assert len(record["uids"]) == 18 and sum(record["is_padding"]) == 3
         assert all(adv == 0 for adv, pad in zip(record["advantages"], record["is_padding"]) if pad)
         assert all(str(uid).startswith("pad") for uid, pad in zip(record["uids"], record["is_padding"]) if pad)
 

@@ -122,15 +122,17 @@ def write_images(folder: Path, n: int, seed: int = 0) -> list[str]:
     return names
 
 
-def custom_dataset(folder: Path, n: int = 24, seed: int = 0) -> dict:
-    """A data.custom entry (CSV + PNGs) of ``n`` samples: half train, a quarter val, a quarter test;
-    two sexes x ages 30/70 -> explicit groups, every third sample without demographics (EQPO's
-implicit groups)."""
+def custom_dataset(folder: Path, n: int = 24, seed: int = 0, name: str = DATASET) -> dict:
+    """A data.custom entry ``name`` (CSV + PNGs in ``folder``) of ``n`` samples: half train, a quarter
+    val, a quarter test; two sexes x ages 30/70 -> explicit groups, every third sample without
+    demographics (EQPO's implicit groups)."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     images = write_images(folder / "images", n, seed)
     rng = np.random.default_rng(seed)
+    prefix = "" if name == DATASET else f"{name}-"  # ids unique across several such datasets
     rows = pd.DataFrame({
-        "sample_id": [f"td{i:03d}" for i in range(n)], "patient_id": [f"p{i:03d}" for i in range(n)],
+        "sample_id": [f"{prefix}td{i:03d}" for i in range(n)], "patient_id": [f"{prefix}p{i:03d}" for i in range(n)],
         "split": ["train" if i % 4 < 2 else "val" if i % 4 == 2 else "test" for i in range(n)],
         "label": [LABELS[int(b)] for b in rng.integers(0, 2, size=n)],
         "age": [None if i % 3 == 0 else 30.0 if i % 2 else 70.0 for i in range(n)],
@@ -138,7 +140,7 @@ implicit groups)."""
         "image": [f"images/{name}" for name in images],
     })
     rows.to_csv(folder / "samples.csv", index=False)
-    return {"name": DATASET, "path": str(folder / "samples.csv"), "labels": LABELS, "multi_label": False,
+    return {"name": name, "path": str(folder / "samples.csv"), "labels": LABELS, "multi_label": False,
             "attributes": ["sex", "age"], "question": QUESTION}
 
 
