@@ -225,6 +225,18 @@ def test_the_loss_received_the_library_estimator_replayed_on_the_logged_batches(
         np.testing.assert_allclose(received, np.sort(_real_rows(steps[step], expected[step])), rtol=0, atol=1e-6)
 
 
+def test_each_row_reached_the_estimator_with_its_own_samples_dataset_and_group(qwen_run, data):
+    from eqpo.data.export import read_export
+
+    rows = read_export(data / "train.parquet")
+    truth = {str(info["sample_id"]): (info["dataset"], info["group"]) for info in rows["extra_info"]}
+    for record in _by_step(_records(qwen_run["probe"], "advantages")).values():
+        real = [(s, d, g) for s, d, g, pad in zip(record["sample_ids"], record["datasets"], record["groups"],
+                                                  record["is_padding"]) if not pad]
+        assert len(real) == 15 and len({s for s, _, _ in real}) == 5  # 5 prompts x 3 rollouts
+        assert [(d, g) for _, d, g in real] == [truth[s] for s, _, _ in real]
+
+
 def test_padding_rows_reach_the_estimator_flagged_and_not_the_loss(qwen_run):
     steps = _by_step(_records(qwen_run["probe"], "advantages"))
     for record in steps.values():
