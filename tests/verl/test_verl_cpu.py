@@ -124,6 +124,17 @@ def test_train_device_is_validated_by_the_schema_and_the_launcher(tmp_path):
         _command(_tiny_config(tmp_path, "tpu"), tmp_path)
 
 
+def test_the_evaluation_engine_is_chosen_by_the_config(tmp_path):
+    from eqpo.verl_ext.evaluate import ENGINES, HFGenerator, VLLMGenerator, run_evaluation
+
+    assert ENGINES == {"vllm": VLLMGenerator, "hf": HFGenerator}
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    engine = schema["properties"]["evaluation"]["properties"]["engine"]
+    assert engine["enum"] == ["vllm", "hf"] and engine["default"] == "vllm"
+    with pytest.raises(ValueError, match=r"evaluation.engine must be one of \['hf', 'vllm'\], got 'tgi'"):
+        run_evaluation(tmp_path, tmp_path / "test.parquet", tmp_path / "out.parquet", {"backend": "verl"}, engine="tgi")
+
+
 # ----------------------------------------------------------------------------------------------
 # verl beside TRL 1.16
 # ----------------------------------------------------------------------------------------------

@@ -76,5 +76,7 @@ def test_the_merged_checkpoint_answers_as_the_trained_policy_did_in_verls_last_v
                                                          .read_text().splitlines())}
         answers = HFGenerator(run / "hf_model", max_tokens=16, threads=1).generate(requests)
         assert answers == [dump[sid] for sid in sample_ids]
+        predict_log = (workdir / "logs" / "verl_cpu" / "predict" / "tiny-qwen2.5-vl" / method / "seed0.log").read_text()
+        assert "on 6 test prompts with hf" in predict_log
         predictions = pd.read_parquet(run / "predictions.parquet")
         assert len(predictions) == 6 and predictions["response"].str.contains(r"\\boxed\{", regex=True).any()
