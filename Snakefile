@@ -7,6 +7,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/trl.smk"
+include: "workflow/rules/verl_cpu.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/report.smk"
 

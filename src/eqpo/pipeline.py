@@ -343,7 +343,9 @@ def render_uncertainty(predictions: list, ci_stem: str | Path, tests_stem: str |
     ci_table = pd.DataFrame(rows)
     Path(ci_stem).parent.mkdir(parents=True, exist_ok=True)
     ci_table.to_csv(f"{ci_stem}.csv", index=False)
-    wide = ci_table.pivot_table(index=["model", "method"], columns="column", values=["estimate", "lo", "hi"])
+    # dropna=False: a column undefined for every run (a gap with one group) is still a column
+    wide = ci_table.pivot_table(index=["model", "method"], columns="column", values=["estimate", "lo", "hi"],
+                                dropna=False)
     text = {c: wide["estimate"][c].map("{:.4f}".format) + " [" + wide["lo"][c].map("{:.4f}".format) + ", "
             + wide["hi"][c].map("{:.4f}".format) + "]" for c in TABLE2_COLUMNS}
     md = pd.DataFrame(text)

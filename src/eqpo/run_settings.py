@@ -133,7 +133,7 @@ def train_settings(config: Mapping[str, Any], model: str, method: str) -> dict[s
 # Keys of the shared `train` config block that only the GPU (verl) backend reads.
 GPU_ONLY_TRAIN_KEYS = ("max_prompt_length", "max_response_length", "rollout_gpu_memory", "tensor_parallel", "gpus",
                        "nnodes", "max_ckpt_to_keep", "save_hf_model", "rollout_data", "loggers",
-                       "restart_estimator_on_resume")
+                       "restart_estimator_on_resume", "device")
 
 
 def cpu_train_config(train: Mapping[str, Any], cpu: Mapping[str, Any]) -> dict[str, Any]:

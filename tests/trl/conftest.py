@@ -1,5 +1,6 @@
-"""Fixtures of the trl backend's tests: the tiny Qwen2.5-VL of tests/tiny_trl.py (built locally, warm-started to
-answer in the prompt's format), the fixture dataset exported as the verl backend's parquet files, and finished runs.
+"""Fixtures of the trl backend's tests: the tiny Qwen2.5-VL and fixture dataset of eqpo.demo.tiny_vl (through
+tests/tiny_trl.py; built locally, warm-started to answer in the prompt's format; shared with the verl loop
+tests), the fixture dataset exported as the verl backend's parquet files, and finished runs.
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ else:
     rule paper_cohort:
         """All datasets (and data.custom ones) in one cohort table; paper Table 1."""
         input:
-            expand(f"{DATA}/{{dataset}}/table.parquet", dataset=config["data"]["datasets"]),
+            tables=expand(f"{DATA}/{{dataset}}/table.parquet", dataset=config["data"]["datasets"]),
+            custom=[entry["path"] for entry in config["data"]["custom"]],  # your own datasets' CSVs
         output:
             cohort=COHORT,
             table1=report(f"{RESULTS}/tables/table1.csv", caption="../report/table1.rst", category="Tables"),

@@ -3,5 +3,5 @@ from pathlib import Path
 from eqpo.pipeline import build_cohort, logged
 
 with logged(snakemake.log[0]):
-    build_cohort(list(snakemake.input), snakemake.output.cohort, Path(snakemake.output.table1).with_suffix(""),
+    build_cohort(list(snakemake.input.tables), snakemake.output.cohort, Path(snakemake.output.table1).with_suffix(""),
                  snakemake.params.custom)

@@ -18,4 +18,5 @@ with logged(snakemake.log[0]):
         tensor_parallel=int(getattr(snakemake.resources, "gpu", 1)),
         options=reproduction_options(snakemake.config),
         max_samples=(snakemake.config.get("evaluation") or {}).get("max_samples"),
+        engine=(snakemake.config.get("evaluation") or {}).get("engine", "vllm"),
     )

@@ -93,7 +93,9 @@ def load_custom(entry: dict[str, Any]) -> pd.DataFrame:
     table = pd.DataFrame({
         "sample_id": raw["sample_id"].astype(str), "patient_id": raw["patient_id"].astype(str),
         "split": raw["split"], "labels": labels,
-        "images": ([[str((path.parent / p)) for p in _split_list(v)] for v in raw[image_col]] if image_col
+        # absolute: the verl export roots relative image paths under the data folder, where a CSV
+        # given relative to the working directory (data.custom path) does not lie
+        "images": ([[str((path.parent / p).resolve()) for p in _split_list(v)] for v in raw[image_col]] if image_col
                    else [[] for _ in labels]),
         "age": pd.to_numeric(raw["age"], errors="coerce") if "age" in raw.columns else float("nan"),
         "sex": [normalize_sex(v) for v in raw["sex"]] if "sex" in raw.columns else None,

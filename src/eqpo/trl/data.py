@@ -108,7 +108,7 @@ def to_trl_dataset(source: str | Path | pd.DataFrame, check_files: bool = True):
 # ----------------------------------------------------------------------------------------------
 
 
-def _image_only_video_processor():
+def image_only_video_processor():
     """A stand-in video processor for environments without torchvision: every transformers video
     processor needs it, and the Qwen-VL processors refuse to build without one. Images never touch
     it; a video prompt fails with a clear error."""
@@ -141,7 +141,7 @@ def load_processor(path: str | Path):
     if importlib.util.find_spec("torchvision") is not None:
         return AutoProcessor.from_pretrained(str(path))
     original = AutoVideoProcessor.__dict__["from_pretrained"]
-    AutoVideoProcessor.from_pretrained = classmethod(lambda cls, *a, **kw: _image_only_video_processor())
+    AutoVideoProcessor.from_pretrained = classmethod(lambda cls, *a, **kw: image_only_video_processor())
     try:
         return AutoProcessor.from_pretrained(str(path))
     finally:

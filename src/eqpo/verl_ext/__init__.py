@@ -22,10 +22,50 @@ but only when the model config is built, after verl has looked up ``trainer.v1.t
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 import warnings
 
-from . import estimators, trainer  # noqa: F401  (importing them registers the estimators and the trainer)
-from .estimators import (
+_EXTERNAL_MODULES = "VERL_USE_EXTERNAL_MODULES"
+
+
+def _import_verl_before_later_modules() -> list[str]:
+    """When this package is imported before verl in a process (a Ray worker unpickling one of our classes),
+    ``import verl`` below would import the modules that VERL_USE_EXTERNAL_MODULES lists after this one while
+    this one is half done (before the CPU platform exists). Import verl without them; returns them, to be
+    imported at the end, so that they load after this package as the variable's order says."""
+    if "verl" in sys.modules:
+        return []
+    names = [name for name in os.environ.get(_EXTERNAL_MODULES, "").split(",") if name]
+    later = names[names.index(__name__) + 1:] if __name__ in names else []
+    if later:
+        os.environ[_EXTERNAL_MODULES] = ",".join(names[: len(names) - len(later)])
+        try:
+            import verl  # noqa: F401
+        finally:
+            os.environ[_EXTERNAL_MODULES] = ",".join(names)
+    return later
+
+
+_LATER_MODULES = _import_verl_before_later_modules()
+
+# First the CPU platform (VERL_PLATFORM=cpu only): verl's trainer modules ask for the platform when imported.
+from . import compat, cpu  # noqa: E402
+
+cpu.register()
+compat.apply()  # verl 0.9.1 beside TRL 1.16 (see eqpo.verl_ext.compat)
+
+# MedGemma (Gemma3Processor) support; a no-op for other models' processors (see eqpo.verl_ext.gemma3). Before
+# the trainer import below: that imports verl's agent-loop worker, whose @ray.remote decoration copies the
+# methods the patch replaces, so patching afterwards would never reach the agent-loop processes.
+from .gemma3 import GEMMA3_OVERRIDES, patch_verl_for_gemma3  # noqa: E402
+
+patch_verl_for_gemma3()
+
+from . import estimators, trainer  # noqa: E402,F401  (importing them registers the estimators and the trainer)
+from .estimators import (  # noqa: E402
+    DATA_DIR_ENV,
     EXTERNAL_MODULE,
     METHOD_TO_VERL,
     REGISTERED,
@@ -42,12 +82,18 @@ from .estimators import (
     set_batch_context,
     verl_overrides,
 )
-from .gemma3 import GEMMA3_OVERRIDES, patch_verl_for_gemma3
-from .reward import compute_score
-from .trainer import TRAINER_IMPORT_ERROR, get_trainer_class
+from .reward import compute_score  # noqa: E402
+from .trainer import TRAINER_IMPORT_ERROR, get_trainer_class  # noqa: E402
 
-# MedGemma (Gemma3Processor) support; a no-op for other models' processors (see eqpo.verl_ext.gemma3).
-patch_verl_for_gemma3()
+# Your own datasets (data.custom): the launcher names the run's export directory, so that the reward
+# parses their labels in every verl process (the cohort's spec sidecar lies beside the export).
+if os.environ.get(DATA_DIR_ENV):
+    from .logs import register_custom_specs
+
+    register_custom_specs(os.environ[DATA_DIR_ENV])
+
+for _name in _LATER_MODULES:
+    importlib.import_module(_name)
 
 if TRAINER_IMPORT_ERROR is not None:
     warnings.warn(

@@ -78,6 +78,8 @@ EXTENSION_KEYS = frozenset({"allow_missing_context"})
 TRAINER_NAME = "eqpo_sync"
 #: The module verl must import in every process (VERL_USE_EXTERNAL_MODULES / model.external_lib).
 EXTERNAL_MODULE = "eqpo.verl_ext"
+#: The environment variable naming a run's verl export directory (custom datasets' specs, see __init__).
+DATA_DIR_ENV = "EQPO_VERL_DATA_DIR"
 #: ``reward.custom_reward_function.path`` / ``.name`` of the reward function.
 REWARD_PATH = "pkg://eqpo.verl_ext.reward"
 REWARD_NAME = "compute_score"

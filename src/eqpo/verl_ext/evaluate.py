@@ -23,7 +23,8 @@ Steps (:func:`run_evaluation`):
    processor, whose own resize targets the same grid for Qwen-VL and a fixed 896 x 896 for Gemma3,
    so only the resampling pass can differ.
 3. A :class:`Generator` answers every chat, greedily (temperature 0, one sample):
-   :class:`VLLMGenerator` in production, any object with ``generate(requests) -> list[str]`` in tests.
+   :class:`VLLMGenerator` on GPU, :class:`HFGenerator` (Hugging Face ``generate``) on a machine
+   without GPU (``evaluation.engine: hf``), any object with ``generate(requests) -> list[str]`` in tests.
 4. :func:`predictions_from_outputs`: answers are parsed with :func:`eqpo.rewards.score_response`
    against the dataset's vocabulary (the training reward's parser), giving ``prediction`` (empty
    when unparseable) and ``reward``.
@@ -304,6 +305,76 @@ class VLLMGenerator:
         return [output.outputs[0].text for output in outputs]
 
 
+class HFGenerator:
+    """Greedy answers with Hugging Face ``generate`` (``evaluation.engine: hf``): the engine of a
+    machine without GPU (``config/verl_cpu.yaml``), where vLLM does not run.
+
+    Each chat is rendered with the model directory's processor and its chat template (image parts
+    become the template's image slots, filled with the files in order, as verl's training prompt
+    does) and answered one at a time, greedily, up to ``max_tokens`` new tokens; the answer is the
+    new tokens decoded without special tokens. ``threads``: torch threads while generating.
+    """
+
+    def __init__(self, model_dir: str | Path, max_tokens: int = 4096, threads: int | None = None):
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        self.model_dir = str(model_dir)
+        self.max_tokens = max_tokens
+        self.threads = threads
+        self._model = self._processor = None
+
+    def _load(self) -> None:
+        from ..trl.data import load_model, load_processor  # transformers' PIL processors when torchvision is absent
+
+        self._processor = load_processor(self.model_dir)
+        self._model = load_model(self.model_dir).eval()
+
+    def _inputs(self, request: Request) -> dict:
+        from PIL import Image
+
+        messages, images = [], []
+        for message in request:
+            content = message["content"]
+            if isinstance(content, list):
+                parts = []
+                for part in content:
+                    if part.get("type") == "image_url":
+                        parts.append({"type": "image"})
+                    else:
+                        parts.append({"type": "text", "text": part["text"]})
+                content = parts
+            messages.append({"role": message["role"], "content": content})
+        images = [Image.open(path).convert("RGB") for path in request_images(request)]
+        text = self._processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        kwargs = {"images": [images]} if images else {}
+        return dict(self._processor(text=[text], return_tensors="pt", **kwargs))
+
+    def generate(self, requests: Sequence[Request]) -> list[str]:
+        import torch
+
+        if self._model is None:
+            self._load()
+        tokenizer = getattr(self._processor, "tokenizer", self._processor)
+        before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            answers = []
+            for request in requests:
+                inputs = self._inputs(request)
+                with torch.no_grad():
+                    out = self._model.generate(**inputs, do_sample=False, max_new_tokens=self.max_tokens,
+                                               pad_token_id=tokenizer.pad_token_id)
+                answers.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+            return answers
+        finally:
+            torch.set_num_threads(before)
+
+
+#: ``evaluation.engine`` -> the generator class that answers the test prompts.
+ENGINES = {"vllm": VLLMGenerator, "hf": HFGenerator}
+
+
 # ----------------------------------------------------------------------------------------------
 # 4. Outputs -> predictions table
 # ----------------------------------------------------------------------------------------------
@@ -318,7 +389,7 @@ def run_evaluation(checkpoint_dir: str | Path, test_parquet: str | Path, out_par
                    model_config: dict, generator: Generator | None = None, *, merged_dir: str | Path | None = None,
                    max_tokens: int = 4096, max_model_len: int | None = None, tensor_parallel: int = 1,
                    log: Callable[[str], None] = print, options: Any = None,
-                   max_samples: int | None = None) -> pd.DataFrame:
+                   max_samples: int | None = None, engine: str = "vllm") -> pd.DataFrame:
     """Checkpoint + test export -> ``out_parquet`` (the predictions table); returns the table.
 
     ``max_samples`` (``evaluation.max_samples``, e.g. the smoke run's 64) answers a seeded random
@@ -326,21 +397,32 @@ def run_evaluation(checkpoint_dir: str | Path, test_parquet: str | Path, out_par
 
     Without ``generator`` the latest checkpoint is merged (into ``merged_dir``, default
     ``<out_parquet's folder>/hf_model``) and answered by :class:`VLLMGenerator`; a given
-    ``generator`` answers instead (no merge). ``model_config`` is the workflow's ``models`` entry
+    ``generator`` answers instead (no merge). ``engine`` (``evaluation.engine``): ``vllm`` (GPU) or ``hf``
+    (:class:`HFGenerator`, a machine without GPU). ``model_config`` is the workflow's ``models`` entry
     (``backend: verl``; ``path`` names the base model in messages). ``options``: see :func:`predictions_from_outputs`.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"evaluation.engine must be one of {sorted(ENGINES)}, got {engine!r}")
     if not isinstance(model_config, dict) or model_config.get("backend") != "verl":
         raise ValueError(f"run_evaluation evaluates verl-trained models; got model config {model_config!r}")
     out = Path(out_parquet)
+    if not isinstance(test_parquet, pd.DataFrame):
+        from .logs import register_custom_specs
+
+        register_custom_specs(Path(test_parquet).parent)  # your own datasets' labels, to parse the answers
     rows = subsample(read_export(test_parquet), max_samples)
     requests = build_requests(rows)
     if generator is None:
         model_dir = merge_checkpoint(checkpoint_dir, merged_dir or out.parent / "hf_model")
         if any(request_images(r) for r in requests):
             require_image_processor(model_dir)
-        log(f"evaluating {model_dir} (trained from {model_config.get('path')}) on {len(rows)} test prompts")
-        generator = VLLMGenerator(model_dir, tensor_parallel=tensor_parallel, max_tokens=max_tokens,
-                                  max_model_len=max_model_len)
+        log(f"evaluating {model_dir} (trained from {model_config.get('path')}) on {len(rows)} test prompts "
+            f"with {engine}")
+        if engine == "hf":
+            generator = HFGenerator(model_dir, max_tokens=max_tokens)
+        else:
+            generator = VLLMGenerator(model_dir, tensor_parallel=tensor_parallel, max_tokens=max_tokens,
+                                      max_model_len=max_model_len)
     outputs = generator.generate(requests)
     table = predictions_from_outputs(rows, outputs, options)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -351,7 +433,8 @@ def run_evaluation(checkpoint_dir: str | Path, test_parquet: str | Path, out_par
 
 
 __all__ = [
-    "CheckpointError", "Generator", "PREDICTION_COLUMNS", "VLLMGenerator", "build_requests", "copy_processor_files",
+    "CheckpointError", "ENGINES", "Generator", "HFGenerator", "PREDICTION_COLUMNS", "VLLMGenerator", "build_requests",
+    "copy_processor_files",
     "has_hf_weights", "latest_actor_dir", "merge_checkpoint", "merge_command", "predictions_from_outputs",
     "read_export", "request_images", "require_image_processor", "run_evaluation",
 ]

@@ -21,7 +21,9 @@ Layout of a run directory (all paths handed to verl are absolute)::
 
 The extension's own settings (estimator name, trainer mode ``eqpo_sync``, reward function, estimator
 options, cluster log) come from :func:`eqpo.verl_ext.estimators.verl_overrides`. A missing GPU/vLLM
-environment gives :class:`TrainingEnvironmentError` before anything starts.
+environment gives :class:`TrainingEnvironmentError` before anything starts. ``train.device: cpu``
+runs verl's own loop on a machine without GPU instead (:mod:`eqpo.verl_ext.cpu`: its Hydra overrides
+and environment are added, the GPU preflight is skipped).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from typing import Any, Callable, Mapping, Sequence
 # module verl imports in every process; launch.py keeps no copy of them.
 from eqpo import base_models
 
-from .estimators import EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, format_value, verl_overrides
+from .estimators import (DATA_DIR_ENV, EXTERNAL_MODULE, METHOD_TO_VERL, REWARD_NAME, REWARD_PATH, format_value,
+                         verl_overrides)
 from ..data.export import train_part
 from ..memory_plan import max_token_len_per_gpu
 from ..run_files import CLUSTER_LOG_FILE, CLUSTERS_FILE, DYNAMICS_FILE, STEPS_FILE
@@ -169,6 +172,10 @@ class _Overrides:
     def update(self, values: Mapping[str, Any]) -> None:
         for key, value in values.items():
             self.set(key, value)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        item = self._items.get(_bare_key(key))
+        return default if item is None else item[1]
 
     def render(self) -> list[str]:
         return [f"{key}={value if isinstance(value, _Rendered) else format_value(value)}"
@@ -319,10 +326,13 @@ def build_overrides(config: Mapping[str, Any], model: str, method: str, seed: in
         out.set(RAY_ADDRESS_KEY, ray_address)
     else:
         out.update(_local_ray_overrides(num_cpus))
+    if train_device(train) == "cpu":
+        num_cpus = _cpu_run_overrides(out, train, num_cpus)
     model_overrides = flatten_overrides(entry.get("overrides"))
     out.update(model_overrides)
     if num_cpus is not None:
-        _check_ray_cpus(num_cpus * nnodes, model_overrides)
+        units = out.get(TQ_STORAGE_UNITS_KEY, TQ_DEFAULT_STORAGE_UNITS)
+        _check_ray_cpus(num_cpus * nnodes, {TQ_STORAGE_UNITS_KEY: units})
     return out.render()
 
 
@@ -338,6 +348,29 @@ def _check_ray_cpus(total: int, model_overrides: Mapping[str, Any]) -> None:
             f"TaskRunner alone need {needed}, and TransferQueue would wait forever: give the train_verl job more "
             f"threads (gpu_jobs.train_verl.threads in the config) or lower {TQ_STORAGE_UNITS_KEY} in "
             "models.<m>.overrides")
+
+
+def train_device(train: Mapping[str, Any]) -> str:
+    """``train.device``: ``cuda`` (default) or ``cpu`` (verl's loop without GPU, eqpo.verl_ext.cpu)."""
+    device = train.get("device", "cuda")
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"train.device must be 'cuda' or 'cpu', got {device!r}")
+    return device
+
+
+def _cpu_run_overrides(out: "_Overrides", train: Mapping[str, Any], num_cpus: int | None) -> int | None:
+    """A ``train.device: cpu`` run: the CPU platform's settings (:data:`eqpo.verl_ext.cpu.CPU_OVERRIDES`),
+    Ray's logical GPUs (one per FSDP rank, ``train.gpus``) and, for a single-node run, at least
+    :data:`~eqpo.verl_ext.cpu.RAY_CPUS` logical Ray CPUs (verl's processes share the machine's cores,
+    but TransferQueue waits forever without enough Ray CPUs). Returns the Ray CPU count."""
+    from .cpu import CPU_OVERRIDES, RAY_CPUS, RAY_GPUS_KEY
+
+    out.update(CPU_OVERRIDES)
+    out.set(RAY_GPUS_KEY, int(train.get("gpus", 1)))
+    if out.get(RAY_ADDRESS_KEY) == RAY_LOCAL:
+        num_cpus = max(int(num_cpus or 0), RAY_CPUS)
+        out.set("ray_kwargs.ray_init.num_cpus", num_cpus)
+    return num_cpus
 
 
 def _local_ray_overrides(num_cpus: int | None) -> dict[str, Any]:
@@ -423,7 +456,14 @@ def build_command(config: Mapping[str, Any], model: str, method: str, seed: int,
     Hydra's own run directory inside the work directory."""
     overrides = build_overrides(config, model, method, seed, paths, data_dir, ray_address, num_cpus)
     argv = [python or sys.executable, "-m", ENTRYPOINT, *overrides, f"hydra.run.dir={format_value(paths.hydra_dir)}"]
-    return argv, build_environment(paths, base_env)
+    env = build_environment(paths, base_env)
+    if data_dir is not None:
+        env[DATA_DIR_ENV] = str(Path(data_dir).expanduser().resolve())
+    if train_device(train_settings(config, model, method)) == "cpu":
+        from .cpu import cpu_environment
+
+        env = cpu_environment(env)
+    return argv, env
 
 
 def check_environment(config: Mapping[str, Any], model: str, method: str, data_dir: str | Path, run_dir: str | Path,
@@ -640,9 +680,14 @@ def run_training(config: Mapping[str, Any], model: str, method: str, seed: int, 
     for path in (train_file(data_dir, method), val_file(data_dir)):
         if not path.exists():
             raise FileNotFoundError(f"verl data file {path} is missing; the export_verl rule writes it")
+    logs.register_custom_specs(data_dir)  # your own datasets' labels, for the reward check below
     check_reward_ids(val_file(data_dir), compute_score)
     train = train_settings(config, model, method)
-    if check_env:
+    if train_device(train) == "cpu":  # no GPU node to check; the CPU support is written for one verl
+        from .cpu import check_version
+
+        check_version()
+    elif check_env:
         check_environment(config, model, method, data_dir, run_dir, probe)
     paths = RunPaths.for_run(run_dir)
     nnodes = train_nnodes(train)
