@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from eqpo import run_settings
+from eqpo import options as option_values
 from eqpo.groups import explicit_group
 from eqpo.metrics import fairness_summary
 from eqpo.rewards import LabelParser, extract_answer, score_response
@@ -21,11 +21,11 @@ SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").r
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 # config key -> (the option's values in run_settings, the ReproductionOptions field)
 OPTIONS = {
-    ("metrics", "class_set"): (run_settings.CLASS_SETS, "class_set"),
-    ("metrics", "extraction"): (run_settings.EXTRACTIONS, "extraction"),
-    ("groups", "definition"): (run_settings.GROUP_DEFINITIONS, "group_definition"),
-    ("reward", "function"): (run_settings.REWARD_FUNCTIONS, "reward"),
-    ("reward", "matching"): (run_settings.MATCHINGS, "matching"),
+    ("metrics", "class_set"): (option_values.CLASS_SETS, "class_set"),
+    ("metrics", "extraction"): (option_values.EXTRACTIONS, "extraction"),
+    ("groups", "definition"): (option_values.GROUP_DEFINITIONS, "group_definition"),
+    ("reward", "function"): (option_values.REWARD_FUNCTIONS, "reward"),
+    ("reward", "matching"): (option_values.MATCHINGS, "matching"),
 }
 
 

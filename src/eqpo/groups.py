@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .run_settings import GROUP_DEFINITIONS
+from .options import GROUP_DEFINITIONS
 from .vocabularies import ATTRIBUTES
 
 AGE_BINS = ("a1", "a2", "a3", "a4")

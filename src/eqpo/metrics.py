@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from .groups import AGE_BINS, AGE_EDGES, SEXES, age_bin, normalize_sex
-from .run_settings import CLASS_SETS
+from .options import CLASS_SETS
 from .vocabularies import ATTRIBUTES
 
 REQUIRED_COLUMNS = ("dataset", "labels", "prediction", "age", "sex")

@@ -4,7 +4,7 @@ defaults vs the paper text").
 The same parsing serves training (the reward) and evaluation (the prediction column of the
 metrics table), so a model is scored by one definition of "what it answered".
 
-Options (each a config key; see eqpo.run_settings):
+Options (each a config key; their values: eqpo.options):
 
 - reward function: ``f1`` (label-set F1), ``exact`` (1 when the whole label set is right, the
   paper text), ``authors_composite`` (0.5 F1 + 0.3 IoU + 0.1 bbox-JSON format score, as the
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Sequence
 
-from .run_settings import EXTRACTIONS, MATCHINGS, REWARD_FUNCTIONS
+from .options import EXTRACTIONS, MATCHINGS, REWARD_FUNCTIONS
 
 _BOX = "\\boxed{"
 _TEXT_WRAPPER = re.compile(r"\\text(?:bf|rm|it)?\{([^{}]*)\}")

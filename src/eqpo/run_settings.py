@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .options import CLASS_SETS, EXTRACTIONS, GROUP_DEFINITIONS, MATCHINGS, REWARD_FUNCTIONS  # noqa: F401
+
 RUNS_KEY = "runs"
 ALL_METHODS = "all"
 # Keys of a `runs` block that are not `train` keys: where its values come from, and estimator
@@ -27,14 +29,6 @@ ESTIMATOR_KEY = "estimator"
 REWARD_KEY = "reward"
 DEFAULT_TRAIN_SOURCE = "paper Table 3"
 
-# The values of each reproduction option, listed here once (eqpo.metrics, eqpo.rewards and eqpo.groups
-# import them; tests/test_settings_vocabularies.py holds the schema's enums to them). The first value is
-# the reproduction default (the authors' code, as ReproductionOptions and config.yaml).
-CLASS_SETS = ("group_present", "dataset")
-EXTRACTIONS = ("first_box", "last_box")
-GROUP_DEFINITIONS = ("authors_code", "paper")
-REWARD_FUNCTIONS = ("authors_composite", "exact", "f1", "qoq_med3")
-MATCHINGS = ("strict", "lenient")
 
 
 def _overrides(config: Mapping[str, Any], model: str) -> Mapping[str, Any]:

@@ -457,7 +457,7 @@ def verl_overrides(method: str, options: Mapping | None = None, cluster_log: str
     out += [f"+algorithm.eqpo.{key}={format_value(value)}" for key, value in options.items()]
     if format_weight is not None:
         out.append(f"+reward.custom_reward_function.reward_kwargs.format_weight={format_value(float(format_weight))}")
-    from ..run_settings import EXTRACTIONS, MATCHINGS, REWARD_FUNCTIONS
+    from ..options import EXTRACTIONS, MATCHINGS, REWARD_FUNCTIONS
 
     allowed = {"function": REWARD_FUNCTIONS, "matching": MATCHINGS, "extraction": EXTRACTIONS}
     for key, value in (reward or {}).items():
