@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 CORES  ?= 2
 
-.PHONY: demo test lint bench quickstart report clean gpu-lock device-check device-wheels
+.PHONY: demo test test-fast lint format bench quickstart report clean gpu-lock device-check device-wheels
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,14 +26,24 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.pipeline
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
 
-# The lint gate: ruff, and snakemake --lint on config.yaml and every overlay (exits 1 on any lint).
+# The lint gate: ruff (lint rules and the formatter, checked), and snakemake --lint on config.yaml and
+# every overlay (exits 1 on any lint). `make format` rewrites the Python files as the formatter wants.
 lint: $(VENV)/.test
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/snakemake --lint
 	for overlay in config/*.yaml; do $(BIN)/snakemake --lint --configfile $$overlay || exit 1; done
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The tests without the slow ones (verl's own loop, the end-to-end DAGs): a few minutes.
+test-fast: $(VENV)/.test
+	$(BIN)/python -m pytest -q -m "not slow"
+
+format: $(VENV)/.test
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # One HTML report with every table and figure of the demo, after `make demo`.
 report: $(VENV)/.pipeline
@@ -66,7 +76,7 @@ gpu-lock: | $(BIN)/uv
 	  echo "# resolved by uv for Python $(GPU_PYTHON) on $(GPU_LOCK_PLATFORM), from PyPI as of $(GPU_LOCK_DATE):"; \
 	  echo "#   uv pip compile --python-version $(GPU_PYTHON) --python-platform $(GPU_LOCK_PLATFORM) --exclude-newer $(GPU_LOCK_DATE)"; \
 	  echo "# Do not edit. After changing envs/gpu.yaml run \`make gpu-lock\` (GPU_LOCK_DATE=YYYY-MM-DD for newer"; \
-	  echo "# releases); tests/verl/test_gpu_environment.py checks that the two agree. The CUDA wheels need the"; \
+	  echo "# releases); tests/backends/verl/test_gpu_environment.py checks that the two agree. The CUDA wheels need the"; \
 	  echo "# NVIDIA driver named at the top of envs/gpu.yaml. Install exactly this set into a Python $(GPU_PYTHON)"; \
 	  echo "# environment: pip install -r envs/gpu.lock.txt (or uv pip sync envs/gpu.lock.txt)."; \
 	  cat envs/gpu.lock.txt.new; } > envs/gpu.lock.txt

@@ -17,13 +17,20 @@ import time
 
 import numpy as np
 
-from eqpo.advantages import make_estimator
-from eqpo.groups import explicit_group
-from eqpo.vocabularies import PAPER_DATASETS
+from eqpo.core.advantages import make_estimator
+from eqpo.core.groups import explicit_group
+from eqpo.core.vocabularies import PAPER_DATASETS
 
 PROMPTS, ROLLOUTS, UNLABELED = 512, 10, 0.30
-MIX = {"CheXpert": 0.40, "Hemorrhage": 0.08, "VinDr-Mammo": 0.12, "ISIC-2020": 0.15,
-       "HAM10000": 0.12, "PAD-UFES-20": 0.08, "COVID-BLUES": 0.05}
+MIX = {
+    "CheXpert": 0.40,
+    "Hemorrhage": 0.08,
+    "VinDr-Mammo": 0.12,
+    "ISIC-2020": 0.15,
+    "HAM10000": 0.12,
+    "PAD-UFES-20": 0.08,
+    "COVID-BLUES": 0.05,
+}
 
 
 def make_batch(rng: np.random.Generator, step: int):
@@ -38,8 +45,12 @@ def make_batch(rng: np.random.Generator, step: int):
     p = rng.beta(1, 1, PROMPTS)
     rewards = (rng.random((PROMPTS, ROLLOUTS)) < p[:, None]).astype(float).ravel()
     pids = np.repeat(np.array([f"{step}-{i}" for i in range(PROMPTS)], dtype=object), ROLLOUTS)
-    return (rewards, pids, np.repeat(np.asarray(ds, dtype=object), ROLLOUTS),
-            np.repeat(np.asarray(groups, dtype=object), ROLLOUTS))
+    return (
+        rewards,
+        pids,
+        np.repeat(np.asarray(ds, dtype=object), ROLLOUTS),
+        np.repeat(np.asarray(groups, dtype=object), ROLLOUTS),
+    )
 
 
 def time_call(est, batch, repeats: int = 1) -> float:
@@ -87,8 +98,9 @@ def main() -> None:
             f"  ratio to grpo {late / grpo_ms:5.1f}x  ({int(prompts)} prompts held as {distinct} distinct vectors)"
             "  target <= 100 ms, flat"
         )
-        blocks = [f"{b}-{min(b + 100, args.steps)}: {np.median(times[b:b + 100]):.1f}"
-                  for b in range(0, args.steps, 100)]
+        blocks = [
+            f"{b}-{min(b + 100, args.steps)}: {np.median(times[b : b + 100]):.1f}" for b in range(0, args.steps, 100)
+        ]
         print(f"{'':8s} median ms per block of steps  " + "  ".join(blocks))
     print("PASS" if ok else "FAIL: a target above was missed")
 

@@ -1,4 +1,4 @@
-"""Benchmark of the demo cohort generator (eqpo.demo.cohort.make_cohort), not a timed test.
+"""Benchmark of the demo cohort generator (eqpo.data.demo.cohort.make_cohort), not a timed test.
 
 Times the default cohort (CohortConfig(): the demo's size) and the tiny test cohort, best of
 ``--repeat`` runs, against a 1 s target for the default one (the DAG's first job waits for it).
@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from eqpo.demo.cohort import CohortConfig, make_cohort
+from eqpo.data.demo.cohort import CohortConfig, make_cohort
 
 TARGET_S = 1.0
 

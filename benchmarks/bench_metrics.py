@@ -1,4 +1,4 @@
-"""Benchmark of eqpo.metrics.fairness_summary on a paper-sized evaluation (not a timed test).
+"""Benchmark of eqpo.core.metrics.fairness_summary on a paper-sized evaluation (not a timed test).
 
 Builds a seeded synthetic predictions frame of 280,000 rows over the seven paper datasets
 (CheXpert, 14-class multi-label, holds ~40% of the rows), with random ages and sexes including
@@ -17,8 +17,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from eqpo.metrics import FairnessReport, fairness_summary
-from eqpo.vocabularies import PAPER_DATASETS
+from eqpo.core.metrics import FairnessReport, fairness_summary
+from eqpo.core.vocabularies import PAPER_DATASETS
 
 TARGET_S = 5.0
 BOOTSTRAP_TARGET_S = 20.0  # 1000 stratified replicates of a ~1,000-sample test set
@@ -37,9 +37,7 @@ def _row_counts(n_rows: int) -> dict[str, int]:
     return counts
 
 
-def _label_sets(
-    rng: np.random.Generator, vocab: tuple[str, ...], multi_label: bool, n: int
-) -> list[list[str]]:
+def _label_sets(rng: np.random.Generator, vocab: tuple[str, ...], multi_label: bool, n: int) -> list[list[str]]:
     """True label sets: multi-label rows hold each class w.p. 0.15 (never empty), else one class."""
     vocab_arr = np.array(vocab, dtype=object)
     if not multi_label:
@@ -49,9 +47,7 @@ def _label_sets(
     return [list(vocab_arr[row]) for row in hits]
 
 
-def _noisy(
-    rng: np.random.Generator, truth: list[list[str]], vocab: tuple[str, ...]
-) -> list[list[str]]:
+def _noisy(rng: np.random.Generator, truth: list[list[str]], vocab: tuple[str, ...]) -> list[list[str]]:
     """Predictions: 5% empty, 20% one random vocabulary label (2% of rows with an extra
     out-of-vocabulary label), else the truth."""
     u = rng.random(len(truth))
@@ -68,7 +64,7 @@ def _noisy(
 
 
 def build_frame(n_rows: int = 280_000, seed: int = 0) -> pd.DataFrame:
-    """Seeded synthetic predictions frame with the columns eqpo.metrics expects."""
+    """Seeded synthetic predictions frame with the columns eqpo.core.metrics expects."""
     rng = np.random.default_rng(seed)
     parts = []
     for name, n in _row_counts(n_rows).items():
@@ -77,17 +73,24 @@ def build_frame(n_rows: int = 280_000, seed: int = 0) -> pd.DataFrame:
         age = rng.uniform(0.0, 100.0, size=n)
         age[rng.random(n) < 0.05] = np.nan
         if "sex" in spec.attributes:
-            sex = rng.choice(np.array(["F", "M", "female", "male", None, "O"], dtype=object),
-                             size=n, p=[0.45, 0.40, 0.04, 0.04, 0.05, 0.02])
+            sex = rng.choice(
+                np.array(["F", "M", "female", "male", None, "O"], dtype=object),
+                size=n,
+                p=[0.45, 0.40, 0.04, 0.04, 0.05, 0.02],
+            )
         else:
             sex = np.full(n, None, dtype=object)
-        parts.append(pd.DataFrame({
-            "dataset": name,
-            "labels": truth,
-            "prediction": _noisy(rng, truth, spec.labels),
-            "age": age,
-            "sex": sex,
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "dataset": name,
+                    "labels": truth,
+                    "prediction": _noisy(rng, truth, spec.labels),
+                    "age": age,
+                    "sex": sex,
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -111,9 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     frame = build_frame(args.rows, args.seed)
     seconds = best_time(frame, args.repeat)
     report = FairnessReport.from_predictions(frame)
-    print(f"rows: {len(frame):,} ({frame['dataset'].nunique()} datasets, "
-          f"CheXpert {int((frame['dataset'] == 'CheXpert').sum()):,} rows x "
-          f"{len(report.classes['CheXpert'])} classes)")
+    print(
+        f"rows: {len(frame):,} ({frame['dataset'].nunique()} datasets, "
+        f"CheXpert {int((frame['dataset'] == 'CheXpert').sum()):,} rows x "
+        f"{len(report.classes['CheXpert'])} classes)"
+    )
     print(f"fairness_summary best of {args.repeat}: {seconds:.3f} s (target {TARGET_S:.0f} s)")
     print("overall:", {k: round(v, 4) for k, v in report.overall.items()})
     columns = ["dataset", "n", "attributes", "unparseable_share", "Acc", "F1", "delta_F1"]
@@ -128,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     bootstrap_summary(small, n_boot=1000, seed=0)
     boot_s = time.perf_counter() - start
     boot_ok = boot_s <= BOOTSTRAP_TARGET_S
-    print(f"bootstrap_summary, {len(small):,} predictions x 1000 replicates: {boot_s:.2f} s "
-          f"({'PASS' if boot_ok else 'FAIL'}, target {BOOTSTRAP_TARGET_S:.0f} s)")
+    print(
+        f"bootstrap_summary, {len(small):,} predictions x 1000 replicates: {boot_s:.2f} s "
+        f"({'PASS' if boot_ok else 'FAIL'}, target {BOOTSTRAP_TARGET_S:.0f} s)"
+    )
     return 0 if ok and boot_ok else 1
 
 

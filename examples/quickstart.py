@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from eqpo.advantages import ESTIMATORS, make_estimator
-from eqpo.groups import age_bin, explicit_group
-from eqpo.metrics import FairnessReport, fairness_summary
-from eqpo.rewards import render_answer, score_response
-from eqpo.vocabularies import PAPER_DATASETS
+from eqpo.core.advantages import ESTIMATORS, make_estimator
+from eqpo.core.groups import age_bin, explicit_group
+from eqpo.core.metrics import FairnessReport, fairness_summary
+from eqpo.core.rewards import render_answer, score_response
+from eqpo.core.vocabularies import PAPER_DATASETS
 
 SEED = 0
 N_PROMPTS, N_ROLLOUTS = 96, 8
@@ -35,8 +35,16 @@ def simulate_prompts(rng: np.random.Generator) -> pd.DataFrame:
         sex = rng.choice(["F", "M"]) if "sex" in spec.attributes else None
         k = int(rng.integers(1, 3)) if spec.multi_label else 1
         truth = list(rng.choice(spec.labels, size=k, replace=False))
-        rows.append({"sample_id": f"q{i}", "dataset": name, "age": age, "sex": sex, "labels": truth,
-                     "group": explicit_group(age, sex, spec.attributes)})
+        rows.append(
+            {
+                "sample_id": f"q{i}",
+                "dataset": name,
+                "age": age,
+                "sex": sex,
+                "labels": truth,
+                "group": explicit_group(age, sex, spec.attributes),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -61,11 +69,19 @@ def main() -> None:
     for prompt in prompts.itertuples():
         for _ in range(N_ROLLOUTS):
             result = score_response(answer(rng, prompt), prompt.labels, PAPER_DATASETS[prompt.dataset].labels)
-            rows.append({"sample_id": prompt.sample_id, "dataset": prompt.dataset, "group": prompt.group,
-                         "reward": result.score})
+            rows.append(
+                {
+                    "sample_id": prompt.sample_id,
+                    "dataset": prompt.dataset,
+                    "group": prompt.group,
+                    "reward": result.score,
+                }
+            )
     step = pd.DataFrame(rows)
-    print(f"One step: {len(prompts)} prompts x {N_ROLLOUTS} rollouts, mean reward {step.reward.mean():.3f}, "
-          f"{prompts.group.isna().mean():.0%} of prompts without demographics\n")
+    print(
+        f"One step: {len(prompts)} prompts x {N_ROLLOUTS} rollouts, mean reward {step.reward.mean():.3f}, "
+        f"{prompts.group.isna().mean():.0%} of prompts without demographics\n"
+    )
 
     # Every estimator on the same batch. Mean advantage of the rewarded (reward > 0) responses per
     # group: EQPO gives more weight to groups and datasets the policy currently serves worse.
@@ -80,8 +96,10 @@ def main() -> None:
 
     # An evaluation: one greedy answer per prompt -> predictions -> fairness metrics.
     preds = prompts.assign(
-        prediction=[score_response(answer(rng, p), p.labels, PAPER_DATASETS[p.dataset].labels).prediction
-                    for p in prompts.itertuples()]
+        prediction=[
+            score_response(answer(rng, p), p.labels, PAPER_DATASETS[p.dataset].labels).prediction
+            for p in prompts.itertuples()
+        ]
     )
     summary = fairness_summary(preds)
     print("Table 2 metrics (raw fractions):")

@@ -8,7 +8,7 @@ It needs PyTorch and transformers, one GPU and no network, and prints one table:
   and every gradient are finite, the image reached the loss (the vision tower's gradient is not
   zero), and the bf16 loss is within 5% of the same model's fp32 loss.
 - ``trl``: the tiny end-to-end training of the trl backend (tests/tiny_trl.py: a warm-started tiny
-  Qwen2.5-VL, 2 GRPO steps of 2 prompts x 4 rollouts through eqpo.trl on the fixture dataset), on
+  Qwen2.5-VL, 2 GRPO steps of 2 prompts x 4 rollouts through eqpo.backends.trl on the fixture dataset), on
   the device. It needs trl, accelerate, datasets, pandas, pyarrow and pillow: ``--wheels DIR``
   installs the wheels of DIR (``make device-wheels``) into a temporary directory first, without
   network. Without them the row says what is missing.
@@ -28,9 +28,9 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 for path in (HERE, HERE.parent / "src"):
@@ -69,12 +69,17 @@ def gemma3_batch(device):
     config._attn_implementation = "sdpa"  # what every verl run trains with
     text = tokenizer.encode("<bos><start_of_turn>user\n", add_special_tokens=False)
     block = [config.boi_token_index, *[config.image_token_index] * GEMMA3_TOKENS_PER_IMAGE, config.eoi_token_index]
-    answer = tokenizer.encode("Which lesion?<end_of_turn>\n<start_of_turn>model\n\\boxed{Nevus}",
-                              add_special_tokens=False)
+    answer = tokenizer.encode(
+        "Which lesion?<end_of_turn>\n<start_of_turn>model\n\\boxed{Nevus}", add_special_tokens=False
+    )
     ids = torch.tensor([text + block + answer], device=device)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids,
-              "token_type_ids": (ids == config.image_token_index).long(),
-              "pixel_values": torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)}
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": ids,
+        "token_type_ids": (ids == config.image_token_index).long(),
+        "pixel_values": torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device),
+    }
 
     def model():
         module = Gemma3ForConditionalGeneration(config)
@@ -96,13 +101,20 @@ def qwen_batch(device):
     config = tiny_qwen_config("qwen2_5_vl", tokenizer)
     config._attn_implementation = "sdpa"  # what every verl run trains with
     ids = [tokenizer.convert_tokens_to_ids(t) for t in (VISION_START, *[IMAGE_PAD] * 4, VISION_END)]
-    ids = (tokenizer.encode("<|im_start|>user\n", add_special_tokens=False) + ids
-           + tokenizer.encode("Which lesion?<|im_end|>\n<|im_start|>assistant\n\\boxed{Nevus}",
-                              add_special_tokens=False))
+    ids = (
+        tokenizer.encode("<|im_start|>user\n", add_special_tokens=False)
+        + ids
+        + tokenizer.encode("Which lesion?<|im_end|>\n<|im_start|>assistant\n\\boxed{Nevus}", add_special_tokens=False)
+    )
     ids = torch.tensor([ids], device=device)
     patches = torch.randn(16, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(0)).to(device)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids, "pixel_values": patches,
-              "image_grid_thw": torch.tensor([[1, 4, 4]], device=device)}
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": ids,
+        "pixel_values": patches,
+        "image_grid_thw": torch.tensor([[1, 4, 4]], device=device),
+    }
 
     def model():
         return Qwen2_5_VLForConditionalGeneration(config)
@@ -120,8 +132,9 @@ def forward_backward(batch: Callable, device: str) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = make()
-    attention = {c._attn_implementation for c in (model.config, model.config.get_text_config(),
-                                                     model.config.vision_config)}
+    attention = {
+        c._attn_implementation for c in (model.config, model.config.get_text_config(), model.config.vision_config)
+    }
     assert attention == {"sdpa"}, f"attention implementations {attention}, sdpa expected"
     model = model.to(device)
     with torch.no_grad():
@@ -139,8 +152,10 @@ def forward_backward(batch: Callable, device: str) -> str:
     assert vision_norm > 0, f"no gradient reached the vision tower ({vision}): the image did not reach the loss"
     gap = abs(float(loss) - reference) / abs(reference)
     assert gap <= BF16_TOLERANCE, f"bf16 loss {float(loss):.4f} vs fp32 {reference:.4f} ({gap:.1%} apart)"
-    return (f"loss bf16 {float(loss):.4f} / fp32 {reference:.4f}; {len(grads)} finite gradients, "
-            f"vision-tower grad norm {vision_norm:.3g}; sdpa")
+    return (
+        f"loss bf16 {float(loss):.4f} / fp32 {reference:.4f}; {len(grads)} finite gradients, "
+        f"vision-tower grad norm {vision_norm:.3g}; sdpa"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,8 +169,10 @@ def install_wheels(wheels: Path, target: Path) -> None:
     files = sorted(str(p) for p in Path(wheels).glob("*.whl"))
     if not files:
         raise FileNotFoundError(f"no wheels in {wheels}: run `make device-wheels` where PyPI is reachable")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target",
-                    str(target), *files], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target", str(target), *files],
+        check=True,
+    )
     sys.path.insert(0, str(target))
     importlib.invalidate_caches()
 
@@ -178,8 +195,7 @@ def trl_training(device: str, workdir: Path) -> str:
     data = tiny_trl.export_fixture(workdir / "data")
     trl_settings = {"use_cpu": device == "cpu"}
     run = workdir / "run"
-    tiny_trl.train_run(model, data, "eqpo", run, train={"steps": 2, "test_freq": 2, "save_freq": 2},
-                       trl=trl_settings)
+    tiny_trl.train_run(model, data, "eqpo", run, train={"steps": 2, "test_freq": 2, "save_freq": 2}, trl=trl_settings)
     steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2], f"steps.jsonl has steps {[s['step'] for s in steps]}"
     assert all(math.isfinite(s.get("reward_mean", 0.0)) for s in steps)
@@ -210,8 +226,18 @@ def measure(check: str, device: str, dtype: str, fn: Callable[[], str]) -> Row:
 
 def render(rows: list[Row]) -> str:
     header = ("check", "device", "dtype", "status", "seconds", "peak MiB", "detail")
-    cells = [header] + [(r.check, r.device, r.dtype, r.status, f"{r.seconds:.1f}",
-                         "-" if r.peak_mib is None else f"{r.peak_mib:.0f}", r.detail) for r in rows]
+    cells = [header] + [
+        (
+            r.check,
+            r.device,
+            r.dtype,
+            r.status,
+            f"{r.seconds:.1f}",
+            "-" if r.peak_mib is None else f"{r.peak_mib:.0f}",
+            r.detail,
+        )
+        for r in rows
+    ]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header) - 1)]
     lines = ["  ".join(f"{c[i]:<{widths[i]}}" for i in range(len(widths))) + "  " + c[-1] for c in cells]
     lines.insert(1, "  ".join("-" * w for w in widths) + "  ------")
@@ -223,8 +249,10 @@ def environment(device: str) -> str:
     import transformers
 
     name = torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else "CPU"
-    return (f"device check on {name}: torch {torch.__version__} (CUDA {torch.version.cuda}), "
-            f"transformers {transformers.__version__}, python {sys.version.split()[0]}")
+    return (
+        f"device check on {name}: torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"transformers {transformers.__version__}, python {sys.version.split()[0]}"
+    )
 
 
 def run_checks(device: str, wheels: Path | None = None, skip_trl: bool = False) -> list[Row]:
@@ -232,8 +260,10 @@ def run_checks(device: str, wheels: Path | None = None, skip_trl: bool = False) 
 
     if device == "cuda" and not torch.cuda.is_available():
         return [Row("cuda", device, "-", "FAIL", 0.0, None, "torch sees no CUDA device (torch.cuda.is_available())")]
-    rows = [measure("gemma3", device, "bf16", lambda: forward_backward(gemma3_batch, device)),
-            measure("qwen2.5-vl", device, "bf16", lambda: forward_backward(qwen_batch, device))]
+    rows = [
+        measure("gemma3", device, "bf16", lambda: forward_backward(gemma3_batch, device)),
+        measure("qwen2.5-vl", device, "bf16", lambda: forward_backward(qwen_batch, device)),
+    ]
     if skip_trl:
         return rows
     with tempfile.TemporaryDirectory(prefix="eqpo-device-check-") as tmp:
@@ -241,8 +271,17 @@ def run_checks(device: str, wheels: Path | None = None, skip_trl: bool = False) 
             install_wheels(wheels, Path(tmp) / "site")
         missing = missing_trl_packages()
         if missing:
-            rows.append(Row("trl", device, "fp32", "skipped", 0.0, None,
-                            f"not installed: {', '.join(missing)} (make device-wheels, then WHEELS=wheels/device)"))
+            rows.append(
+                Row(
+                    "trl",
+                    device,
+                    "fp32",
+                    "skipped",
+                    0.0,
+                    None,
+                    f"not installed: {', '.join(missing)} (make device-wheels, then WHEELS=wheels/device)",
+                )
+            )
         else:
             rows.append(measure("trl", device, "fp32", lambda: trl_training(device, Path(tmp))))
     return rows

@@ -15,12 +15,12 @@ import yaml
 from eqpo.analysis.paper import paper_vs_reproduction_table2
 from eqpo.analysis.report_point import ReportPoint, reported_rows, validation_rows
 from eqpo.analysis.tables import table2
+from eqpo.backends.verl import logs
+from eqpo.backends.verl.reward import compute_score
+from eqpo.core.groups import age_bin, explicit_group, regroup, resample_for_rs, resampling_cells
+from eqpo.core.metrics import TABLE2_COLUMNS
 from eqpo.data.export import FORMAT_INSTRUCTION, export_verl, select_records, to_verl
-from eqpo.groups import age_bin, explicit_group, regroup, resample_for_rs, resampling_cells
-from eqpo.metrics import TABLE2_COLUMNS
-from eqpo.run_settings import ReproductionOptions
-from eqpo.verl_ext import logs
-from eqpo.verl_ext.reward import compute_score
+from eqpo.runs.settings import ReproductionOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 def load_config() -> dict:
     """config.yaml as written (its `runs` are the defaults this file checks)."""
     return yaml.safe_load((REPO / "config.yaml").read_text())
+
 
 # ----------------------------------------------------------------------------------------------
 # 1. The reported point
@@ -39,8 +40,16 @@ def dynamics_frame() -> pd.DataFrame:
     rows = []
     for method, scale, steps in (("grpo", 100.0, (0, 5, 10, 15)), ("eqpo", 1000.0, (0, 5, 10))):
         for step in steps:
-            rows.append({"model": "m", "method": method, "seed": 0, "step": step,
-                         **{c: 0.0 for c in TABLE2_COLUMNS}, "F1": step / scale})
+            rows.append(
+                {
+                    "model": "m",
+                    "method": method,
+                    "seed": 0,
+                    "step": step,
+                    **{c: 0.0 for c in TABLE2_COLUMNS},
+                    "F1": step / scale,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -83,8 +92,18 @@ def test_final_test_point_reads_the_test_metrics_and_bad_settings_are_errors():
 
 def test_paper_comparison_says_which_point_and_why_covid_blues_is_zero():
     # our Qwen2.5-VL EQPO row at its last validation; the paper's row is the authors' step-90 value
-    dyn = pd.DataFrame([{"model": "qwen2.5-vl-7b", "method": "eqpo", "seed": 0, "step": s,
-                         **{c: 0.1 * s / 90 for c in TABLE2_COLUMNS}} for s in (0, 45, 90)])
+    dyn = pd.DataFrame(
+        [
+            {
+                "model": "qwen2.5-vl-7b",
+                "method": "eqpo",
+                "seed": 0,
+                "step": s,
+                **{c: 0.1 * s / 90 for c in TABLE2_COLUMNS},
+            }
+            for s in (0, 45, 90)
+        ]
+    )
     ours = table2(reported_rows(pd.DataFrame(), dyn, ReportPoint()))
     config = {"data": {"datasets": ["COVID-BLUES"], "covid_blues_options": False}}
     out = paper_vs_reproduction_table2(ours, config=config)
@@ -94,8 +113,9 @@ def test_paper_comparison_says_which_point_and_why_covid_blues_is_zero():
     note = out.attrs["note"]
     assert "Ours: the validation at each run's last validation step" in note
     assert "COVID-BLUES in as zeros" in note and "without options" in note
-    listed = paper_vs_reproduction_table2(ours, config={"data": {"datasets": ["COVID-BLUES"],
-                                                                 "covid_blues_options": True}})
+    listed = paper_vs_reproduction_table2(
+        ours, config={"data": {"datasets": ["COVID-BLUES"], "covid_blues_options": True}}
+    )
     assert "listed the options" in listed.attrs["note"]
 
 
@@ -105,18 +125,30 @@ def test_paper_comparison_says_which_point_and_why_covid_blues_is_zero():
 
 
 def covid_row() -> pd.DataFrame:
-    return pd.DataFrame({"sample_id": ["c1"], "dataset": ["COVID-BLUES"], "split": ["train"],
-                         "images": [["COVID-BLUES/images/f0.png"]], "labels": [["Has COVID"]], "age": [40.0],
-                         "sex": [None], "group": ["a2"]})
+    return pd.DataFrame(
+        {
+            "sample_id": ["c1"],
+            "dataset": ["COVID-BLUES"],
+            "split": ["train"],
+            "images": [["COVID-BLUES/images/f0.png"]],
+            "labels": [["Has COVID"]],
+            "age": [40.0],
+            "sex": [None],
+            "group": ["a2"],
+        }
+    )
 
 
 def test_covid_blues_prompt_has_no_options_unless_asked(tmp_path):
     bare = to_verl(covid_row(), tmp_path, list_options=False).loc[0, "prompt"][0]["content"]
-    assert bare == ("<image>\nAbove is a lung ultrasound video. Based on the ultrasound, does the patient have "
-                    "COVID?\n" + FORMAT_INSTRUCTION)
+    assert bare == (
+        "<image>\nAbove is a lung ultrasound video. Based on the ultrasound, does the patient have "
+        "COVID?\n" + FORMAT_INSTRUCTION
+    )
     listed = to_verl(covid_row(), tmp_path, list_options=True).loc[0, "prompt"][0]["content"]
-    assert ("does the patient have COVID? Answer with one of the following:\nNo COVID\nHas COVID\n"
-            + FORMAT_INSTRUCTION) in listed
+    assert (
+        "does the patient have COVID? Answer with one of the following:\nNo COVID\nHas COVID\n" + FORMAT_INSTRUCTION
+    ) in listed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,8 +156,10 @@ def test_covid_blues_prompt_has_no_options_unless_asked(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 # first box: the truth; last box: the other class
-RESPONSES = {"h1": "<think>\\boxed{Melanoma}?</think> final \\boxed{Nevus}",
-             "h2": "<think>\\boxed{Nevus}?</think> final \\boxed{Melanoma}"}
+RESPONSES = {
+    "h1": "<think>\\boxed{Melanoma}?</think> final \\boxed{Nevus}",
+    "h2": "<think>\\boxed{Nevus}?</think> final \\boxed{Melanoma}",
+}
 TRUTH = {"h1": "Melanoma", "h2": "Nevus"}
 
 
@@ -139,19 +173,37 @@ def test_verl_reward_scores_the_last_box_and_predicts_by_extraction():
 
 
 def test_validation_dynamics_follow_the_configured_extraction(tmp_path):
-    table = pd.DataFrame({"sample_id": list(TRUTH), "dataset": ["HAM10000"] * 2, "split": ["val"] * 2,
-                          "images": [["x.png"]] * 2, "labels": [[t] for t in TRUTH.values()], "age": [60.0, 60.0],
-                          "sex": ["M", "M"], "group": ["M|a3"] * 2})
+    table = pd.DataFrame(
+        {
+            "sample_id": list(TRUTH),
+            "dataset": ["HAM10000"] * 2,
+            "split": ["val"] * 2,
+            "images": [["x.png"]] * 2,
+            "labels": [[t] for t in TRUTH.values()],
+            "age": [60.0, 60.0],
+            "sex": ["M", "M"],
+            "group": ["M|a3"] * 2,
+        }
+    )
     to_verl(table, tmp_path).to_parquet(tmp_path / "val.parquet", index=False)
     dumps = tmp_path / "val"
     dumps.mkdir()
     # the dump as verl writes it, with the prediction our reward returned under last_box (the old default)
-    lines = [{"output": RESPONSES[s], "gts": TRUTH[s], "score": 0.0, "step": 5, "sample_id": s,
-              "dataset": "HAM10000", "prediction": "Nevus" if s == "h1" else "Melanoma"} for s in TRUTH]
+    lines = [
+        {
+            "output": RESPONSES[s],
+            "gts": TRUTH[s],
+            "score": 0.0,
+            "step": 5,
+            "sample_id": s,
+            "dataset": "HAM10000",
+            "prediction": "Nevus" if s == "h1" else "Melanoma",
+        }
+        for s in TRUTH
+    ]
     (dumps / "5.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     first = logs.dynamics_records(dumps, tmp_path / "val.parquet", options=ReproductionOptions())
-    last = logs.dynamics_records(dumps, tmp_path / "val.parquet",
-                                 options=ReproductionOptions(extraction="last_box"))
+    last = logs.dynamics_records(dumps, tmp_path / "val.parquet", options=ReproductionOptions(extraction="last_box"))
     # first box: both right -> every class F1 1 and accuracy 1; last box: both wrong -> 0 and 0
     assert (first[0]["F1"], first[0]["Acc"]) == (1.0, 1.0)
     assert (last[0]["F1"], last[0]["Acc"]) == (0.0, 0.0)
@@ -172,13 +224,17 @@ def test_authors_code_edge_cases_as_their_loader():
 
 
 def rs_table() -> pd.DataFrame:
-    return pd.DataFrame({
-        "sample_id": [f"s{i}" for i in range(8)],
-        "dataset": ["Hemorrhage"] * 5 + ["VinDr-Mammo"] * 3,
-        "age": [30.0, 30.0, 30.0, 60.0, np.nan, -99.0, 60.0, 60.0],
-        "sex": ["F", "F", "F", "M", None, None, None, None],
-        "split": ["train"] * 8, "images": [["x.png"]] * 8, "labels": [["No Hemorrhage"]] * 5 + [["BIRAD 1"]] * 3,
-    })
+    return pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(8)],
+            "dataset": ["Hemorrhage"] * 5 + ["VinDr-Mammo"] * 3,
+            "age": [30.0, 30.0, 30.0, 60.0, np.nan, -99.0, 60.0, 60.0],
+            "sex": ["F", "F", "F", "M", None, None, None, None],
+            "split": ["train"] * 8,
+            "images": [["x.png"]] * 8,
+            "labels": [["No Hemorrhage"]] * 5 + [["BIRAD 1"]] * 3,
+        }
+    )
 
 
 def test_rs_cells_are_sex_by_age_with_the_unknown_cell_balanced():
@@ -205,8 +261,13 @@ def test_records_with_demographics_drop_the_wholly_unknown(tmp_path):
     assert select_records(table, "all") is table
     with pytest.raises(ValueError, match="data.records must be one of"):
         select_records(table, "demo_only")
-    paths = export_verl(regroup(table.assign(group=None), "authors_code"), tmp_path, tmp_path / "verl",
-                        group_definition="authors_code", records="with_demographics")
+    paths = export_verl(
+        regroup(table.assign(group=None), "authors_code"),
+        tmp_path,
+        tmp_path / "verl",
+        group_definition="authors_code",
+        records="with_demographics",
+    )
     assert len(pd.read_parquet(paths["train"])) == 7
     # Hemorrhage cells F|a2 3, M|a3 1 -> 3 + 3; VinDr-Mammo a1 1, a3 2 -> 2 + 2
     assert len(pd.read_parquet(paths["train_rs"])) == 10
@@ -220,12 +281,19 @@ def test_records_with_demographics_drop_the_wholly_unknown(tmp_path):
 def test_compute_plan_from_the_authors_step_times():
     from eqpo.analysis.plan import plan_markdown, plan_rows
 
-    config = {"experiment": "x", "base_models": ["qwen2.5-vl-7b", "qoq-med3-vl-8b", "demo-mlp", "other"],
-              "methods": ["eqpo"], "seeds": [0, 1],
-              "models": {"qwen2.5-vl-7b": {"backend": "verl", "params_billion": 10.0},
-                         "qoq-med3-vl-8b": {"backend": "verl"}, "demo-mlp": {"backend": "cpu"},
-                         "other": {"backend": "verl"}},
-              "train": {"steps": 90, "batch_prompts": 512, "rollouts": 10, "gpus": 4, "max_ckpt_to_keep": 1}}
+    config = {
+        "experiment": "x",
+        "base_models": ["qwen2.5-vl-7b", "qoq-med3-vl-8b", "demo-mlp", "other"],
+        "methods": ["eqpo"],
+        "seeds": [0, 1],
+        "models": {
+            "qwen2.5-vl-7b": {"backend": "verl", "params_billion": 10.0},
+            "qoq-med3-vl-8b": {"backend": "verl"},
+            "demo-mlp": {"backend": "cpu"},
+            "other": {"backend": "verl"},
+        },
+        "train": {"steps": 90, "batch_prompts": 512, "rollouts": 10, "gpus": 4, "max_ckpt_to_keep": 1},
+    }
     rows = plan_rows(config).set_index("model")
     # qwen: 886 s x (512 x 10) / (512 x 5) = 1772 s a step; 90 steps x 1772 s x 4 GPUs / 3600 = 177.2 GPU-h
     assert rows.loc["qwen2.5-vl-7b", "step_seconds"] == pytest.approx(1772.0)
@@ -247,7 +315,7 @@ HEMORRHAGE = ["No Hemorrhage", "Has Hemorrhage"]
 
 
 def test_qoq_med3_reward_by_hand():
-    from eqpo.rewards import jaccard_tokens, score_response
+    from eqpo.core.rewards import jaccard_tokens, score_response
 
     def score(response, truth="Has Hemorrhage"):
         return score_response(response, truth, HEMORRHAGE, function="qoq_med3", matching="strict").score
@@ -266,12 +334,15 @@ def test_qoq_med3_reward_by_hand():
 
 def test_qoq_med3_runs_carry_their_reward_and_k_max():
     from eqpo.analysis.paper_tables import table3
-    from eqpo.run_settings import estimator_options, run_reward
+    from eqpo.runs.settings import estimator_options, run_reward
 
     config = load_config()
     assert run_reward(config, "qoq-med3-vl-8b", "eqpo") == run_reward(config, "qoq-med3-vl-8b", "eqpo_nd") == "qoq_med3"
-    assert run_reward(config, "qoq-med3-vl-8b", "grpo") == run_reward(config, "medgemma-4b", "eqpo") == (
-        "authors_composite")
+    assert (
+        run_reward(config, "qoq-med3-vl-8b", "grpo")
+        == run_reward(config, "medgemma-4b", "eqpo")
+        == ("authors_composite")
+    )
     assert estimator_options(config, "qoq-med3-vl-8b", "eqpo")["k_max"] == 20
     assert estimator_options(config, "qoq-med3-vl-8b", "eqpo_nd")["k_max"] == 3
     assert "reward=qoq_med3" in table3(config).loc["run: eqpo", "qoq-med3-vl-8b"]
@@ -280,7 +351,7 @@ def test_qoq_med3_runs_carry_their_reward_and_k_max():
 
 
 def test_the_verl_command_of_a_qoq_med3_run_names_its_reward_and_k_max(tmp_path):
-    from eqpo.verl_ext.launch import RunPaths, build_overrides
+    from eqpo.backends.verl.launch import RunPaths, build_overrides
 
     config = load_config()
     paths = RunPaths.for_run(tmp_path / "run")

@@ -12,11 +12,18 @@ import pandas as pd
 import pytest
 import torch
 
-from eqpo.cpu.policy import MultiTaskPolicy, PolicyConfig
-from eqpo.cpu.trainer import feature_widths
-from eqpo.pipeline import (build_cohort, make_demo_cohort, read_cohort, run_predict_cpu, run_pretrain, run_train_cpu,
-                           score_predictions)
-from eqpo.vocabularies import DatasetSpec
+from eqpo.backends.cpu.policy import MultiTaskPolicy, PolicyConfig
+from eqpo.backends.cpu.trainer import feature_widths
+from eqpo.core.vocabularies import DatasetSpec
+from eqpo.workflow.pipeline import (
+    build_cohort,
+    make_demo_cohort,
+    read_cohort,
+    run_predict_cpu,
+    run_pretrain,
+    run_train_cpu,
+    score_predictions,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,23 +33,34 @@ def _custom(tmp_path: Path, name: str, width: int, labels: list[str], n: int = 9
     (with the first label for f0 < 0), so a policy can learn it."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, width)).round(4)
-    rows = pd.DataFrame({
-        "sample_id": [f"{name}-{i}" for i in range(n)], "patient_id": [f"{name}-p{i // 2}" for i in range(n)],
-        "split": ["train" if i % 6 < 4 else "val" if i % 6 == 4 else "test" for i in range(n)],
-        "label": [labels[int(v >= 0)] for v in x[:, 0]],
-        "age": rng.choice([20.0, 40.0, 60.0, 80.0], size=n), "sex": rng.choice(["female", "male"], size=n),
-        **{f"f{j}": x[:, j] for j in range(width)},
-    })
+    rows = pd.DataFrame(
+        {
+            "sample_id": [f"{name}-{i}" for i in range(n)],
+            "patient_id": [f"{name}-p{i // 2}" for i in range(n)],
+            "split": ["train" if i % 6 < 4 else "val" if i % 6 == 4 else "test" for i in range(n)],
+            "label": [labels[int(v >= 0)] for v in x[:, 0]],
+            "age": rng.choice([20.0, 40.0, 60.0, 80.0], size=n),
+            "sex": rng.choice(["female", "male"], size=n),
+            **{f"f{j}": x[:, j] for j in range(width)},
+        }
+    )
     path = tmp_path / f"{name}.csv"
     rows.to_csv(path, index=False)
-    return {"name": name, "path": str(path), "labels": labels, "attributes": ["sex", "age"],
-            "question": f"{name}: which one?"}
+    return {
+        "name": name,
+        "path": str(path),
+        "labels": labels,
+        "attributes": ["sex", "age"],
+        "question": f"{name}: which one?",
+    }
 
 
 @pytest.fixture
 def entries(tmp_path):
-    return [_custom(tmp_path, "Narrow", 3, ["Benign", "Malignant"], seed=1),
-            _custom(tmp_path, "Wide", 5, ["Healthy", "Sick"], seed=2)]
+    return [
+        _custom(tmp_path, "Narrow", 3, ["Benign", "Malignant"], seed=1),
+        _custom(tmp_path, "Wide", 5, ["Healthy", "Sick"], seed=2),
+    ]
 
 
 def test_demo_source_with_only_custom_datasets(tmp_path, entries):
@@ -66,8 +84,10 @@ def test_paper_source_with_only_custom_datasets(tmp_path, entries):
 
 
 def test_nothing_at_all_is_a_clear_error(tmp_path):
-    for call in (lambda: make_demo_cohort({}, [], tmp_path / "c.parquet", tmp_path / "s.csv", []),
-                 lambda: build_cohort([], tmp_path / "c.parquet", tmp_path / "t", [])):
+    for call in (
+        lambda: make_demo_cohort({}, [], tmp_path / "c.parquet", tmp_path / "s.csv", []),
+        lambda: build_cohort([], tmp_path / "c.parquet", tmp_path / "t", []),
+    ):
         with pytest.raises(ValueError, match="data.datasets is empty and data.custom has no entries"):
             call()
 
@@ -102,8 +122,16 @@ def test_custom_only_cohort_trains_end_to_end_on_the_cpu_backend(tmp_path, entri
     cohort = tmp_path / "cohort.parquet"
     make_demo_cohort({}, [], cohort, tmp_path / "summary.csv", entries)
     run_pretrain(cohort, {"backend": "cpu", "arch": "mlp", "hidden": 8}, {"epochs": 3}, 0, tmp_path / "pre.pt")
-    train = {"steps": 6, "batch_prompts": 16, "rollouts": 4, "lr": 0.01, "ppo_mini_batch": 8, "test_freq": 3,
-             "save_freq": 3, "probe_prompts": 16}
+    train = {
+        "steps": 6,
+        "batch_prompts": 16,
+        "rollouts": 4,
+        "lr": 0.01,
+        "ppo_mini_batch": 8,
+        "test_freq": 3,
+        "save_freq": 3,
+        "probe_prompts": 16,
+    }
     run_dir = tmp_path / "run"
     run_train_cpu(cohort, tmp_path / "pre.pt", "eqpo", {"scope": "history", "k_max": 3, "tau": 0.1}, train, 0, run_dir)
     assert len((run_dir / "steps.jsonl").read_text().splitlines()) == 6
@@ -119,15 +147,43 @@ def test_custom_only_config_runs_through_snakemake(tmp_path, entries):
     """The workflow itself: data.datasets: [] with two custom datasets of different widths, one CPU
     model and method, through demo_cohort -> pretrain_cpu -> train_cpu -> predict_cpu -> score."""
     overlay = tmp_path / "custom.yaml"
-    overlay.write_text(json.dumps({
-        "experiment": "custom", "data": {"source": "demo", "datasets": [], "custom": entries},
-        "base_models": ["demo-linear"], "methods": ["eqpo"], "seeds": [0], "pretrain": {"epochs": 2},
-        "train": {"steps": 4, "batch_prompts": 16, "rollouts": 4, "ppo_mini_batch": 8, "test_freq": 2, "save_freq": 2},
-        "cpu": {"probe_prompts": 16},
-    }))
+    overlay.write_text(
+        json.dumps(
+            {
+                "experiment": "custom",
+                "data": {"source": "demo", "datasets": [], "custom": entries},
+                "base_models": ["demo-linear"],
+                "methods": ["eqpo"],
+                "seeds": [0],
+                "pretrain": {"epochs": 2},
+                "train": {
+                    "steps": 4,
+                    "batch_prompts": 16,
+                    "rollouts": 4,
+                    "ppo_mini_batch": 8,
+                    "test_freq": 2,
+                    "save_freq": 2,
+                },
+                "cpu": {"probe_prompts": 16},
+            }
+        )
+    )
     target = "results/custom/demo-linear/eqpo/seed0/metrics.json"
-    cmd = [sys.executable, "-m", "snakemake", target, "--cores", "1", "--snakefile", str(REPO / "Snakefile"),
-           "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"), str(overlay)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        target,
+        "--cores",
+        "1",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        str(overlay),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((tmp_path / target).read_text())

@@ -18,10 +18,15 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_whole_check_runs_on_the_cpu_and_prints_one_table():
     """`make device-check DEVICE=cpu`: both tiny models forward and backward in bf16, and the tiny TRL
     training (about a minute here)."""
-    proc = subprocess.run(["make", "-s", "device-check", "DEVICE=cpu", f"PYTHON={sys.executable}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        ["make", "-s", "device-check", "DEVICE=cpu", f"PYTHON={sys.executable}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    table = proc.stdout[proc.stdout.index("check  "):].splitlines()
+    table = proc.stdout[proc.stdout.index("check  ") :].splitlines()
     rows = {line.split()[0]: line.split()[1:4] for line in table[2:]}
     assert rows == {"gemma3": ["cpu", "bf16", "ok"], "qwen2.5-vl": ["cpu", "bf16", "ok"], "trl": ["cpu", "fp32", "ok"]}
     assert proc.stdout.startswith("device check on CPU: torch ")
@@ -62,8 +67,10 @@ def test_without_a_gpu_the_cuda_check_fails_and_without_trl_its_row_says_what_is
 
 
 def test_the_table_has_one_line_per_check():
-    rows = [dc.Row("gemma3", "cuda", "bf16", "ok", 1.25, 512.0, "fine"),
-            dc.Row("trl", "cuda", "fp32", "FAIL", 3, None, "x")]
+    rows = [
+        dc.Row("gemma3", "cuda", "bf16", "ok", 1.25, 512.0, "fine"),
+        dc.Row("trl", "cuda", "fp32", "FAIL", 3, None, "x"),
+    ]
     lines = dc.render(rows).splitlines()
     assert lines[0].split() == ["check", "device", "dtype", "status", "seconds", "peak", "MiB", "detail"]
     assert lines[2].split() == ["gemma3", "cuda", "bf16", "ok", "1.2", "512", "fine"]

@@ -17,8 +17,13 @@ CITATION = re.compile(r"docs/method\.md,? (?:§|Section )(\d+(?:\.\d+)?)(?:\s*-\
 
 def repository_files() -> list[Path]:
     """The repository's own text files: tracked or new, not what .gitignore keeps out (builds, eggs)."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            check=True, capture_output=True, text=True).stdout.splitlines()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
     files = [REPO / name for name in listed]
     return [p for p in files if p.is_file() and p.suffix in TEXT_SUFFIXES]
 
@@ -28,8 +33,12 @@ def spec_sections() -> set[str]:
 
 
 def test_nothing_cites_a_specification_outside_the_repository():
-    offenders = [f"{p.relative_to(REPO)}: {needle}" for p in repository_files()
-                 for needle in OUTSIDE if needle in p.read_text(encoding="utf-8", errors="replace")]
+    offenders = [
+        f"{p.relative_to(REPO)}: {needle}"
+        for p in repository_files()
+        for needle in OUTSIDE
+        if needle in p.read_text(encoding="utf-8", errors="replace")
+    ]
     assert offenders == []
 
 

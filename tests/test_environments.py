@@ -36,5 +36,6 @@ def test_every_pin_is_exact_and_within_pyproject(env, extras):
         name = canonicalize_name(requirement.name)
         assert name in allowed, f"{env}: {requirement.name} is not a dependency in pyproject.toml {extras}"
         version = Version(specifiers[0].version)
-        assert allowed[name].specifier.contains(version, prereleases=True), \
+        assert allowed[name].specifier.contains(version, prereleases=True), (
             f"{env}: {line} is outside pyproject.toml's {allowed[name]}"
+        )

@@ -13,17 +13,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eqpo.advantages import make_estimator
 from eqpo.analysis.paper_tables import table3
 from eqpo.analysis.uncertainty import bootstrap_summary, replicate_summaries
-from eqpo.cpu.trainer import unparsed_item_shares
-from eqpo.groups import explicit_group, group_attributes, regroup
-from eqpo.metrics import FairnessReport, fairness_summary
-from eqpo.pipeline import render_table2, score_predictions
-from eqpo.rewards import LabelParser, bbox_format_score, extract_answer, extract_first_box, score_response
-from eqpo import run_settings
-from eqpo.run_settings import ReproductionOptions, reproduction_options, run_source, train_settings
-from eqpo.vocabularies import CHEXPERT_LABELS, SKIN_LABELS, DatasetSpec
+from eqpo.backends.cpu.trainer import unparsed_item_shares
+from eqpo.core.advantages import make_estimator
+from eqpo.core.groups import explicit_group, group_attributes, regroup
+from eqpo.core.metrics import FairnessReport, fairness_summary
+from eqpo.core.rewards import LabelParser, bbox_format_score, extract_answer, extract_first_box, score_response
+from eqpo.core.vocabularies import CHEXPERT_LABELS, SKIN_LABELS, DatasetSpec
+from eqpo.runs import settings as run_settings
+from eqpo.runs.settings import ReproductionOptions, reproduction_options, run_source, train_settings
+from eqpo.workflow.pipeline import render_table2, score_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -59,14 +59,16 @@ def two_group_predictions() -> pd.DataFrame:
     class_set="dataset": F = mean over x, y; M likewise.
     class_set="group_present": F has only x in its ground truth, M only y.
     """
-    return pd.DataFrame({
-        "sample_id": ["a", "b", "c", "d"],
-        "dataset": ["D"] * 4,
-        "labels": [["x"], ["x"], ["y"], ["y"]],
-        "prediction": [["x"], ["y"], ["y"], ["y"]],
-        "age": [np.nan] * 4,
-        "sex": ["F", "F", "M", "M"],
-    })
+    return pd.DataFrame(
+        {
+            "sample_id": ["a", "b", "c", "d"],
+            "dataset": ["D"] * 4,
+            "labels": [["x"], ["x"], ["y"], ["y"]],
+            "prediction": [["x"], ["y"], ["y"], ["y"]],
+            "age": [np.nan] * 4,
+            "sex": ["F", "F", "M", "M"],
+        }
+    )
 
 
 def test_dataset_class_set_averages_every_class_of_the_dataset():
@@ -102,7 +104,8 @@ def test_bootstrap_uses_the_same_class_set_as_the_metric(class_set):
     preds = two_group_predictions()
     ones = np.ones((1, len(preds)), dtype=np.int32)
     assert replicate_summaries(preds, ones, class_set).iloc[0]["F1"] == pytest.approx(
-        fairness_summary(preds, class_set)["F1"])
+        fairness_summary(preds, class_set)["F1"]
+    )
     counts = np.array([[2, 1, 0, 1]])  # row a twice, b once, d once: F (x->x, x->x, x->y), M (y->y)
     explicit = preds.iloc[np.repeat(np.arange(4), counts[0])].reset_index(drop=True)
     got = replicate_summaries(preds, counts, class_set).iloc[0]
@@ -120,8 +123,9 @@ def test_score_predictions_follows_the_configured_class_set(tmp_path):
     default = score_predictions(tmp_path / "p.parquet", tmp_path / "m.json", options={})
     assert default["summary"]["F1"] == pytest.approx(5 / 6)  # group_present: (2/3 + 1) / 2
     assert default["options"]["metrics.class_set"] == "group_present"
-    paper = score_predictions(tmp_path / "p.parquet", tmp_path / "m2.json",
-                              options={"metrics": {"class_set": "dataset"}})
+    paper = score_predictions(
+        tmp_path / "p.parquet", tmp_path / "m2.json", options={"metrics": {"class_set": "dataset"}}
+    )
     assert paper["summary"]["F1"] == pytest.approx(5 / 12)  # (1/3 + 1/2) / 2
     assert json.loads((tmp_path / "m2.json").read_text())["options"]["metrics.class_set"] == "dataset"
 
@@ -132,8 +136,10 @@ def test_score_predictions_follows_the_configured_class_set(tmp_path):
 
 
 def test_train_settings_apply_all_then_method_overrides():
-    config = {"train": {"lr": 5e-7, "rollouts": 10, "clip": 0.2},
-              "runs": {"m": {"all": {"lr": 1e-6}, "grpo": {"rollouts": 5}, "eqpo": {"lr": 2e-6}}}}
+    config = {
+        "train": {"lr": 5e-7, "rollouts": 10, "clip": 0.2},
+        "runs": {"m": {"all": {"lr": 1e-6}, "grpo": {"rollouts": 5}, "eqpo": {"lr": 2e-6}}},
+    }
     assert train_settings(config, "m", "grpo") == {"lr": 1e-6, "rollouts": 5, "clip": 0.2}
     assert train_settings(config, "m", "eqpo") == {"lr": 2e-6, "rollouts": 10, "clip": 0.2}  # method wins
     assert train_settings(config, "m", "rloo") == {"lr": 1e-6, "rollouts": 10, "clip": 0.2}
@@ -167,7 +173,11 @@ def test_config_defaults_to_the_scripts_settings_and_the_overlay_to_table3():
         for method in table3_config["methods"]:
             settings = train_settings(table3_config, model, method)
             assert (settings["lr"], settings["rollouts"], settings["kl_coef"], settings["batch_prompts"]) == (
-                5e-7, 10, 0.0, 512), (model, method)
+                5e-7,
+                10,
+                0.0,
+                512,
+            ), (model, method)
             assert run_source(table3_config, model, method).startswith("paper Table 3"), (model, method)
 
 
@@ -184,15 +194,16 @@ def test_schema_rejects_unknown_methods_and_keys_in_runs():
     with pytest.raises(WorkflowError, match="'accuracy' is not one of"):
         validate({**base, "reward": {"function": "accuracy"}})
     # defaults of the `train` block are not copied into the run blocks (they would override `train`)
-    config = validate({**base, "train": {**base["train"], "nnodes": 2},
-                       "runs": {"medgemma-4b": {"grpo": {"lr": 1e-6}}}})
+    config = validate(
+        {**base, "train": {**base["train"], "nnodes": 2}, "runs": {"medgemma-4b": {"grpo": {"lr": 1e-6}}}}
+    )
     assert config["runs"]["medgemma-4b"]["grpo"] == {"lr": 1e-6}
     assert train_settings(config, "medgemma-4b", "grpo")["nnodes"] == 2
 
 
 def test_verl_launcher_renders_the_runs_settings(tmp_path):
     pytest.importorskip("verl")
-    from eqpo.verl_ext.launch import RunPaths, build_overrides
+    from eqpo.backends.verl.launch import RunPaths, build_overrides
 
     config = load_config()
     paths = RunPaths.for_run(tmp_path / "run")
@@ -229,10 +240,14 @@ def test_table2_names_the_options_it_was_computed_with(tmp_path):
     preds.to_parquet(tmp_path / "p.parquet", index=False)
     run = tmp_path / "demo-linear" / "grpo" / "seed0"
     run.mkdir(parents=True)
-    score_predictions(tmp_path / "p.parquet", run / "metrics.json", options={}, model="demo-linear",
-                      method="grpo", seed=0)
-    render_table2([str(run / "metrics.json")], tmp_path / "table2",
-                  options={"metrics": {"class_set": "dataset"}, "report": {"point": "final_test"}})
+    score_predictions(
+        tmp_path / "p.parquet", run / "metrics.json", options={}, model="demo-linear", method="grpo", seed=0
+    )
+    render_table2(
+        [str(run / "metrics.json")],
+        tmp_path / "table2",
+        options={"metrics": {"class_set": "dataset"}, "report": {"point": "final_test"}},
+    )
     md = (tmp_path / "table2.md").read_text()
     assert "metrics.class_set = dataset" in md and "reward.function = authors_composite" in md
     assert "% Options: metrics.class_set = dataset" in (tmp_path / "table2.tex").read_text()
@@ -262,12 +277,14 @@ def test_authors_code_groups_keep_partial_demographics():
 
 
 def test_regroup_rebuilds_the_group_column_by_definition():
-    table = pd.DataFrame({
-        "dataset": ["Hemorrhage", "HAM10000", "HAM10000", "HAM10000"],
-        "age": [30.0, 80.0, np.nan, np.nan],
-        "sex": ["F", None, "M", None],
-        "group": ["F|a2", None, None, None],
-    })
+    table = pd.DataFrame(
+        {
+            "dataset": ["Hemorrhage", "HAM10000", "HAM10000", "HAM10000"],
+            "age": [30.0, 80.0, np.nan, np.nan],
+            "sex": ["F", None, "M", None],
+            "group": ["F|a2", None, None, None],
+        }
+    )
     authors = regroup(table, "authors_code")
     assert authors["group"].tolist() == ["a2", "unk|a4", "M|unk", "unk|unk"]
     paper = regroup(table, "paper")
@@ -304,15 +321,21 @@ def test_eqpo_nodemo_is_eqpo_with_every_prompt_unlabeled():
 def test_both_eqpo_nd_variants_run_in_the_demo_and_the_paper_row_is_compared_with_eqpo_nodemo():
     """A run with both variants: the paper's EQPO-ND rows get eqpo_nodemo's numbers, never eqpo_nd's."""
     from eqpo.analysis.paper import paper_vs_reproduction_table2
-    from eqpo.metrics import TABLE2_COLUMNS
+    from eqpo.core.metrics import TABLE2_COLUMNS
 
     demo = validate(load_config("config/demo.yaml"))
     assert {"eqpo_nd", "eqpo_nodemo"} <= set(demo["methods"])
-    ours = pd.DataFrame([{"model": "medgemma-4b", "method": method, **{c: value for c in TABLE2_COLUMNS}}
-                         for method, value in (("eqpo_nd", 0.11), ("eqpo_nodemo", 0.22), ("eqpo", 0.33))])
+    ours = pd.DataFrame(
+        [
+            {"model": "medgemma-4b", "method": method, **{c: value for c in TABLE2_COLUMNS}}
+            for method, value in (("eqpo_nd", 0.11), ("eqpo_nodemo", 0.22), ("eqpo", 0.33))
+        ]
+    )
     comparison = paper_vs_reproduction_table2(ours.set_index(["model", "method"]))
-    nd_rows = comparison[comparison["paper_method"].isin(["EQPO-ND", "FairGRPO_ND", "FairGRPO-ND"])
-                         & (comparison["model"] == "medgemma-4b")]
+    nd_rows = comparison[
+        comparison["paper_method"].isin(["EQPO-ND", "FairGRPO_ND", "FairGRPO-ND"])
+        & (comparison["model"] == "medgemma-4b")
+    ]
     assert len(nd_rows) == len(TABLE2_COLUMNS)
     assert (nd_rows["method"] == "eqpo_nodemo").all() and (nd_rows["ours"] == 0.22).all()
 
@@ -335,8 +358,9 @@ def test_strict_matching_counts_unknown_items_as_false_positives():
     parsed = LabelParser(CHEXPERT_LABELS, "strict").parse_items("Cardiomegaly, Edema and Pneumonia")
     assert parsed.labels == ["Cardiomegaly"] and parsed.unknown == ["Edema and Pneumonia"]
     three = ["Cardiomegaly", "Edema", "Pneumonia"]
-    assert score_response("\\boxed{Cardiomegaly, Edema and Pneumonia}", three, CHEXPERT_LABELS,
-                          matching="strict").f1 == pytest.approx(0.4)
+    assert score_response(
+        "\\boxed{Cardiomegaly, Edema and Pneumonia}", three, CHEXPERT_LABELS, matching="strict"
+    ).f1 == pytest.approx(0.4)
 
 
 def test_exact_reward_needs_the_whole_label_set():
@@ -369,8 +393,8 @@ def test_authors_composite_reward_by_hand():
 
 def test_verl_reward_defaults_to_the_configured_reward_and_takes_kwargs():
     pytest.importorskip("verl")
-    from eqpo.verl_ext.estimators import verl_overrides
-    from eqpo.verl_ext.reward import compute_score
+    from eqpo.backends.verl.estimators import verl_overrides
+    from eqpo.backends.verl.reward import compute_score
 
     text = "<think>r</think> \\boxed{Cardiomegaly, Foo}"
     default = compute_score("CheXpert", text, "Cardiomegaly", {"dataset": "CheXpert"})
@@ -386,8 +410,9 @@ def test_verl_reward_defaults_to_the_configured_reward_and_takes_kwargs():
 
 
 def test_unparsed_item_shares_per_dataset():
-    shares = unparsed_item_shares(np.array(["A", "A", "B"], dtype=object), np.array([1.0, 0.0, 0.0]),
-                                  np.array([2.0, 1.0, 0.0]))
+    shares = unparsed_item_shares(
+        np.array(["A", "A", "B"], dtype=object), np.array([1.0, 0.0, 0.0]), np.array([2.0, 1.0, 0.0])
+    )
     assert shares == {"A": pytest.approx(1 / 3), "B": 0.0}
 
 
@@ -419,9 +444,13 @@ def test_options_defaults_and_errors_name_the_key():
     options = reproduction_options(load_config())
     assert options == ReproductionOptions("group_present", "first_box", "authors_code", "authors_composite", "strict")
     assert reproduction_options({}) == options  # config.yaml's values are the library's reproduction defaults
-    for block, key, bad in (("metrics", "class_set", "all"), ("metrics", "extraction", "box"),
-                            ("groups", "definition", "table1"), ("reward", "function", "acc"),
-                            ("reward", "matching", "fuzzy")):
+    for block, key, bad in (
+        ("metrics", "class_set", "all"),
+        ("metrics", "extraction", "box"),
+        ("groups", "definition", "table1"),
+        ("reward", "function", "acc"),
+        ("reward", "matching", "fuzzy"),
+    ):
         with pytest.raises(ValueError, match=rf"{block}\.{key} must be one of"):
             reproduction_options({block: {key: bad}})
 

@@ -1,4 +1,4 @@
-"""Failures reach the rule's log: ``eqpo.pipeline.logged`` writes the error into the log before it
+"""Failures reach the rule's log: ``eqpo.workflow.pipeline.logged`` writes the error into the log before it
 gives stderr back, so a failed rule's log ends with the error (a traceback, the message of
 SystemExit("..."), or the exit status), and every workflow script runs all its work inside it."""
 
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from eqpo.pipeline import logged
+from eqpo.workflow.pipeline import logged
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "workflow" / "scripts").glob("*.py"))
@@ -67,8 +67,9 @@ def _allowed_before_logged(node: ast.stmt) -> bool:
     (papermill, verl) can fail and belong inside."""
     if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
         return True
-    if isinstance(node, ast.ImportFrom) and (node.module in ("pathlib", "__future__")
-                                             or (node.module or "").split(".")[0] == "eqpo"):
+    if isinstance(node, ast.ImportFrom) and (
+        node.module in ("pathlib", "__future__") or (node.module or "").split(".")[0] == "eqpo"
+    ):
         return True
     if isinstance(node, ast.Assign) and isinstance(node.value, ast.Attribute):
         return isinstance(node.value.value, ast.Name) and node.value.value.id == "snakemake"
@@ -91,9 +92,11 @@ def test_a_failing_rule_script_ends_its_log_with_the_error(tmp_path):
     """workflow/scripts/prepare_dataset.py as Snakemake runs it, for a dataset whose files are missing."""
     log = tmp_path / "logs" / "prepare_dataset" / "CheXpert.log"
     fake = SimpleNamespace(
-        log=[str(log)], wildcards=SimpleNamespace(dataset="CheXpert"),
+        log=[str(log)],
+        wildcards=SimpleNamespace(dataset="CheXpert"),
         output=[str(tmp_path / "data" / "CheXpert" / "table.parquet")],
-        params=SimpleNamespace(seed=0, split=[0.7, 0.15, 0.15], skip_unavailable=False, release=""))
+        params=SimpleNamespace(seed=0, split=[0.7, 0.15, 0.15], skip_unavailable=False, release=""),
+    )
     with pytest.raises(SystemExit) as stop:
         runpy.run_path(str(ROOT / "workflow" / "scripts" / "prepare_dataset.py"), init_globals={"snakemake": fake})
     assert stop.value.code == 3
@@ -104,8 +107,13 @@ def test_a_failing_rule_script_ends_its_log_with_the_error(tmp_path):
 def test_a_crashing_rule_script_ends_its_log_with_the_traceback(tmp_path):
     """workflow/scripts/score.py on predictions that do not exist: the log ends with the exception."""
     log = tmp_path / "score.log"
-    fake = SimpleNamespace(log=[str(log)], input=[str(tmp_path / "absent.parquet")], output=[str(tmp_path / "m.json")],
-                           config={}, wildcards=SimpleNamespace(model="demo-linear", method="grpo", seed="0"))
+    fake = SimpleNamespace(
+        log=[str(log)],
+        input=[str(tmp_path / "absent.parquet")],
+        output=[str(tmp_path / "m.json")],
+        config={},
+        wildcards=SimpleNamespace(model="demo-linear", method="grpo", seed="0"),
+    )
     with pytest.raises(FileNotFoundError):
         runpy.run_path(str(ROOT / "workflow" / "scripts" / "score.py"), init_globals={"snakemake": fake})
     assert "Traceback (most recent call last)" in log.read_text()

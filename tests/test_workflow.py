@@ -17,12 +17,23 @@ TINY = REPO / "config" / "tiny.yaml"
 
 def snakemake(workdir, *args, configs=(PAPER,), check=True):
     # targets and flags first: --configfile takes every word after it
-    cmd = [sys.executable, "-m", "snakemake", *args, "--snakefile", str(REPO / "Snakefile"),
-           "--directory", str(workdir), "--configfile", *map(str, configs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *args,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        *map(str, configs),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -42,8 +53,18 @@ def test_paper_config_dry_run_resolves_every_job(tmp_path):
 def test_demo_config_dry_run_resolves_every_job(tmp_path):
     counts = job_counts(snakemake(tmp_path, "-n", "--quiet", "rules", configs=(PAPER, DEMO)).stdout)
     assert counts["train_cpu"] == 8 * 2 * 3 and counts["pretrain_cpu"] == 2  # methods x models x seeds
-    for rule in ("demo_cohort", "table2", "uncertainty", "paper_comparison", "paper_tables", "cluster_stability",
-                 "notebook_training_dynamics", "notebook_group_fairness", "notebook_cluster_stability", "dynamics"):
+    for rule in (
+        "demo_cohort",
+        "table2",
+        "uncertainty",
+        "paper_comparison",
+        "paper_tables",
+        "cluster_stability",
+        "notebook_training_dynamics",
+        "notebook_group_fairness",
+        "notebook_cluster_stability",
+        "dynamics",
+    ):
         assert counts[rule] == 1
     assert "train_verl" not in counts
 
@@ -72,9 +93,14 @@ def test_tiny_config_end_to_end(tmp_path):
     snakemake(tmp_path, "--cores", "2", configs=(PAPER, TINY))
     results, figures = tmp_path / "results" / "tiny", tmp_path / "figures" / "tiny"
     for path in [results / "tables" / f"table2.{ext}" for ext in ("csv", "md", "tex")] + [
-        results / "tables" / "cluster_stability.csv", results / "dynamics.csv", results / "tables" / "timing.csv",
-        *(figures / f"{name}.{ext}" for name in ("training_dynamics", "group_f1", "cluster_stability")
-          for ext in ("png", "pdf")),
+        results / "tables" / "cluster_stability.csv",
+        results / "dynamics.csv",
+        results / "tables" / "timing.csv",
+        *(
+            figures / f"{name}.{ext}"
+            for name in ("training_dynamics", "group_f1", "cluster_stability")
+            for ext in ("png", "pdf")
+        ),
     ]:
         assert path.exists() and path.stat().st_size > 0, path
 
@@ -140,8 +166,9 @@ def test_tiny_config_end_to_end(tmp_path):
 def test_a_missing_manual_dataset_stops_with_instructions(tmp_path):
     overlay = tmp_path / "one.yaml"
     overlay.write_text("data:\n  datasets: [CheXpert]\n")
-    result = snakemake(tmp_path, "data/paper/CheXpert/table.parquet", "--cores", "1", configs=(PAPER, overlay),
-                       check=False)
+    result = snakemake(
+        tmp_path, "data/paper/CheXpert/table.parquet", "--cores", "1", configs=(PAPER, overlay), check=False
+    )
     assert result.returncode != 0
     log = (tmp_path / "logs" / "paper" / "prepare_dataset" / "CheXpert.log").read_text()
     assert "Landing page" in log and "train.csv" in log and "skip_unavailable" in log

@@ -67,8 +67,9 @@ def file_server(tmp_path):
     "http://127.0.0.1:<port>"; stopped after the test."""
     servers = []
 
-    def serve(directory: Path, credentials: tuple[str, str] | None = None, refuse: int | None = None,
-              bare_416: bool = False) -> str:
+    def serve(
+        directory: Path, credentials: tuple[str, str] | None = None, refuse: int | None = None, bare_416: bool = False
+    ) -> str:
         handler = type("Handler", (_Handler,), {"credentials": credentials, "refuse": refuse, "bare_416": bare_416})
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
         threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from eqpo.core.vocabularies import PAPER_DATASETS
 from eqpo.data.datasets import ham10000, hemorrhage, isic2020, vindr_mammo
 from eqpo.data.fetch import DownloadError, download, mismatch, obtain
 from eqpo.data.prepare import prepare
 from eqpo.data.sources import Access, DatasetSource, MissingDataError, RemoteFile
-from eqpo.vocabularies import PAPER_DATASETS
 
 PAYLOAD = np.random.default_rng(7).bytes(200_000)
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
@@ -100,9 +100,15 @@ def test_a_local_part_file_longer_than_the_source_restarts(tmp_path):
 
 def test_obtain_passes_the_published_checksums_and_stops_before_extracting(tmp_path, served):
     spec = PAPER_DATASETS["ISIC-2020"]
-    source = DatasetSource(spec=spec, access=Access.OPEN_URL, landing_page="https://example.org/isic",
-                           license="test", expected=("x/",), preprocess=lambda *a: None,
-                           remote=(RemoteFile(served, "blob.zip", extract=True, md5="f" * 32),))
+    source = DatasetSource(
+        spec=spec,
+        access=Access.OPEN_URL,
+        landing_page="https://example.org/isic",
+        license="test",
+        expected=("x/",),
+        preprocess=lambda *a: None,
+        remote=(RemoteFile(served, "blob.zip", extract=True, md5="f" * 32),),
+    )
     with pytest.raises(DownloadError, match="checksum mismatch.*MD5"):
         obtain(source, tmp_path / "raw")
     assert not (tmp_path / "raw" / ".blob.zip.extracted").exists() and not (tmp_path / "raw" / "blob.zip").exists()
@@ -116,10 +122,15 @@ def test_the_published_checksums_are_pinned():
 
 
 def _open_source(url: str) -> DatasetSource:
-    return DatasetSource(spec=PAPER_DATASETS["PAD-UFES-20"], access=Access.OPEN_URL,
-                         landing_page="https://example.org/pad", license="CC BY 4.0",
-                         expected=("metadata.csv",), preprocess=lambda *a: None,
-                         remote=(RemoteFile(url, "metadata.csv"),))
+    return DatasetSource(
+        spec=PAPER_DATASETS["PAD-UFES-20"],
+        access=Access.OPEN_URL,
+        landing_page="https://example.org/pad",
+        license="CC BY 4.0",
+        expected=("metadata.csv",),
+        preprocess=lambda *a: None,
+        remote=(RemoteFile(url, "metadata.csv"),),
+    )
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -137,8 +148,10 @@ def test_a_refusal_from_a_credentialed_host_names_the_credentials_and_agreement(
     monkeypatch.setenv("PHYSIONET_USERNAME", "ann")
     monkeypatch.setenv("PHYSIONET_PASSWORD", "wrong")
     base = file_server(tmp_path, refuse=403)
-    source = replace(vindr_mammo.SOURCE, remote=tuple(RemoteFile(f"{base}/{item.name}", item.name)
-                                                     for item in vindr_mammo.SOURCE.remote))
+    source = replace(
+        vindr_mammo.SOURCE,
+        remote=tuple(RemoteFile(f"{base}/{item.name}", item.name) for item in vindr_mammo.SOURCE.remote),
+    )
     with pytest.raises(MissingDataError) as err:
         obtain(source, tmp_path / "raw")
     text = str(err.value)

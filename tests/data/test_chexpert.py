@@ -20,58 +20,139 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from eqpo.core.vocabularies import CHEXPERT_LABELS
 from eqpo.data.datasets import chexpert
 from eqpo.data.prepare import main, prepare
 from eqpo.data.sources import IncompleteDataError, MissingDataError, train_val_fractions
-from eqpo.vocabularies import CHEXPERT_LABELS
 
 HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS]
 BIG, SMALL = (640, 560), (320, 390)  # (width, height): BIG is shrunk to 512 on its longer side
 
 # (path inside the release folder, Sex, Age, view, AP/PA, {label: value}, image size or "corrupt")
 TRAIN = [
-    ("train/patient00001/study1/view1_frontal.jpg", "Female", "68", "Frontal", "AP",
-     {"Cardiomegaly": "1.0", "Edema": "-1.0", "Support Devices": "1.0", "No Finding": ""}, BIG),
-    ("train/patient00001/study1/view2_lateral.jpg", "Female", "68", "Lateral", "",
-     {"Cardiomegaly": "1.0", "Edema": "-1.0"}, SMALL),
+    (
+        "train/patient00001/study1/view1_frontal.jpg",
+        "Female",
+        "68",
+        "Frontal",
+        "AP",
+        {"Cardiomegaly": "1.0", "Edema": "-1.0", "Support Devices": "1.0", "No Finding": ""},
+        BIG,
+    ),
+    (
+        "train/patient00001/study1/view2_lateral.jpg",
+        "Female",
+        "68",
+        "Lateral",
+        "",
+        {"Cardiomegaly": "1.0", "Edema": "-1.0"},
+        SMALL,
+    ),
     ("train/patient00002/study1/view1_frontal.jpg", "Male", "45", "Frontal", "PA", {"No Finding": "1.0"}, SMALL),
-    ("train/patient00003/study1/view1_frontal.jpg", "Unknown", "30", "Frontal", "AP",
-     {"Pleural Effusion": "-1.0", "Lung Opacity": "", "Edema": "0.0"}, SMALL),  # no positive -> skipped
-    ("train/patient00003/study2/view1_frontal.jpg", "Unknown", "", "Frontal", "AP",
-     {"Pneumonia": "1.0", "Atelectasis": "-1.0"}, SMALL),  # Unknown sex, blank age
+    (
+        "train/patient00003/study1/view1_frontal.jpg",
+        "Unknown",
+        "30",
+        "Frontal",
+        "AP",
+        {"Pleural Effusion": "-1.0", "Lung Opacity": "", "Edema": "0.0"},
+        SMALL,
+    ),  # no positive -> skipped
+    (
+        "train/patient00003/study2/view1_frontal.jpg",
+        "Unknown",
+        "",
+        "Frontal",
+        "AP",
+        {"Pneumonia": "1.0", "Atelectasis": "-1.0"},
+        SMALL,
+    ),  # Unknown sex, blank age
     ("train/patient00004/study1/view1_frontal.jpg", "Male", "80", "Frontal", "AP", {"Fracture": "1.0"}, "corrupt"),
-    ("train/patient00005/study1/view1_frontal.jpg", "Female", "22", "Frontal", "PA",
-     {"Lung Lesion": "1.0", "Pneumothorax": "1.0", "Fracture": "-1.0"}, SMALL),
+    (
+        "train/patient00005/study1/view1_frontal.jpg",
+        "Female",
+        "22",
+        "Frontal",
+        "PA",
+        {"Lung Lesion": "1.0", "Pneumothorax": "1.0", "Fracture": "-1.0"},
+        SMALL,
+    ),
     ("train/patient00006/study1/view1_frontal.jpg", "Male", "55", "Frontal", "AP", {"Consolidation": "1.0"}, SMALL),
     ("train/patient00007/study1/view1_frontal.jpg", "Female", "77", "Frontal", "AP", {"Pleural Other": "1.0"}, SMALL),
-    ("train/patient00008/study1/view1_frontal.jpg", "Male", "35", "Frontal", "AP",
-     {"Enlarged Cardiomediastinum": "1.0", "Lung Opacity": "1.0"}, SMALL),
+    (
+        "train/patient00008/study1/view1_frontal.jpg",
+        "Male",
+        "35",
+        "Frontal",
+        "AP",
+        {"Enlarged Cardiomediastinum": "1.0", "Lung Opacity": "1.0"},
+        SMALL,
+    ),
 ]
 VALID = [  # radiologist consensus: 0/1 only
-    ("valid/patient64541/study1/view1_frontal.jpg", "Male", "73", "Frontal", "AP",
-     {"Edema": "1.0", "Pleural Effusion": "1.0"}, SMALL),
-    ("valid/patient64541/study1/view2_lateral.jpg", "Male", "73", "Lateral", "",
-     {"Edema": "1.0", "Pleural Effusion": "1.0"}, SMALL),
+    (
+        "valid/patient64541/study1/view1_frontal.jpg",
+        "Male",
+        "73",
+        "Frontal",
+        "AP",
+        {"Edema": "1.0", "Pleural Effusion": "1.0"},
+        SMALL,
+    ),
+    (
+        "valid/patient64541/study1/view2_lateral.jpg",
+        "Male",
+        "73",
+        "Lateral",
+        "",
+        {"Edema": "1.0", "Pleural Effusion": "1.0"},
+        SMALL,
+    ),
     ("valid/patient64542/study1/view1_frontal.jpg", "Female", "51", "Frontal", "PA", {"No Finding": "1.0"}, SMALL),
     ("valid/patient64543/study1/view1_frontal.jpg", "Female", "40", "Frontal", "PA", {}, SMALL),  # all 0 -> skipped
 ]
 
 EXPECTED = {  # sample_id -> (patient, labels, age, sex, image size)
-    "CheXpert-train-patient00001-study1-view1_frontal":
-        ("patient00001", ["Cardiomegaly", "Support Devices"], 68.0, "F", (512, 448)),
+    "CheXpert-train-patient00001-study1-view1_frontal": (
+        "patient00001",
+        ["Cardiomegaly", "Support Devices"],
+        68.0,
+        "F",
+        (512, 448),
+    ),
     "CheXpert-train-patient00001-study1-view2_lateral": ("patient00001", ["Cardiomegaly"], 68.0, "F", SMALL),
     "CheXpert-train-patient00002-study1-view1_frontal": ("patient00002", ["No Finding"], 45.0, "M", SMALL),
     "CheXpert-train-patient00003-study2-view1_frontal": ("patient00003", ["Pneumonia"], math.nan, None, SMALL),
-    "CheXpert-train-patient00005-study1-view1_frontal":
-        ("patient00005", ["Lung Lesion", "Pneumothorax"], 22.0, "F", SMALL),
+    "CheXpert-train-patient00005-study1-view1_frontal": (
+        "patient00005",
+        ["Lung Lesion", "Pneumothorax"],
+        22.0,
+        "F",
+        SMALL,
+    ),
     "CheXpert-train-patient00006-study1-view1_frontal": ("patient00006", ["Consolidation"], 55.0, "M", SMALL),
     "CheXpert-train-patient00007-study1-view1_frontal": ("patient00007", ["Pleural Other"], 77.0, "F", SMALL),
-    "CheXpert-train-patient00008-study1-view1_frontal":
-        ("patient00008", ["Enlarged Cardiomediastinum", "Lung Opacity"], 35.0, "M", SMALL),
-    "CheXpert-valid-patient64541-study1-view1_frontal":
-        ("patient64541", ["Edema", "Pleural Effusion"], 73.0, "M", SMALL),
-    "CheXpert-valid-patient64541-study1-view2_lateral":
-        ("patient64541", ["Edema", "Pleural Effusion"], 73.0, "M", SMALL),
+    "CheXpert-train-patient00008-study1-view1_frontal": (
+        "patient00008",
+        ["Enlarged Cardiomediastinum", "Lung Opacity"],
+        35.0,
+        "M",
+        SMALL,
+    ),
+    "CheXpert-valid-patient64541-study1-view1_frontal": (
+        "patient64541",
+        ["Edema", "Pleural Effusion"],
+        73.0,
+        "M",
+        SMALL,
+    ),
+    "CheXpert-valid-patient64541-study1-view2_lateral": (
+        "patient64541",
+        ["Edema", "Pleural Effusion"],
+        73.0,
+        "M",
+        SMALL,
+    ),
     "CheXpert-valid-patient64542-study1-view1_frontal": ("patient64542", ["No Finding"], 51.0, "F", SMALL),
 }
 NO_POSITIVE = {"CheXpert-train-patient00003-study1-view1_frontal", "CheXpert-valid-patient64543-study1-view1_frontal"}
@@ -97,8 +178,16 @@ def _write_release(raw, folder="CheXpert-v1.0-small", valid_value="1.0"):
             writer.writerow(HEADER)
             for path, sex, age, view, appa, labels, size in rows:
                 default = "0.0" if name == "valid.csv" else ""
-                writer.writerow([f"{folder}/{path}", sex, age, view, appa,
-                                 *[labels.get(label, default) for label in CHEXPERT_LABELS]])
+                writer.writerow(
+                    [
+                        f"{folder}/{path}",
+                        sex,
+                        age,
+                        view,
+                        appa,
+                        *[labels.get(label, default) for label in CHEXPERT_LABELS],
+                    ]
+                )
                 image = base / path
                 image.parent.mkdir(parents=True, exist_ok=True)
                 data = _jpeg(BIG)[:700] if size == "corrupt" else _jpeg(size)
@@ -137,7 +226,7 @@ def test_prepare_end_to_end(root):
     per_patient = table.drop_duplicates("patient_id")["split"].value_counts().to_dict()
     assert per_patient == {"train": 6, "val": 1, "test": 2}
     # explicit groups: sex|age bin, None when a demographic is missing
-    groups = dict(zip(table["sample_id"], table["group"]))
+    groups = dict(zip(table["sample_id"], table["group"], strict=False))
     assert groups["CheXpert-train-patient00001-study1-view1_frontal"] == "F|a3"
     assert groups["CheXpert-train-patient00003-study2-view1_frontal"] is None
 
@@ -202,14 +291,22 @@ def test_replaced_source_keeps_the_either_folder_rule(tmp_path):
 
 
 def test_helpers():
-    assert str(chexpert.relative_image("CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg")) == \
-        "train/patient00001/study1/view1_frontal.jpg"
-    assert str(chexpert.relative_image("valid/patient64541/study1/view1_frontal.jpg")) == \
-        "valid/patient64541/study1/view1_frontal.jpg"
+    assert (
+        str(chexpert.relative_image("CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"))
+        == "train/patient00001/study1/view1_frontal.jpg"
+    )
+    assert (
+        str(chexpert.relative_image("valid/patient64541/study1/view1_frontal.jpg"))
+        == "valid/patient64541/study1/view1_frontal.jpg"
+    )
     assert chexpert.patient_of("CheXpert-v1.0/train/patient12345/study2/view1_frontal.jpg") == "patient12345"
     assert chexpert.patient_of("train/study2/view1_frontal.jpg") is None
-    values = pd.DataFrame([{label: v for label, v in zip(CHEXPERT_LABELS, row)}
-                           for row in ([1.0, -1.0, np.nan] + [0.0] * 11, [np.nan] * 13 + [1.0], [-1.0] * 14)])
+    values = pd.DataFrame(
+        [
+            {label: v for label, v in zip(CHEXPERT_LABELS, row, strict=False)}
+            for row in ([1.0, -1.0, np.nan] + [0.0] * 11, [np.nan] * 13 + [1.0], [-1.0] * 14)
+        ]
+    )
     assert chexpert.positives(values) == [["No Finding"], ["Support Devices"], []]
     assert train_val_fractions((0.7, 0.15, 0.15), "CheXpert") == pytest.approx((0.7 / 0.85, 0.15 / 0.85, 0.0))
 
@@ -372,8 +469,7 @@ def test_a_far_too_small_training_split_stops_with_what_was_found_and_where(tmp_
         prepare(chexpert.SOURCE, root)
     text = str(err.value)
     # 12 labelled rows listed: 1 train row of patient00002 + 3 valid rows readable, 8 train rows not
-    assert "only 4 of the 12 labelled samples the metadata lists have a readable file (8 missing or unreadable)" \
-        in text
+    assert "only 4 of the 12 labelled samples the metadata lists have a readable file (8 missing or unreadable)" in text
     assert f"Read from:   {raw}" in text and "train 1, val 0, test 3" in text
     assert "patient00001" in text and "unreadable image" in text
     assert not (root / "CheXpert" / "table.parquet").exists()  # neither a new nor the older table

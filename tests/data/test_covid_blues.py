@@ -25,14 +25,25 @@ from eqpo.data.sources import MissingDataError, patient_split
 
 # video stem -> (frames, width, height); the gray level of frame k is 20 * k
 VIDEOS = {
-    "patient_1_L1": (6, 32, 32), "patient_1_R1": (6, 32, 32), "patient_1_R1_2": (8, 32, 32),
-    "patient_2_L3": (6, 32, 32), "patient_3_R2": (6, 32, 32), "patient_5_L2": (6, 32, 32),
-    "patient_6_R3": (5, 528, 32), "patient_7_L1": (6, 32, 32),
+    "patient_1_L1": (6, 32, 32),
+    "patient_1_R1": (6, 32, 32),
+    "patient_1_R1_2": (8, 32, 32),
+    "patient_2_L3": (6, 32, 32),
+    "patient_3_R2": (6, 32, 32),
+    "patient_5_L2": (6, 32, 32),
+    "patient_6_R3": (5, 528, 32),
+    "patient_7_L1": (6, 32, 32),
 }
 CORRUPT = "patient_4_L1"
 # patient_id, cov_test, pat_sex, pat_age: 3 has no age, 5 the -99 code; 7 is not in the table
-CLINICAL = [("6", "1", "1.0", "97.0"), ("1", "1", "0.0", "87.0"), ("3", "0", "1.0", ""), ("2", "0", "1.0", "24.0"),
-            ("5", "1", "0.0", "-99.0"), ("4", "0", "0.0", "51.0")]
+CLINICAL = [
+    ("6", "1", "1.0", "97.0"),
+    ("1", "1", "0.0", "87.0"),
+    ("3", "0", "1.0", ""),
+    ("2", "0", "1.0", "24.0"),
+    ("5", "1", "0.0", "-99.0"),
+    ("4", "0", "0.0", "51.0"),
+]
 
 
 def _codec() -> str:
@@ -56,8 +67,13 @@ def write_video(path: Path, frames: int, width: int, height: int) -> None:
 
 
 def _git(*args, cwd: Path) -> str:
-    result = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=cwd,
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout.strip()
 
 
@@ -101,25 +117,34 @@ def test_prepare_end_to_end(tmp_path, repo):
     table = prepare(test_source(bare, commit), root, seed=1)
     assert (root / "COVID-BLUES" / "raw" / "COVID-BLUES" / ".git").exists()
 
-    kept = ["patient_1_L1", "patient_1_R1", "patient_1_R1_2", "patient_2_L3", "patient_3_R2", "patient_5_L2",
-            "patient_6_R3"]
+    kept = [
+        "patient_1_L1",
+        "patient_1_R1",
+        "patient_1_R1_2",
+        "patient_2_L3",
+        "patient_3_R2",
+        "patient_5_L2",
+        "patient_6_R3",
+    ]
     assert list(table["sample_id"]) == [f"COVID-BLUES-{s}" for s in kept]
     assert list(table["patient_id"]) == ["1", "1", "1", "2", "3", "5", "6"]
     assert [list(x) for x in table["labels"]] == [["Has COVID"]] * 3 + [["No COVID"]] * 2 + [["Has COVID"]] * 2
-    ages = dict(zip(table["patient_id"], table["age"]))
+    ages = dict(zip(table["patient_id"], table["age"], strict=False))
     assert ages["1"] == 87.0 and ages["2"] == 24.0 and ages["6"] == 97.0
     assert np.isnan(ages["3"]) and np.isnan(ages["5"])  # blank and -99
     assert table["sex"].isna().all()  # age only, as the paper, although pat_sex exists
     assert list(table["group"]) == ["a4", "a4", "a4", "a1", None, None, "a4"]
 
-    assert dict(zip(table["patient_id"], table["split"])) == patient_split(["1", "2", "3", "5", "6"], seed=1)
+    assert dict(zip(table["patient_id"], table["split"], strict=False)) == patient_split(
+        ["1", "2", "3", "5", "6"], seed=1
+    )
     assert table.groupby("patient_id")["split"].nunique().max() == 1
 
-    for stem, images in zip(kept, table["images"]):
+    for stem, images in zip(kept, table["images"], strict=False):
         frames, width, height = VIDEOS[stem]
         assert len(images) == 4 and all(i.startswith(f"COVID-BLUES/images/{stem}/") for i in images)
         picks = np.linspace(0, frames - 1, 4).round().astype(int)  # evenly spaced, first and last included
-        for path, k in zip(images, picks):
+        for path, k in zip(images, picks, strict=False):
             with Image.open(root / path) as image:
                 assert image.format == "PNG"
                 assert image.size == ((512, round(height * 512 / width)) if width > 512 else (width, height))
@@ -216,8 +241,10 @@ def test_an_existing_clone_at_another_commit_is_moved_to_the_pinned_one(tmp_path
     root = tmp_path / "data"
     assert _labels_of_patient_1(prepare(test_source(bare), root)) == {"No COVID"}  # an unpinned clone of the head
     clone = root / "COVID-BLUES" / "raw" / "COVID-BLUES"
-    assert subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True,
-                          text=True).stdout.strip() == head
+    assert (
+        subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        == head
+    )
     assert _labels_of_patient_1(prepare(test_source(bare, first), root)) == {"Has COVID"}
     assert json.loads((root / "COVID-BLUES" / "manifest.json").read_text())["files"]["git_commit"] == first
 

@@ -176,11 +176,12 @@ def test_a_failed_download_in_a_rule_ends_its_log_with_the_message(tmp_path, fla
 
     from eqpo.data.datasets import isic2020
     from eqpo.data.sources import RemoteFile
-    from eqpo.pipeline import logged, run_prepare_dataset
+    from eqpo.workflow.pipeline import logged, run_prepare_dataset
 
     url, _ = flaky([("status", 503)] * 10)
-    source = replace(isic2020.SOURCE, remote=tuple(RemoteFile(url, item.name, None, item.extract)
-                                                   for item in isic2020.SOURCE.remote))
+    source = replace(
+        isic2020.SOURCE, remote=tuple(RemoteFile(url, item.name, None, item.extract) for item in isic2020.SOURCE.remote)
+    )
     monkeypatch.setattr("eqpo.data.prepare.get_sources", lambda name, release=None: [source])
     log = tmp_path / "prepare.log"
     with pytest.raises(SystemExit) as stop:
@@ -205,8 +206,11 @@ def test_the_command_line_ends_a_failed_download_with_one_line(tmp_path, flaky, 
     monkeypatch.setattr("eqpo.data.prepare.get_sources", lambda name, release=None: [source])
     assert main(["ISIC-2020", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert err.rstrip("\n").splitlines()[-1].startswith(f"download of {url} failed after 6 attempts: the server "
-                                                        "answered HTTP 500")
+    assert (
+        err.rstrip("\n")
+        .splitlines()[-1]
+        .startswith(f"download of {url} failed after 6 attempts: the server answered HTTP 500")
+    )
     assert "Traceback" not in err
 
 

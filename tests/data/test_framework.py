@@ -11,13 +11,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from eqpo.core.vocabularies import PAPER_DATASETS, get_spec
 from eqpo.data.custom import load_custom
 from eqpo.data.export import FORMAT_INSTRUCTION, export_verl, to_verl
 from eqpo.data.fetch import download, extract, obtain
 from eqpo.data.prepare import prepare
-from eqpo.data.sources import (Access, DatasetSource, IncompleteDataError, Manifest, MissingDataError, RemoteFile,
-                               completeness_problems, patient_split)
-from eqpo.vocabularies import PAPER_DATASETS, get_spec
+from eqpo.data.sources import (
+    Access,
+    DatasetSource,
+    IncompleteDataError,
+    Manifest,
+    MissingDataError,
+    RemoteFile,
+    completeness_problems,
+    patient_split,
+)
 
 
 def test_download_resumes_a_partial_transfer_and_checks_the_hash(tmp_path, file_server):
@@ -82,17 +90,30 @@ def test_patient_split_is_seeded_keeps_official_splits_and_follows_fractions():
 
 
 def _manual_source(preprocess=None):
-    return DatasetSource(spec=PAPER_DATASETS["ISIC-2020"], access=Access.MANUAL, landing_page="https://example.org/isic",
-                         license="CC BY-NC 4.0", expected=("labels.csv", "images/"),
-                         preprocess=preprocess or (lambda *a: None), agreement="the terms of use")
+    return DatasetSource(
+        spec=PAPER_DATASETS["ISIC-2020"],
+        access=Access.MANUAL,
+        landing_page="https://example.org/isic",
+        license="CC BY-NC 4.0",
+        expected=("labels.csv", "images/"),
+        preprocess=preprocess or (lambda *a: None),
+        agreement="the terms of use",
+    )
 
 
 def test_missing_manual_data_gives_one_block_of_instructions(tmp_path):
     with pytest.raises(MissingDataError) as err:
         obtain(_manual_source(), tmp_path / "raw")
     text = str(err.value)
-    for part in ("ISIC-2020", "https://example.org/isic", "labels.csv", "images/", str(tmp_path / "raw"),
-                 "terms of use", "skip_unavailable"):
+    for part in (
+        "ISIC-2020",
+        "https://example.org/isic",
+        "labels.csv",
+        "images/",
+        str(tmp_path / "raw"),
+        "terms of use",
+        "skip_unavailable",
+    ):
         assert part in text
     assert err.value.exit_status == 3
 
@@ -100,8 +121,9 @@ def test_missing_manual_data_gives_one_block_of_instructions(tmp_path):
 def test_missing_physionet_credentials_are_reported(tmp_path, monkeypatch):
     monkeypatch.delenv("PHYSIONET_USERNAME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
-    source = replace(_manual_source(), access=Access.PHYSIONET,
-                     remote=(RemoteFile("http://127.0.0.1:9/never", "labels.csv"),))
+    source = replace(
+        _manual_source(), access=Access.PHYSIONET, remote=(RemoteFile("http://127.0.0.1:9/never", "labels.csv"),)
+    )
     with pytest.raises(MissingDataError, match="PHYSIONET_USERNAME"):
         obtain(source, tmp_path / "raw")
 
@@ -115,9 +137,17 @@ def test_skip_unavailable_writes_an_empty_table_and_says_so(tmp_path):
 
 def test_prepare_runs_the_module_preprocess_and_validates(tmp_path):
     def preprocess(raw_dir, out_dir, manifest, seed, fractions):
-        return pd.DataFrame({"sample_id": ["a", "b"], "patient_id": ["p", "q"], "split": ["train", "test"],
-                             "images": [["x.png"], ["y.png"]], "labels": [["Benign"], ["Malignant"]],
-                             "age": [40, np.nan], "sex": ["M", None]})
+        return pd.DataFrame(
+            {
+                "sample_id": ["a", "b"],
+                "patient_id": ["p", "q"],
+                "split": ["train", "test"],
+                "images": [["x.png"], ["y.png"]],
+                "labels": [["Benign"], ["Malignant"]],
+                "age": [40, np.nan],
+                "sex": ["M", None],
+            }
+        )
 
     raw = tmp_path / "ISIC-2020" / "raw"
     (raw / "images").mkdir(parents=True)
@@ -131,17 +161,46 @@ def test_prepare_runs_the_module_preprocess_and_validates(tmp_path):
 
 def _custom_csv(tmp_path, rows=None):
     rows = rows or [
-        {"sample_id": "s1", "patient_id": "p1", "split": "train", "label": "Benign", "age": 30, "sex": "female",
-         "f0": 0.1, "f1": 1.0},
-        {"sample_id": "s2", "patient_id": "p2", "split": "val", "label": "Malignant", "age": None, "sex": "M",
-         "f0": 0.3, "f1": 0.0},
-        {"sample_id": "s3", "patient_id": "p3", "split": "test", "label": "Benign", "age": 80, "sex": None,
-         "f0": 0.2, "f1": 0.5},
+        {
+            "sample_id": "s1",
+            "patient_id": "p1",
+            "split": "train",
+            "label": "Benign",
+            "age": 30,
+            "sex": "female",
+            "f0": 0.1,
+            "f1": 1.0,
+        },
+        {
+            "sample_id": "s2",
+            "patient_id": "p2",
+            "split": "val",
+            "label": "Malignant",
+            "age": None,
+            "sex": "M",
+            "f0": 0.3,
+            "f1": 0.0,
+        },
+        {
+            "sample_id": "s3",
+            "patient_id": "p3",
+            "split": "test",
+            "label": "Benign",
+            "age": 80,
+            "sex": None,
+            "f0": 0.2,
+            "f1": 0.5,
+        },
     ]
     path = tmp_path / "mine.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
-    return {"name": "MyDerm", "path": str(path), "labels": ["Benign", "Malignant"], "attributes": ["sex", "age"],
-            "question": "Benign or malignant?"}
+    return {
+        "name": "MyDerm",
+        "path": str(path),
+        "labels": ["Benign", "Malignant"],
+        "attributes": ["sex", "age"],
+        "question": "Benign or malignant?",
+    }
 
 
 def test_custom_dataset_loads_with_features_and_registers_its_spec(tmp_path):
@@ -153,10 +212,13 @@ def test_custom_dataset_loads_with_features_and_registers_its_spec(tmp_path):
 
 
 def test_custom_dataset_reports_every_problem(tmp_path):
-    entry = _custom_csv(tmp_path, [
-        {"sample_id": "s1", "patient_id": "p1", "split": "training", "label": "Psoriasis", "f0": 0.1},
-        {"sample_id": "s1", "patient_id": "p2", "split": "test", "label": "Benign", "f0": 0.3},
-    ])
+    entry = _custom_csv(
+        tmp_path,
+        [
+            {"sample_id": "s1", "patient_id": "p1", "split": "training", "label": "Psoriasis", "f0": 0.1},
+            {"sample_id": "s1", "patient_id": "p2", "split": "test", "label": "Benign", "f0": 0.3},
+        ],
+    )
     with pytest.raises(ValueError) as err:
         load_custom(entry)
     text = str(err.value)
@@ -168,14 +230,21 @@ def test_custom_dataset_reports_every_problem(tmp_path):
 
 
 def test_verl_export_prompts_images_and_variants(tmp_path):
-    cohort = pd.DataFrame({
-        "sample_id": ["h1", "h2", "h3", "c1"], "patient_id": ["a", "b", "c", "d"],
-        "dataset": ["Hemorrhage"] * 3 + ["CheXpert"], "split": ["train", "train", "train", "test"],
-        "images": ([["Hemorrhage/images/h1_brain.png", "Hemorrhage/images/h1_bone.png"]] * 3
-                   + [["CheXpert/images/c1.png"]]),
-        "labels": [["Has Hemorrhage"], ["No Hemorrhage"], ["No Hemorrhage"], ["Edema", "Fracture"]],
-        "age": [30.0, 60.0, 61.0, np.nan], "sex": ["F", "M", "M", None], "group": ["F|a2", "M|a3", "M|a3", None],
-    })
+    cohort = pd.DataFrame(
+        {
+            "sample_id": ["h1", "h2", "h3", "c1"],
+            "patient_id": ["a", "b", "c", "d"],
+            "dataset": ["Hemorrhage"] * 3 + ["CheXpert"],
+            "split": ["train", "train", "train", "test"],
+            "images": (
+                [["Hemorrhage/images/h1_brain.png", "Hemorrhage/images/h1_bone.png"]] * 3 + [["CheXpert/images/c1.png"]]
+            ),
+            "labels": [["Has Hemorrhage"], ["No Hemorrhage"], ["No Hemorrhage"], ["Edema", "Fracture"]],
+            "age": [30.0, 60.0, 61.0, np.nan],
+            "sex": ["F", "M", "M", None],
+            "group": ["F|a2", "M|a3", "M|a3", None],
+        }
+    )
     rows = to_verl(cohort, tmp_path)
     content = rows.loc[0, "prompt"][0]["content"]
     assert content.startswith("<image><image>\n") and content.count(FORMAT_INSTRUCTION) == 1
@@ -204,8 +273,12 @@ def test_kaggle_token_from_kaggle_json_is_used_for_the_download(tmp_path, file_s
     config_dir = tmp_path / "kaggle"
     config_dir.mkdir()
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config_dir))
-    source = replace(_manual_source(), access=Access.KAGGLE, kaggle_dataset="owner/bundle",
-                     remote=(RemoteFile(base + "/bundle.zip", "bundle.zip", extract=True),))
+    source = replace(
+        _manual_source(),
+        access=Access.KAGGLE,
+        kaggle_dataset="owner/bundle",
+        remote=(RemoteFile(base + "/bundle.zip", "bundle.zip", extract=True),),
+    )
     with pytest.raises(MissingDataError, match="kaggle.json"):
         obtain(source, tmp_path / "raw")
     (config_dir / "kaggle.json").write_text(json.dumps({"username": "kuser", "key": "kkey"}))
@@ -216,8 +289,9 @@ def test_kaggle_token_from_kaggle_json_is_used_for_the_download(tmp_path, file_s
 def _table(splits: dict[str, int]) -> pd.DataFrame:
     """One sample per patient, ``splits`` = patients per split."""
     rows = [(f"{split}{i}", split) for split, n in splits.items() for i in range(n)]
-    return pd.DataFrame({"sample_id": [r[0] for r in rows], "patient_id": [r[0] for r in rows],
-                         "split": [r[1] for r in rows]})
+    return pd.DataFrame(
+        {"sample_id": [r[0] for r in rows], "patient_id": [r[0] for r in rows], "split": [r[1] for r in rows]}
+    )
 
 
 def test_completeness_flags_an_empty_split_only_where_patients_were_due():
@@ -226,8 +300,10 @@ def test_completeness_flags_an_empty_split_only_where_patients_were_due():
     assert completeness_problems(_table({"train": 14, "val": 3, "test": 3}), manifest, fractions) == []
     # 20 patients, all in train: val and test were due 0.15 * 20 = 3 patients each
     problems = completeness_problems(_table({"train": 20}), manifest, fractions)
-    assert problems == ["the val split is empty although it should hold 0.15 of the 20 patients found",
-                        "the test split is empty although it should hold 0.15 of the 20 patients found"]
+    assert problems == [
+        "the val split is empty although it should hold 0.15 of the 20 patients found",
+        "the test split is empty although it should hold 0.15 of the 20 patients found",
+    ]
     # 19 patients: 0.15 * 19 = 2.85 < 3, a rounding-sized split; not flagged
     assert completeness_problems(_table({"train": 17, "test": 2}), manifest, fractions) == []
     # an official test split alone (CheXpert with no training image): train was due 0.7 * 200
@@ -246,14 +322,23 @@ def test_completeness_compares_readable_samples_with_what_the_metadata_lists():
     assert completeness_problems(table, manifest, (0.7, 0.15, 0.15)) == []
     manifest.skip("u20", "no image", unreadable=True)
     assert completeness_problems(table, manifest, (0.7, 0.15, 0.15)) == [
-        "only 20 of the 41 labelled samples the metadata lists have a readable file (21 missing or unreadable)"]
+        "only 20 of the 41 labelled samples the metadata lists have a readable file (21 missing or unreadable)"
+    ]
 
 
 def test_prepare_refuses_a_table_with_an_empty_split_and_writes_none(tmp_path):
     def preprocess(raw_dir, out_dir, manifest, seed, fractions):
-        return pd.DataFrame({"sample_id": [f"s{i}" for i in range(30)], "patient_id": [f"p{i}" for i in range(30)],
-                             "split": ["train"] * 30, "images": [["x.png"]] * 30, "labels": [["Benign"]] * 30,
-                             "age": [40.0] * 30, "sex": ["F"] * 30})
+        return pd.DataFrame(
+            {
+                "sample_id": [f"s{i}" for i in range(30)],
+                "patient_id": [f"p{i}" for i in range(30)],
+                "split": ["train"] * 30,
+                "images": [["x.png"]] * 30,
+                "labels": [["Benign"]] * 30,
+                "age": [40.0] * 30,
+                "sex": ["F"] * 30,
+            }
+        )
 
     raw = tmp_path / "ISIC-2020" / "raw"
     (raw / "images").mkdir(parents=True)

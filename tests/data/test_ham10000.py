@@ -37,8 +37,15 @@ ROWS = [
     ("HAM_0001601", "ISIC_0025915", "nv", "confocal", "45.0", "male", "back", "vidir_modern", True),
     ("HAM_0007418", "ISIC_0032001", "nv", "follow_up", "40.0", "female", "abdomen", "vidir_molemax", False),
 ]
-LABEL = {"mel": "Melanoma", "nv": "Nevus", "bcc": "Basal Cell Carcinoma", "akiec": "AKIEC",
-         "bkl": "Other", "df": "Other", "vasc": "Other"}
+LABEL = {
+    "mel": "Melanoma",
+    "nv": "Nevus",
+    "bcc": "Basal Cell Carcinoma",
+    "akiec": "AKIEC",
+    "bkl": "Other",
+    "df": "Other",
+    "vasc": "Other",
+}
 
 
 def jpeg_bytes(size, seed):
@@ -53,7 +60,7 @@ def metadata_text(fmt):
     if fmt == "csv":
         return "\n".join([",".join(COLUMNS)] + [",".join(r[:8]) for r in ROWS]) + "\n"
     quote = lambda cell, name: cell if name == "age" or cell == "" else f'"{cell}"'  # noqa: E731
-    lines = ["\t".join(COLUMNS)] + ["\t".join(quote(c, n) for c, n in zip(r[:8], COLUMNS)) for r in ROWS]
+    lines = ["\t".join(COLUMNS)] + ["\t".join(quote(c, n) for c, n in zip(r[:8], COLUMNS, strict=False)) for r in ROWS]
     return "\n".join(lines) + "\n"
 
 
@@ -80,10 +87,13 @@ def served(request, images_zip, tmp_path, file_server):
 
 
 def make_source(url, sha_zip=None):
-    return dataclasses.replace(ham10000.SOURCE, remote=(
-        RemoteFile(f"{url}/metadata", ham10000.METADATA),
-        RemoteFile(f"{url}/{ham10000.IMAGES_ZIP}", ham10000.IMAGES_ZIP, sha_zip, extract=True),
-    ))
+    return dataclasses.replace(
+        ham10000.SOURCE,
+        remote=(
+            RemoteFile(f"{url}/metadata", ham10000.METADATA),
+            RemoteFile(f"{url}/{ham10000.IMAGES_ZIP}", ham10000.IMAGES_ZIP, sha_zip, extract=True),
+        ),
+    )
 
 
 def sha(path):
@@ -114,7 +124,7 @@ def test_prepare_end_to_end(served, tmp_path):
     assert table.groupby("patient_id")["split"].nunique().max() == 1
     assert (table.groupby("patient_id").size() > 1).any()
 
-    for row, images in zip(kept, table["images"]):
+    for row, images in zip(kept, table["images"], strict=False):
         assert list(images) == [f"HAM10000/images/{row[1]}.png"]
         with Image.open(root / images[0]) as image:
             assert image.format == "PNG" and image.size == (512, 384)
@@ -142,7 +152,8 @@ def test_unknown_dx_and_missing_image_are_skipped(tmp_path):
         "lesion_id,image_id,dx,dx_type,age,sex,localization\n"
         "HAM_1,ISIC_0000001,nv,histo,50,female,back\n"
         "HAM_2,ISIC_0000002,nv,histo,50,female,back\n"
-        "HAM_3,ISIC_0000003,xyz,histo,50,female,back\n")
+        "HAM_3,ISIC_0000003,xyz,histo,50,female,back\n"
+    )
     table = prepare(dataclasses.replace(ham10000.SOURCE, remote=()), tmp_path / "data")
     assert list(table["sample_id"]) == ["HAM10000-ISIC_0000001"]
     with Image.open(tmp_path / "data" / table["images"][0][0]) as image:
@@ -158,8 +169,9 @@ def test_source_declaration():
     source = ham10000.SOURCE
     assert source.name == "HAM10000" and source.access is Access.OPEN_URL
     urls = {r.name: r.url for r in source.remote}
-    assert urls[ham10000.IMAGES_ZIP] == ("https://isic-challenge-data.s3.amazonaws.com/2018/"
-                                         "ISIC2018_Task3_Training_Input.zip")
+    assert urls[ham10000.IMAGES_ZIP] == (
+        "https://isic-challenge-data.s3.amazonaws.com/2018/ISIC2018_Task3_Training_Input.zip"
+    )
     assert urls[ham10000.METADATA].startswith("https://dataverse.harvard.edu/api/access/datafile/")
     assert "doi:10.7910/DVN/DBW86T" in source.landing_page
     text = source.instructions(Path("/d/HAM10000/raw"), list(source.expected))

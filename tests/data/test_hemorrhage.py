@@ -23,20 +23,42 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataset_fixtures import write_ct_ich_demographics
 from eqpo.data.datasets import hemorrhage
 from eqpo.data.prepare import prepare
 from eqpo.data.sources import MissingDataError, RemoteFile, patient_split
+
+from dataset_fixtures import write_ct_ich_demographics
 
 CREDENTIALS = ("alice", "s3cret")
 # patient -> (X, Y, Z) volume shape; 54 is wider than 512 to exercise the resize
 SHAPES = {49: (16, 16, 4), 50: (16, 16, 4), 51: (16, 16, 4), 54: (520, 24, 2), 55: (16, 16, 3)}
 CORRUPT, NOT_SERVED = 52, 53
 # (patient, slice, No_Hemorrhage) rows of hemorrhage_diagnosis_raw_ct.csv
-DIAGNOSIS = [(49, 1, 1), (49, 2, 0), (49, 3, 0), (50, 1, 1), (50, 2, 1), (51, 1, 0), (51, 2, 1),
-             (52, 1, 0), (52, 2, 1), (53, 1, 1), (54, 1, 1), (54, 2, 0), (55, 1, 1), (55, 2, 1), (55, 3, 0)]
-DEMOGRAPHICS = {49: ("35", "Male"), 50: ("12", "Female"), 52: ("70", "Male"), 53: ("44", "Female"),
-                54: ("81", "Female"), 55: ("", "Male")}  # 51 absent; 55 has no age
+DIAGNOSIS = [
+    (49, 1, 1),
+    (49, 2, 0),
+    (49, 3, 0),
+    (50, 1, 1),
+    (50, 2, 1),
+    (51, 1, 0),
+    (51, 2, 1),
+    (52, 1, 0),
+    (52, 2, 1),
+    (53, 1, 1),
+    (54, 1, 1),
+    (54, 2, 0),
+    (55, 1, 1),
+    (55, 2, 1),
+    (55, 3, 0),
+]
+DEMOGRAPHICS = {
+    49: ("35", "Male"),
+    50: ("12", "Female"),
+    52: ("70", "Male"),
+    53: ("44", "Female"),
+    54: ("81", "Female"),
+    55: ("", "Male"),
+}  # 51 absent; 55 has no age
 
 
 def _volume(patient: int) -> np.ndarray:
@@ -55,8 +77,19 @@ def build_release(directory: Path, checksums: bool = True) -> Path:
     (directory / "ct_scans").mkdir(parents=True)
     with open(directory / "hemorrhage_diagnosis_raw_ct.csv", "w", newline="") as handle:
         out = csv.writer(handle)
-        out.writerow(["PatientNumber", "SliceNumber", "Intraventricular", "Intraparenchymal", "Subarachnoid",
-                      "Epidural", "Subdural", "No_Hemorrhage", "Fracture_Yes_No"])
+        out.writerow(
+            [
+                "PatientNumber",
+                "SliceNumber",
+                "Intraventricular",
+                "Intraparenchymal",
+                "Subarachnoid",
+                "Epidural",
+                "Subdural",
+                "No_Hemorrhage",
+                "Fracture_Yes_No",
+            ]
+        )
         for patient, slice_number, no_hem in DIAGNOSIS:
             out.writerow([patient, slice_number, 0, 1 - no_hem, 0, 0, 0, no_hem, 0])
     _write_demographics(directory / "patient_demographics.csv")
@@ -72,8 +105,10 @@ def build_release(directory: Path, checksums: bool = True) -> Path:
 
 
 def test_source(base: str, sha256: str | None = None):
-    return replace(hemorrhage.NIFTI_SOURCE, remote=(
-        RemoteFile(f"{base}/hemorrhage_diagnosis_raw_ct.csv", "hemorrhage_diagnosis_raw_ct.csv", sha256),))
+    return replace(
+        hemorrhage.NIFTI_SOURCE,
+        remote=(RemoteFile(f"{base}/hemorrhage_diagnosis_raw_ct.csv", "hemorrhage_diagnosis_raw_ct.csv", sha256),),
+    )
 
 
 test_source.__test__ = False  # a helper, not a test
@@ -99,8 +134,14 @@ def test_prepare_end_to_end(tmp_path, served):
 
     raw = root / "Hemorrhage" / "raw-1.3.1"
     assert (raw / "Patient_demographics.csv").read_bytes() == (directory / "patient_demographics.csv").read_bytes()
-    assert sorted(p.name for p in (raw / "ct_scans").iterdir()) == ["049.nii", "050.nii", "051.nii", "052.nii",
-                                                                    "054.nii", "055.nii"]
+    assert sorted(p.name for p in (raw / "ct_scans").iterdir()) == [
+        "049.nii",
+        "050.nii",
+        "051.nii",
+        "052.nii",
+        "054.nii",
+        "055.nii",
+    ]
     assert not (raw / "ct_scans.part").exists()
 
     kept = [(p, s, n) for p, s, n in DIAGNOSIS if p not in (CORRUPT, NOT_SERVED)]
@@ -116,10 +157,10 @@ def test_prepare_end_to_end(tmp_path, served):
     assert table.loc[table["patient_id"] == "051", "group"].isna().all()
 
     expected_split = patient_split(["049", "050", "051", "054", "055"], seed=3)
-    assert dict(zip(table["patient_id"], table["split"])) == expected_split
+    assert dict(zip(table["patient_id"], table["split"], strict=False)) == expected_split
     assert table.groupby("patient_id")["split"].nunique().max() == 1
 
-    for images, patient in zip(table["images"], table["patient_id"]):
+    for images, patient in zip(table["images"], table["patient_id"], strict=False):
         assert len(images) == 2 and images[0].endswith("_brain.png") and images[1].endswith("_bone.png")
         assert all(i.startswith("Hemorrhage/images/") for i in images)
         brain, bone = (Image.open(root / i) for i in images)
@@ -138,8 +179,9 @@ def test_prepare_end_to_end(tmp_path, served):
     assert "052.nii" in skipped["Hemorrhage-052-001"] and "no CT volume" in skipped["Hemorrhage-053-001"]
     assert manifest["rows"] == len(kept) and manifest["missing_age"] == 2 + 3 and manifest["missing_sex"] == 2
     assert manifest["files"]["Patient_demographics.csv"] != "missing"
-    pd.testing.assert_frame_equal(pd.read_parquet(root / "Hemorrhage" / "table.parquet")[["sample_id", "split"]],
-                                  table[["sample_id", "split"]])
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(root / "Hemorrhage" / "table.parquet")[["sample_id", "split"]], table[["sample_id", "split"]]
+    )
 
 
 def test_second_run_reuses_the_downloads(tmp_path, served):
@@ -160,8 +202,11 @@ def test_wrong_sha256_raises(tmp_path, served):
 def test_published_checksum_mismatch_raises(tmp_path, served):
     directory, base = served
     sums = directory / "SHA256SUMS.txt"
-    sums.write_text(sums.read_text().replace(hashlib.sha256((directory / "ct_scans" / "050.nii").read_bytes())
-                                             .hexdigest(), "f" * 64))
+    sums.write_text(
+        sums.read_text().replace(
+            hashlib.sha256((directory / "ct_scans" / "050.nii").read_bytes()).hexdigest(), "f" * 64
+        )
+    )
     with pytest.raises(IOError, match="checksum mismatch"):
         prepare(test_source(base), tmp_path / "data")
     assert not (tmp_path / "data" / "Hemorrhage" / "raw-1.3.1" / "ct_scans").exists()  # not taken as complete

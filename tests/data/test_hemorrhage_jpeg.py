@@ -24,16 +24,34 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataset_fixtures import write_ct_ich_demographics
 from eqpo.data.datasets import hemorrhage
 from eqpo.data.prepare import get_source, get_sources, prepare
 from eqpo.data.sources import MissingDataError, RemoteFile, patient_split
 
+from dataset_fixtures import write_ct_ich_demographics
+
 # (patient, slice, No_Hemorrhage) rows of hemorrhage_diagnosis.csv; "" = blank
-DIAGNOSIS = [(49, 1, 1), (49, 2, 0), (49, 3, 0), (50, 1, 1), (50, 2, 1), (51, 1, 0), (51, 2, 1),
-             (52, 1, 1), (53, 1, ""), (53, 2, 0), (58, 10, 1), (58, 11, 0)]
-DEMOGRAPHICS = {49: ("35", "Male"), 50: ("12", "Female"), 52: ("70", "Male"), 53: ("44", "Female"),
-                58: ("81", "Female")}  # 51 absent
+DIAGNOSIS = [
+    (49, 1, 1),
+    (49, 2, 0),
+    (49, 3, 0),
+    (50, 1, 1),
+    (50, 2, 1),
+    (51, 1, 0),
+    (51, 2, 1),
+    (52, 1, 1),
+    (53, 1, ""),
+    (53, 2, 0),
+    (58, 10, 1),
+    (58, 11, 0),
+]
+DEMOGRAPHICS = {
+    49: ("35", "Male"),
+    50: ("12", "Female"),
+    52: ("70", "Male"),
+    53: ("44", "Female"),
+    58: ("81", "Female"),
+}  # 51 absent
 NO_BONE, CORRUPT, BLANK = (50, 2), (51, 1), (53, 1)
 SIDE = 24  # the JPEGs are SIDE x SIDE grayscale
 PATCH = 160  # a flat patch in the corner (JPEG keeps flat 8x8 blocks nearly exact)
@@ -61,8 +79,19 @@ def build_release(directory: Path, checksums: bool = True) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "hemorrhage_diagnosis.csv", "w", newline="") as handle:
         out = csv.writer(handle)
-        out.writerow(["PatientNumber", "SliceNumber", "Intraventricular", "Intraparenchymal", "Subarachnoid",
-                      "Epidural", "Subdural", "No_Hemorrhage", "Fracture_Yes_No"])
+        out.writerow(
+            [
+                "PatientNumber",
+                "SliceNumber",
+                "Intraventricular",
+                "Intraparenchymal",
+                "Subarachnoid",
+                "Epidural",
+                "Subdural",
+                "No_Hemorrhage",
+                "Fracture_Yes_No",
+            ]
+        )
         for patient, slice_number, no_hem in DIAGNOSIS:
             has = "" if no_hem == "" else 1 - no_hem
             out.writerow([patient, slice_number, 0, has, 0, 0, 0, no_hem, 0])
@@ -86,8 +115,9 @@ def build_release(directory: Path, checksums: bool = True) -> Path:
 
 
 def jpeg_source(base: str):
-    return replace(hemorrhage.JPEG_SOURCE, remote=(RemoteFile(f"{base}/hemorrhage_diagnosis.csv",
-                                                              "hemorrhage_diagnosis.csv"),))
+    return replace(
+        hemorrhage.JPEG_SOURCE, remote=(RemoteFile(f"{base}/hemorrhage_diagnosis.csv", "hemorrhage_diagnosis.csv"),)
+    )
 
 
 @pytest.fixture
@@ -128,12 +158,14 @@ def test_prepare_downloads_without_a_login_and_preprocesses(tmp_path, file_serve
     assert first.loc["049", "age"] == 35.0 and first.loc["049", "sex"] == "M" and first.loc["049", "group"] == "M|a2"
     assert first.loc["058", "group"] == "F|a4"
     assert np.isnan(first.loc["051", "age"]) and first.loc["051", "sex"] is None  # not in the demographics
-    assert dict(zip(table["patient_id"], table["split"])) == patient_split(["049", "050", "051", "052", "053", "058"],
-                                                                           seed=4)
-    for (patient, slice_number, _), images in zip(KEPT, table["images"]):
-        assert images == [f"Hemorrhage/images/{patient:03d}/{patient:03d}_{slice_number:03d}_{w}.png"
-                          for w in ("brain", "bone")]
-        for window, image in zip(("brain", "bone"), images):
+    assert dict(zip(table["patient_id"], table["split"], strict=False)) == patient_split(
+        ["049", "050", "051", "052", "053", "058"], seed=4
+    )
+    for (patient, slice_number, _), images in zip(KEPT, table["images"], strict=False):
+        assert images == [
+            f"Hemorrhage/images/{patient:03d}/{patient:03d}_{slice_number:03d}_{w}.png" for w in ("brain", "bone")
+        ]
+        for window, image in zip(("brain", "bone"), images, strict=False):
             with Image.open(root / image) as png:
                 assert png.format == "PNG" and png.mode == "L" and png.size == (SIDE, SIDE)
                 pixels = np.asarray(png).astype(int)
@@ -146,12 +178,19 @@ def test_prepare_downloads_without_a_login_and_preprocesses(tmp_path, file_serve
     assert "no image Patients_CT/050/bone/2.jpg" in reasons["Hemorrhage-050-002"]
     assert "1.jpg" in reasons["Hemorrhage-051-001"] and "not 0/1" in reasons["Hemorrhage-053-001"]
     assert manifest["release"] == hemorrhage.JPEG_SOURCE.label and "1.2.0" in manifest["release"]
-    assert manifest["files"]["hemorrhage_diagnosis.csv"] == hashlib.sha256(
-        (directory / "hemorrhage_diagnosis.csv").read_bytes()).hexdigest()
+    assert (
+        manifest["files"]["hemorrhage_diagnosis.csv"]
+        == hashlib.sha256((directory / "hemorrhage_diagnosis.csv").read_bytes()).hexdigest()
+    )
     assert manifest["files"]["Patients_CT"] == f"{2 * len(DIAGNOSIS) - 1} JPEG files"
     # 9 samples against the published 2.5K
-    assert manifest["paper"] == {"published_as": "2.5K", "low": 2450.0, "high": 2550.0, "samples": 9,
-                                 "within_rounding": False}
+    assert manifest["paper"] == {
+        "published_as": "2.5K",
+        "low": 2450.0,
+        "high": 2550.0,
+        "samples": 9,
+        "within_rounding": False,
+    }
 
 
 def test_a_second_run_reuses_the_files(tmp_path, file_server, no_login):
@@ -172,8 +211,9 @@ def test_published_checksum_mismatch_stops_and_is_not_taken_as_complete(tmp_path
     assert not (tmp_path / "data" / "Hemorrhage" / "raw" / "Patients_CT").exists()
 
 
-def test_a_server_that_asks_for_a_login_gets_physionet_credentials_when_set(tmp_path, file_server, no_login,
-                                                                            monkeypatch):
+def test_a_server_that_asks_for_a_login_gets_physionet_credentials_when_set(
+    tmp_path, file_server, no_login, monkeypatch
+):
     directory = build_release(tmp_path / "srv", checksums=False)
     base = file_server(directory, credentials=("ann", "pw"))
     with pytest.raises(MissingDataError) as err:
@@ -222,8 +262,7 @@ def test_both_releases_give_the_same_images(tmp_path, no_login):
         (jpeg_dir / "Patients_CT" / "049" / window / "1.jpg").write_bytes(lossless.getvalue())
     nifti_dir = tmp_path / "nifti"
     (nifti_dir / "ct_scans").mkdir(parents=True)
-    (nifti_dir / "hemorrhage_diagnosis_raw_ct.csv").write_text(
-        "PatientNumber,SliceNumber,No_Hemorrhage\n49,1,1\n")
+    (nifti_dir / "hemorrhage_diagnosis_raw_ct.csv").write_text("PatientNumber,SliceNumber,No_Hemorrhage\n49,1,1\n")
     shutil.copy(jpeg_dir / "Patient_demographics.csv", nifti_dir / "Patient_demographics.csv")
     volume = hu.T[:, :, None].astype(np.int16)  # the NIfTI axes are (X, Y, slice)
     nibabel.save(nibabel.Nifti1Image(volume, np.eye(4)), str(nifti_dir / "ct_scans" / "049.nii"))
@@ -236,7 +275,7 @@ def test_both_releases_give_the_same_images(tmp_path, no_login):
     row_a = from_jpeg[from_jpeg["sample_id"] == "Hemorrhage-049-001"].iloc[0]
     row_b = from_nifti.iloc[0]
     assert row_b["sample_id"] == "Hemorrhage-049-001"
-    for image_a, image_b in zip(row_a["images"], row_b["images"]):
+    for image_a, image_b in zip(row_a["images"], row_b["images"], strict=False):
         a = np.asarray(Image.open(root_a / image_a))
         b = np.asarray(Image.open(root_b / image_b))
         assert a.shape == b.shape == (SIDE, SIDE)
@@ -253,10 +292,24 @@ def test_the_release_is_a_validated_config_key(tmp_path):
     def dry_run(value: str):
         overlay = tmp_path / "release.yaml"
         overlay.write_text(f'data:\n  datasets: [Hemorrhage]\n  hemorrhage_release: "{value}"\n')
-        return subprocess.run([sys.executable, "-m", "snakemake", "-n", "data/paper/Hemorrhage/table.parquet",
-                               "--snakefile", str(repo / "Snakefile"), "--directory", str(tmp_path),
-                               "--configfile", str(repo / "config.yaml"), str(overlay)],
-                              capture_output=True, text=True)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "snakemake",
+                "-n",
+                "data/paper/Hemorrhage/table.parquet",
+                "--snakefile",
+                str(repo / "Snakefile"),
+                "--directory",
+                str(tmp_path),
+                "--configfile",
+                str(repo / "config.yaml"),
+                str(overlay),
+            ],
+            capture_output=True,
+            text=True,
+        )
 
     assert dry_run("1.3.1").returncode == 0
     bad = dry_run("1.1.0")
@@ -280,11 +333,17 @@ def _kaggle_zip(tmp_path: Path, served: Path) -> None:
 
 def _ordered(physionet_base: str, kaggle_base: str, nifti_base: str) -> list:
     """The three sources in the module's order, their URLs pointed at test servers."""
-    return [jpeg_source(physionet_base),
-            replace(hemorrhage.KAGGLE_SOURCE, remote=(RemoteFile(f"{kaggle_base}/computed-tomography-ct-images.zip",
-                                                                 "kaggle.zip", extract=True),)),
-            replace(hemorrhage.NIFTI_SOURCE, remote=(RemoteFile(f"{nifti_base}/hemorrhage_diagnosis_raw_ct.csv",
-                                                                "hemorrhage_diagnosis_raw_ct.csv"),))]
+    return [
+        jpeg_source(physionet_base),
+        replace(
+            hemorrhage.KAGGLE_SOURCE,
+            remote=(RemoteFile(f"{kaggle_base}/computed-tomography-ct-images.zip", "kaggle.zip", extract=True),),
+        ),
+        replace(
+            hemorrhage.NIFTI_SOURCE,
+            remote=(RemoteFile(f"{nifti_base}/hemorrhage_diagnosis_raw_ct.csv", "hemorrhage_diagnosis_raw_ct.csv"),),
+        ),
+    ]
 
 
 @pytest.fixture
@@ -295,8 +354,9 @@ def no_kaggle(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("gone", [404, 403])
-def test_when_physionet_no_longer_serves_1_2_0_the_kaggle_mirror_is_used(tmp_path, file_server, no_login,
-                                                                          no_kaggle, monkeypatch, gone):
+def test_when_physionet_no_longer_serves_1_2_0_the_kaggle_mirror_is_used(
+    tmp_path, file_server, no_login, no_kaggle, monkeypatch, gone
+):
     empty = tmp_path / "empty"
     empty.mkdir()
     physionet = file_server(empty) if gone == 404 else file_server(empty, refuse=403)
@@ -313,8 +373,9 @@ def test_when_physionet_no_longer_serves_1_2_0_the_kaggle_mirror_is_used(tmp_pat
     assert table["age"].notna().sum() == len(KEPT) - 1  # demographics read under the other spelling
 
 
-def test_when_no_source_is_available_one_block_names_each_and_skip_is_honoured(tmp_path, file_server, no_login,
-                                                                               no_kaggle):
+def test_when_no_source_is_available_one_block_names_each_and_skip_is_honoured(
+    tmp_path, file_server, no_login, no_kaggle
+):
     empty = tmp_path / "empty"
     empty.mkdir()
     sources = _ordered(file_server(empty), "http://127.0.0.1:9", "http://127.0.0.1:9")
@@ -338,8 +399,7 @@ def test_when_no_source_is_available_one_block_names_each_and_skip_is_honoured(t
     assert manifest["skipped"] is True and hemorrhage.KAGGLE_PAGE in manifest["reason"]
 
 
-def test_a_source_already_on_disk_is_used_without_asking_the_earlier_ones(tmp_path, file_server, no_login,
-                                                                          no_kaggle):
+def test_a_source_already_on_disk_is_used_without_asking_the_earlier_ones(tmp_path, file_server, no_login, no_kaggle):
     """The mirror unpacked by hand under raw-1.0.0/ is used although PhysioNet would serve 1.2.0."""
     _kaggle_zip(tmp_path, tmp_path / "kaggle")
     raw = tmp_path / "data" / "Hemorrhage" / "raw-1.0.0"

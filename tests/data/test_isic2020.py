@@ -59,10 +59,13 @@ def fixture_files(tmp_path_factory):
 
 
 def make_source(url, sha_zip=None, sha_csv=None):
-    return dataclasses.replace(isic2020.SOURCE, remote=(
-        RemoteFile(f"{url}/{isic2020.GROUND_TRUTH}", isic2020.GROUND_TRUTH, sha_csv),
-        RemoteFile(f"{url}/{isic2020.IMAGES_ZIP}", isic2020.IMAGES_ZIP, sha_zip, extract=True),
-    ))
+    return dataclasses.replace(
+        isic2020.SOURCE,
+        remote=(
+            RemoteFile(f"{url}/{isic2020.GROUND_TRUTH}", isic2020.GROUND_TRUTH, sha_csv),
+            RemoteFile(f"{url}/{isic2020.IMAGES_ZIP}", isic2020.IMAGES_ZIP, sha_zip, extract=True),
+        ),
+    )
 
 
 def sha(path):
@@ -104,11 +107,11 @@ def test_prepare_end_to_end(served, tmp_path):
 
     # seeded patient-level split over every labelled patient (the corrupt image's too)
     expected = patient_split(sorted({r[1] for r in ROWS}), 0, (0.6, 0.2, 0.2))
-    assert dict(zip(table["patient_id"], table["split"])) == {r[1]: expected[r[1]] for r in kept}
+    assert dict(zip(table["patient_id"], table["split"], strict=False)) == {r[1]: expected[r[1]] for r in kept}
     assert table.groupby("patient_id")["split"].nunique().max() == 1
     assert set(table["split"]) == {"train", "val", "test"}
 
-    for row, images in zip(kept, table["images"]):
+    for row, images in zip(kept, table["images"], strict=False):
         assert list(images) == [f"ISIC-2020/images/{row[0]}.png"]
         with Image.open(root / images[0]) as image:
             assert image.format == "PNG"
@@ -166,8 +169,9 @@ def test_source_declaration():
     assert source.name == "ISIC-2020" and source.access is Access.OPEN_URL
     urls = {r.name: r.url for r in source.remote}
     assert urls[isic2020.IMAGES_ZIP] == "https://isic-challenge-data.s3.amazonaws.com/2020/ISIC_2020_Training_JPEG.zip"
-    assert urls[isic2020.GROUND_TRUTH] == ("https://isic-challenge-data.s3.amazonaws.com/2020/"
-                                           "ISIC_2020_Training_GroundTruth.csv")
+    assert urls[isic2020.GROUND_TRUTH] == (
+        "https://isic-challenge-data.s3.amazonaws.com/2020/ISIC_2020_Training_GroundTruth.csv"
+    )
     assert [r.extract for r in source.remote] == [False, True]
     text = source.instructions(Path("/data/ISIC-2020/raw"), list(source.expected))
     assert "wget -c -P /data/ISIC-2020/raw " in text and "{raw_dir}" not in text

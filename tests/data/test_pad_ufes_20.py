@@ -20,9 +20,11 @@ from eqpo.data.datasets import pad_ufes_20
 from eqpo.data.prepare import prepare
 from eqpo.data.sources import Access, RemoteFile, patient_split
 
-COLUMNS = ("patient_id,lesion_id,smoke,drink,background_father,background_mother,age,pesticide,gender,"
-           "skin_cancer_history,cancer_history,has_piped_water,has_sewage_system,fitspatrick,region,diameter_1,"
-           "diameter_2,diagnostic,itch,grew,hurt,changed,bleed,elevation,img_id,biopsed")
+COLUMNS = (
+    "patient_id,lesion_id,smoke,drink,background_father,background_mother,age,pesticide,gender,"
+    "skin_cancer_history,cancer_history,has_piped_water,has_sewage_system,fitspatrick,region,diameter_1,"
+    "diameter_2,diagnostic,itch,grew,hurt,changed,bleed,elevation,img_id,biopsed"
+)
 # patient_id, lesion_id, age, gender, diagnostic, img_id, part, image (size, mode) or None = corrupt
 ROWS = [
     ("PAT_46", 881, 55, "FEMALE", "ACK", "PAT_46_881_939.png", 1, ((1024, 512), "RGB")),
@@ -35,10 +37,24 @@ ROWS = [
     ("PAT_121", 180, 24, "", "SEK", "PAT_121_180_773.png", 3, ((200, 150), "RGB")),
     ("PAT_1750", 3443, 81, "FEMALE", "NEV", "PAT_1750_3443_26.png", 1, ((700, 350), "RGB")),
 ]
-LABEL = {"ACK": "AKIEC", "SCC": "AKIEC", "BCC": "Basal Cell Carcinoma", "MEL": "Melanoma", "NEV": "Nevus",
-         "SEK": "Other"}
-EXPECTED_SIZE = {(1024, 512): (512, 256), (600, 1200): (256, 512), (100, 80): (100, 80), (640, 480): (512, 384),
-                 (512, 512): (512, 512), (300, 600): (256, 512), (200, 150): (200, 150), (700, 350): (512, 256)}
+LABEL = {
+    "ACK": "AKIEC",
+    "SCC": "AKIEC",
+    "BCC": "Basal Cell Carcinoma",
+    "MEL": "Melanoma",
+    "NEV": "Nevus",
+    "SEK": "Other",
+}
+EXPECTED_SIZE = {
+    (1024, 512): (512, 256),
+    (600, 1200): (256, 512),
+    (100, 80): (100, 80),
+    (640, 480): (512, 384),
+    (512, 512): (512, 512),
+    (300, 600): (256, 512),
+    (200, 150): (200, 150),
+    (700, 350): (512, 256),
+}
 
 
 def png_bytes(size, mode, seed):
@@ -52,8 +68,26 @@ def png_bytes(size, mode, seed):
 def metadata_csv():
     lines = [COLUMNS]
     for patient, lesion, age, gender, diagnostic, img_id, _, _ in ROWS:
-        background = ",".join(["False", "False", "POMERANIA", "GERMANY", str(age), "False", gender,
-                               "True", "False", "True", "True", "2", "FACE", "8.0", "6.0", diagnostic])
+        background = ",".join(
+            [
+                "False",
+                "False",
+                "POMERANIA",
+                "GERMANY",
+                str(age),
+                "False",
+                gender,
+                "True",
+                "False",
+                "True",
+                "True",
+                "2",
+                "FACE",
+                "8.0",
+                "6.0",
+                diagnostic,
+            ]
+        )
         lines.append(f"{patient},{lesion},{background},True,True,False,True,False,True,{img_id},True")
     return "\n".join(lines) + "\n"
 
@@ -91,8 +125,10 @@ def served(archive, tmp_path, file_server):
 
 
 def make_source(url, sha256=None):
-    return dataclasses.replace(pad_ufes_20.SOURCE, remote=(
-        RemoteFile(f"{url}/{pad_ufes_20.ARCHIVE}", pad_ufes_20.ARCHIVE, sha256, extract=True),))
+    return dataclasses.replace(
+        pad_ufes_20.SOURCE,
+        remote=(RemoteFile(f"{url}/{pad_ufes_20.ARCHIVE}", pad_ufes_20.ARCHIVE, sha256, extract=True),),
+    )
 
 
 def test_prepare_end_to_end(served, tmp_path):
@@ -121,7 +157,7 @@ def test_prepare_end_to_end(served, tmp_path):
     raw = root / "PAD-UFES-20" / "raw"
     assert not list((raw / "images").glob("*.zip"))
     assert (raw / "images" / "imgs_part_3" / "PAT_121_180_773.png").exists()
-    for row, images in zip(kept, table["images"]):
+    for row, images in zip(kept, table["images"], strict=False):
         assert list(images) == [f"PAD-UFES-20/images/{row[5]}"]
         with Image.open(root / images[0]) as image:
             assert image.format == "PNG" and image.mode == "RGB"
@@ -157,7 +193,8 @@ def test_source_declaration():
     source = pad_ufes_20.SOURCE
     assert source.name == "PAD-UFES-20" and source.access is Access.OPEN_URL
     assert [r.url for r in source.remote] == [
-        "https://prod-dcd-datasets-cache-zipfiles.s3.eu-west-1.amazonaws.com/zr7vgbcyr2-1.zip"]
+        "https://prod-dcd-datasets-cache-zipfiles.s3.eu-west-1.amazonaws.com/zr7vgbcyr2-1.zip"
+    ]
     assert source.remote[0].extract
     text = source.instructions(Path("/d/PAD-UFES-20/raw"), list(source.expected))
     assert "unzip -q /d/PAD-UFES-20/raw/zr7vgbcyr2-1.zip -d /d/PAD-UFES-20/raw" in text

@@ -36,7 +36,7 @@ def test_the_excerpts_keep_the_published_bytes():
 def test_ct_ich_diagnosis_and_demographics_read_as_published():
     diagnosis = hemorrhage.read_diagnosis(ICH / "hemorrhage_diagnosis.csv")
     assert len(diagnosis) == 121 and not diagnosis.duplicated(["patient", "slice"]).any()
-    assert Counter(zip(diagnosis["patient"], diagnosis["no_hemorrhage"].astype(int))) == ICH_SLICES
+    assert Counter(zip(diagnosis["patient"], diagnosis["no_hemorrhage"].astype(int), strict=False)) == ICH_SLICES
     assert diagnosis.loc[diagnosis["patient"] == 49, "slice"].tolist() == list(range(1, 34))  # 1-based
     labels = Counter(map(hemorrhage.label_of, diagnosis["no_hemorrhage"]))
     assert labels == {"Has Hemorrhage": 9 + 12 + 2, "No Hemorrhage": 24 + 14 + 28 + 32}
@@ -65,18 +65,25 @@ def test_ct_ich_csvs_as_released_through_download_and_preprocessing(tmp_path, fi
     for name in ("hemorrhage_diagnosis.csv", "patient_demographics.csv"):
         (served / name).write_bytes((ICH / name).read_bytes())
     diagnosis = hemorrhage.read_diagnosis(ICH / "hemorrhage_diagnosis.csv")
-    for k, (patient, slice_number) in enumerate(zip(diagnosis["patient"], diagnosis["slice"])):
+    for k, (patient, slice_number) in enumerate(zip(diagnosis["patient"], diagnosis["slice"], strict=False)):
         for window in hemorrhage.WINDOWS:
             path = served / hemorrhage.slice_jpeg(patient, slice_number, window)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(_jpeg(2 * k + (window == "bone")))
     base = file_server(served)
-    source = replace(hemorrhage.JPEG_SOURCE, remote=(RemoteFile(f"{base}/hemorrhage_diagnosis.csv",
-                                                                "hemorrhage_diagnosis.csv"),))
+    source = replace(
+        hemorrhage.JPEG_SOURCE, remote=(RemoteFile(f"{base}/hemorrhage_diagnosis.csv", "hemorrhage_diagnosis.csv"),)
+    )
     table = prepare(source, tmp_path / "data", seed=0)
-    assert len(table) == 121 and table["patient_id"].value_counts().to_dict() == {"049": 33, "050": 26,
-                                                                                  "054": 28, "058": 34}
-    has = Counter(p for p, labels in zip(table["patient_id"], table["labels"]) if list(labels) == ["Has Hemorrhage"])
+    assert len(table) == 121 and table["patient_id"].value_counts().to_dict() == {
+        "049": 33,
+        "050": 26,
+        "054": 28,
+        "058": 34,
+    }
+    has = Counter(
+        p for p, labels in zip(table["patient_id"], table["labels"], strict=False) if list(labels) == ["Has Hemorrhage"]
+    )
     assert has == {"049": 9, "050": 12, "058": 2}
     first = table.groupby("patient_id").first()
     assert first.loc["050", "group"] == "F|a1" and first.loc["049", "group"] == "M|a2"
@@ -86,8 +93,14 @@ def test_ct_ich_csvs_as_released_through_download_and_preprocessing(tmp_path, fi
     assert (tmp_path / "data" / "Hemorrhage" / "raw" / hemorrhage.DEMOGRAPHICS).is_file()
 
 
-PAD_LABELS = {"NEV": "Nevus", "BCC": "Basal Cell Carcinoma", "ACK": "AKIEC", "SCC": "AKIEC", "SEK": "Other",
-              "MEL": "Melanoma"}
+PAD_LABELS = {
+    "NEV": "Nevus",
+    "BCC": "Basal Cell Carcinoma",
+    "ACK": "AKIEC",
+    "SCC": "AKIEC",
+    "SEK": "Other",
+    "MEL": "Melanoma",
+}
 
 
 def _pad_rows():
@@ -126,8 +139,10 @@ def test_pad_ufes_20_metadata_through_the_mendeley_archive_layout(tmp_path, file
     with zipfile.ZipFile(served / pad_ufes_20.ARCHIVE, "w") as bundle:
         bundle.writestr("metadata.csv", PAD.read_bytes())
         bundle.writestr("images/imgs_part_1.zip", inner.getvalue())
-    source = replace(pad_ufes_20.SOURCE, remote=(RemoteFile(f"{file_server(served)}/{pad_ufes_20.ARCHIVE}",
-                                                            pad_ufes_20.ARCHIVE, extract=True),))
+    source = replace(
+        pad_ufes_20.SOURCE,
+        remote=(RemoteFile(f"{file_server(served)}/{pad_ufes_20.ARCHIVE}", pad_ufes_20.ARCHIVE, extract=True),),
+    )
     table = prepare(source, tmp_path / "data", seed=0)
     assert sorted(table["sample_id"]) == sorted(f"PAD-UFES-20-{r['img_id'][:-4]}" for r in rows)
     assert table.groupby("patient_id")["split"].nunique().max() == 1

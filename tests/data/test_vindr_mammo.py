@@ -88,29 +88,54 @@ def _build_server_tree(top):
             path.write_bytes(b"DICM but not really" * 20)
         else:
             _write_dicom(path, photometric, shape, dicom_age)
-    annotations = pd.DataFrame([
-        {"study_id": study, "series_id": f"ser-{study}-{lat}", "image_id": image, "laterality": lat,
-         "view_position": view, "height": shape[0], "width": shape[1], "breast_birads": birads,
-         "breast_density": "DENSITY C", "split": split}
-        for image, (study, lat, view, birads, split, _, _, _, shape) in IMAGES.items()])
+    annotations = pd.DataFrame(
+        [
+            {
+                "study_id": study,
+                "series_id": f"ser-{study}-{lat}",
+                "image_id": image,
+                "laterality": lat,
+                "view_position": view,
+                "height": shape[0],
+                "width": shape[1],
+                "breast_birads": birads,
+                "breast_density": "DENSITY C",
+                "split": split,
+            }
+            for image, (study, lat, view, birads, split, _, _, _, shape) in IMAGES.items()
+        ]
+    )
     annotations.to_csv(base / "breast-level_annotations.csv", index=False)
-    metadata = pd.DataFrame([
-        {"SOP Instance UID": image, "Series Instance UID": f"ser-{study}-{lat}", "Patient's Age": age,
-         "Photometric Interpretation": photometric, "Manufacturer": "SIEMENS"}
-        for image, (study, lat, _, _, _, age, _, photometric, _) in IMAGES.items()])
+    metadata = pd.DataFrame(
+        [
+            {
+                "SOP Instance UID": image,
+                "Series Instance UID": f"ser-{study}-{lat}",
+                "Patient's Age": age,
+                "Photometric Interpretation": photometric,
+                "Manufacturer": "SIEMENS",
+            }
+            for image, (study, lat, _, _, _, age, _, photometric, _) in IMAGES.items()
+        ]
+    )
     metadata.to_csv(base / "metadata.csv", index=False)
     (base / "finding_annotations.csv").write_text("image_id,finding_categories\n")
     (base / "LICENSE.txt").write_text("PhysioNet Restricted Health Data License 1.5.0\n")
-    sums = [f"{hashlib.sha256(p.read_bytes()).hexdigest()} {p.relative_to(base).as_posix()}"
-            for p in sorted(base.rglob("*")) if p.is_file()]
+    sums = [
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()} {p.relative_to(base).as_posix()}"
+        for p in sorted(base.rglob("*"))
+        if p.is_file()
+    ]
     (base / "SHA256SUMS.txt").write_text("\n".join(sums) + "\n")
     return base
 
 
 def _source(url):
     """SOURCE with its remote URLs pointed at the local server."""
-    remote = tuple(RemoteFile(f"{url}/{VERSION_DIR}/{item.name}", item.name, item.sha256, item.extract)
-                   for item in vindr_mammo.SOURCE.remote)
+    remote = tuple(
+        RemoteFile(f"{url}/{VERSION_DIR}/{item.name}", item.name, item.sha256, item.extract)
+        for item in vindr_mammo.SOURCE.remote
+    )
     return dataclasses.replace(vindr_mammo.SOURCE, remote=remote)
 
 
@@ -162,7 +187,7 @@ def test_prepare_end_to_end(served, credentials, tmp_path):
     per_patient = table.drop_duplicates("patient_id")["split"].value_counts().to_dict()
     assert per_patient == {"train": 5, "val": 1, "test": 2}
     # age-only groups; no group when the age is missing
-    groups = dict(zip(table["sample_id"], table["group"]))
+    groups = dict(zip(table["sample_id"], table["group"], strict=False))
     assert groups["VinDr-Mammo-i1cc"] == "a3" and groups["VinDr-Mammo-i7cc"] == "a1"
     assert groups["VinDr-Mammo-i8cc"] == "a4" and groups["VinDr-Mammo-i4cc"] is None
 
@@ -248,8 +273,9 @@ def test_401_during_the_dicom_fetch_names_the_landing_page(served, credentials, 
 def test_wrong_sha256_raises(served, credentials, tmp_path):
     top, url = served
     source = _source(url)
-    bad = tuple(dataclasses.replace(item, sha256="0" * 64) if item.name == "metadata.csv" else item
-                for item in source.remote)
+    bad = tuple(
+        dataclasses.replace(item, sha256="0" * 64) if item.name == "metadata.csv" else item for item in source.remote
+    )
     with pytest.raises(IOError, match="checksum mismatch"):
         prepare(dataclasses.replace(source, remote=bad), tmp_path / "data")
     assert not (tmp_path / "data" / "VinDr-Mammo" / "raw" / "metadata.csv").exists()
@@ -280,8 +306,10 @@ def test_missing_decoder_stops_instead_of_skipping_everything(tmp_path, monkeypa
     environment installs one (pylibjpeg-libjpeg): pydicom is then shown none, for this test only."""
     from pydicom.pixels.decoders import JPEGLSLosslessDecoder
 
-    unavailable = {**JPEGLSLosslessDecoder._unavailable,
-                   **{label: ("pylibjpeg-libjpeg",) for label in JPEGLSLosslessDecoder._available}}
+    unavailable = {
+        **JPEGLSLosslessDecoder._unavailable,
+        **{label: ("pylibjpeg-libjpeg",) for label in JPEGLSLosslessDecoder._available},
+    }
     monkeypatch.setattr(JPEGLSLosslessDecoder, "_available", {})
     monkeypatch.setattr(JPEGLSLosslessDecoder, "_unavailable", unavailable)
     import pydicom
@@ -295,10 +323,12 @@ def test_missing_decoder_stops_instead_of_skipping_everything(tmp_path, monkeypa
     ds.file_meta.TransferSyntaxUID = JPEGLSLossless
     ds.PixelData = encapsulate([b"\xff\xd8 not decodable here \xff\xd9"])
     ds.save_as(path, enforce_file_format=True)
-    pd.DataFrame([{"study_id": "s1", "series_id": "x", "image_id": "i1", "breast_birads": "BI-RADS 1",
-                   "split": "training"}]).to_csv(raw / "breast-level_annotations.csv", index=False)
+    pd.DataFrame(
+        [{"study_id": "s1", "series_id": "x", "image_id": "i1", "breast_birads": "BI-RADS 1", "split": "training"}]
+    ).to_csv(raw / "breast-level_annotations.csv", index=False)
     pd.DataFrame([{"SOP Instance UID": "i1", "Patient's Age": "050Y"}]).to_csv(raw / "metadata.csv", index=False)
     from eqpo.data.sources import Manifest
+
     with pytest.raises(RuntimeError, match="(?s)pydicom cannot decode these DICOMs.*eqpo\\[data\\]"):
         vindr_mammo.preprocess(raw, out, Manifest("VinDr-Mammo"), 0, (0.7, 0.15, 0.15))
 
@@ -317,15 +347,18 @@ def test_helpers(tmp_path):
     assert vindr_mammo.read_sha256sums(sums) == {"LICENSE.txt": "a" * 64, "images/s1/i1.dicom": "b" * 64}
     # metadata.csv keyed by series when SOP Instance UID is absent; headers matched loosely
     meta = tmp_path / "metadata.csv"
-    pd.DataFrame([{"Series Instance UID": "ser1", "Patient's  AGE": "061Y"},
-                  {"Series Instance UID": "ser2", "Patient's  AGE": ""}]).to_csv(meta, index=False)
+    pd.DataFrame(
+        [
+            {"Series Instance UID": "ser1", "Patient's  AGE": "061Y"},
+            {"Series Instance UID": "ser2", "Patient's  AGE": ""},
+        ]
+    ).to_csv(meta, index=False)
     assert vindr_mammo.read_ages(meta) == ("series_id", {"ser1": 61.0})
 
 
 # pydicom's own test files (shipped with pydicom, MIT licence): one 64x64 16-bit MR slice stored
 # uncompressed and, losslessly, as JPEG-LS and as JPEG 2000: the compressions a mammography archive uses.
-COMPRESSED = {"i_raw": "MR_small.dcm", "i_jls": "MR_small_jpeg_ls_lossless.dcm",
-              "i_j2k": "MR_small_jp2klossless.dcm"}
+COMPRESSED = {"i_raw": "MR_small.dcm", "i_jls": "MR_small_jpeg_ls_lossless.dcm", "i_j2k": "MR_small_jp2klossless.dcm"}
 
 
 def test_compressed_dicoms_are_decoded_like_the_uncompressed_one(tmp_path):
@@ -337,8 +370,10 @@ def test_compressed_dicoms_are_decoded_like_the_uncompressed_one(tmp_path):
 
     for decoder in (JPEGLSLosslessDecoder, JPEG2000LosslessDecoder):
         if not decoder.is_available:
-            pytest.skip(f"no {decoder.UID.name} decoder: install the data environment's pylibjpeg plugins "
-                        "(pip install 'eqpo[data]' or envs/data.yaml)")
+            pytest.skip(
+                f"no {decoder.UID.name} decoder: install the data environment's pylibjpeg plugins "
+                "(pip install 'eqpo[data]' or envs/data.yaml)"
+            )
     raw, out = tmp_path / "raw", tmp_path / "VinDr-Mammo"
     syntaxes = {}
     for image, name in COMPRESSED.items():
@@ -348,11 +383,15 @@ def test_compressed_dicoms_are_decoded_like_the_uncompressed_one(tmp_path):
         syntaxes[image] = pydicom.dcmread(dest).file_meta.TransferSyntaxUID
     assert syntaxes["i_jls"].is_compressed and syntaxes["i_j2k"].is_compressed
     assert "JPEG-LS" in syntaxes["i_jls"].name and "JPEG 2000" in syntaxes["i_j2k"].name
-    pd.DataFrame([{"study_id": "s1", "series_id": "x", "image_id": image, "breast_birads": "BI-RADS 2",
-                   "split": "training"} for image in COMPRESSED]).to_csv(raw / "breast-level_annotations.csv",
-                                                                         index=False)
+    pd.DataFrame(
+        [
+            {"study_id": "s1", "series_id": "x", "image_id": image, "breast_birads": "BI-RADS 2", "split": "training"}
+            for image in COMPRESSED
+        ]
+    ).to_csv(raw / "breast-level_annotations.csv", index=False)
     pd.DataFrame([{"SOP Instance UID": image, "Patient's Age": "050Y"} for image in COMPRESSED]).to_csv(
-        raw / "metadata.csv", index=False)
+        raw / "metadata.csv", index=False
+    )
     from eqpo.data.sources import Manifest
 
     manifest = Manifest("VinDr-Mammo")

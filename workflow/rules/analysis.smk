@@ -18,7 +18,7 @@ rule dynamics:
 
 rule cluster_stability:
     """Implicit groups vs masked demographics (ARI/NMI), agreement between consecutive logged
-    steps and the chosen k, for the methods that cluster (eqpo.methods.CLUSTERING)."""
+    steps and the chosen k, for the methods that cluster (eqpo.core.methods.CLUSTERING)."""
     input:
         runs(f"{RUN}/clusters.parquet", hierarchical_methods()),
     output:

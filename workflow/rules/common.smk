@@ -19,9 +19,9 @@ os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.getenv("PYTHONP
 sys.path.insert(0, SRC)
 
 from eqpo.data.export import train_part
-from eqpo.methods import CLUSTERING, EMPHASISED
-from eqpo.run_settings import cpu_train_config, reproduction_options, train_settings
-from eqpo.run_settings import estimator_options as run_estimator_options
+from eqpo.core.methods import CLUSTERING, EMPHASISED
+from eqpo.runs.settings import cpu_train_config, reproduction_options, train_settings
+from eqpo.runs.settings import estimator_options as run_estimator_options
 
 # Reproduction options (metrics, groups, reward), checked once with errors that name the key.
 reproduction_options(config)
@@ -108,12 +108,12 @@ def estimator_options(wildcards):
 
 
 def hierarchical_methods():
-    """Configured methods whose estimator forms implicit groups (eqpo.methods.CLUSTERING)."""
+    """Configured methods whose estimator forms implicit groups (eqpo.core.methods.CLUSTERING)."""
     return [m for m in config["methods"] if m in CLUSTERING]
 
 
 def compared_methods():
-    """Methods shown in the per-group comparison (paper Fig. 3): GRPO and EQPO (eqpo.methods.EMPHASISED)
+    """Methods shown in the per-group comparison (paper Fig. 3): GRPO and EQPO (eqpo.core.methods.EMPHASISED)
     when both run."""
     return [m for m in EMPHASISED if m in config["methods"]]
 

@@ -77,7 +77,7 @@ rule train_verl:
     # GPUs over two nodes). train.nnodes > 1: nodes=nnodes and gres=gpu:N, because SLURM plugin
     # 2.8.0 maps gpu to --gpus (a job TOTAL that SLURM may split unevenly over the nodes) but gres
     # to --gres (PER NODE); verl needs train.gpus on every node. mem_mb (--mem) is per node. The job
-    # then starts a Ray cluster over the nodes (eqpo.verl_ext.ray_cluster). Runtime and memory:
+    # then starts a Ray cluster over the nodes (eqpo.backends.verl.ray_cluster). Runtime and memory:
     # gpu_jobs.train_verl of the config.
     resources:
         **gpu_job("train_verl"),

@@ -1,4 +1,4 @@
-# The trl backend: one GPU (or CPU), no cluster. EQPO inside TRL's GRPOTrainer (eqpo.trl), trained
+# The trl backend: one GPU (or CPU), no cluster. EQPO inside TRL's GRPOTrainer (eqpo.backends.trl), trained
 # on the same verl export as the GPU backend and evaluated on the same test prompts; it writes the
 # same run files, so every table and figure reads it like the other backends.
 

@@ -5,7 +5,7 @@
 
 rule tiny_vl_fixture:
     """A tiny image dataset (a data.custom CSV and PNGs) and a tiny Qwen2.5-VL warm-started to answer
-    in the prompt's format (eqpo.demo.tiny_vl), under data/<experiment>/tiny_vl/; used where the config
+    in the prompt's format (eqpo.data.demo.tiny_vl), under data/<experiment>/tiny_vl/; used where the config
     names them (data.custom path, models.<m>.path)."""
     output:
         samples=f"{DATA}/tiny_vl/samples.csv",

@@ -1,12 +1,19 @@
 from pathlib import Path
 
-from eqpo.pipeline import logged, run_export_verl
-from eqpo.run_settings import reproduction_options
+from eqpo.runs.settings import reproduction_options
+from eqpo.workflow.pipeline import logged, run_export_verl
 
 p = snakemake.params
 with logged(snakemake.log[0]):
     definition = reproduction_options(snakemake.config).group_definition
     # images are relative to the cohort's folder; the export goes where the rule's outputs are
-    run_export_verl(snakemake.input.cohort, Path(snakemake.input.cohort).parent, Path(snakemake.output[0]).parent,
-                    p.seed, p.custom, group_definition=definition, records=p.records,
-                    covid_blues_options=p.covid_blues_options)
+    run_export_verl(
+        snakemake.input.cohort,
+        Path(snakemake.input.cohort).parent,
+        Path(snakemake.output[0]).parent,
+        p.seed,
+        p.custom,
+        group_definition=definition,
+        records=p.records,
+        covid_blues_options=p.covid_blues_options,
+    )

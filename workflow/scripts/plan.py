@@ -1,4 +1,4 @@
-from eqpo.pipeline import logged, render_plan
+from eqpo.workflow.pipeline import logged, render_plan
 
 with logged(snakemake.log[0]):
     render_plan(snakemake.params.config, snakemake.output[0])

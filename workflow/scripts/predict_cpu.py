@@ -1,4 +1,4 @@
-from eqpo.pipeline import logged, run_predict_cpu
+from eqpo.workflow.pipeline import logged, run_predict_cpu
 
 with logged(snakemake.log[0]):
     run_predict_cpu(snakemake.input.cohort, snakemake.input.policy, snakemake.output[0], options=snakemake.config)

@@ -1,6 +1,6 @@
-from eqpo.pipeline import logged
+from eqpo.workflow.pipeline import logged
 
 with logged(snakemake.log[0]):
-    from eqpo.trl.workflow import predict_rule
+    from eqpo.workflow.trl import predict_rule
 
     predict_rule(snakemake)

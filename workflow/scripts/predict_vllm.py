@@ -1,8 +1,8 @@
-from eqpo.pipeline import logged
+from eqpo.workflow.pipeline import logged
 
 with logged(snakemake.log[0]):
-    from eqpo.run_settings import reproduction_options, train_settings
-    from eqpo.verl_ext.evaluate import run_evaluation
+    from eqpo.backends.verl.evaluate import run_evaluation
+    from eqpo.runs.settings import reproduction_options, train_settings
 
     # the run's own lengths (runs.<model>.<method> may change them), as in its training
     train = train_settings(snakemake.config, snakemake.wildcards.model, snakemake.wildcards.method)

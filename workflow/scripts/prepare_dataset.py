@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from eqpo.pipeline import logged, run_prepare_dataset
+from eqpo.workflow.pipeline import logged, run_prepare_dataset
 
 p = snakemake.params
 with logged(snakemake.log[0]):

@@ -1,6 +1,12 @@
-from eqpo.pipeline import logged, score_predictions
+from eqpo.workflow.pipeline import logged, score_predictions
 
 w = snakemake.wildcards
 with logged(snakemake.log[0]):
-    score_predictions(snakemake.input[0], snakemake.output[0], options=snakemake.config, model=w.model,
-                      method=w.method, seed=int(w.seed))
+    score_predictions(
+        snakemake.input[0],
+        snakemake.output[0],
+        options=snakemake.config,
+        model=w.model,
+        method=w.method,
+        seed=int(w.seed),
+    )

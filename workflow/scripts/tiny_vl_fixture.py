@@ -1,11 +1,11 @@
-"""Snakemake script of rule tiny_vl_fixture (eqpo.demo.tiny_vl)."""
+"""Snakemake script of rule tiny_vl_fixture (eqpo.data.demo.tiny_vl)."""
 
 from pathlib import Path
 
-from eqpo.pipeline import logged
+from eqpo.workflow.pipeline import logged
 
 with logged(snakemake.log[0]):
-    from eqpo.demo.tiny_vl import build_qwen_vl, check_custom_entry, custom_dataset
+    from eqpo.data.demo.tiny_vl import build_qwen_vl, check_custom_entry, custom_dataset
 
     samples = Path(snakemake.output.samples)
     entry = custom_dataset(samples.parent, seed=snakemake.params.seed)

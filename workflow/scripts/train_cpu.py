@@ -1,4 +1,4 @@
-from eqpo.pipeline import logged, run_train_cpu
+from eqpo.workflow.pipeline import logged, run_train_cpu
 
 with logged(snakemake.log[0]):
     run_train_cpu(

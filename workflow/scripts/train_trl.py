@@ -1,6 +1,6 @@
-from eqpo.pipeline import logged
+from eqpo.workflow.pipeline import logged
 
 with logged(snakemake.log[0]):
-    from eqpo.trl.workflow import train_rule
+    from eqpo.workflow.trl import train_rule
 
     train_rule(snakemake)

@@ -1,13 +1,13 @@
-"""Snakemake script of rule train_verl: one verl GPU training run (eqpo.verl_ext.launch)."""
+"""Snakemake script of rule train_verl: one verl GPU training run (eqpo.backends.verl.launch)."""
 
 from pathlib import Path
 
-from eqpo.pipeline import logged
+from eqpo.workflow.pipeline import logged
 
 with logged(snakemake.log[0]):
     try:
-        from eqpo.verl_ext.launch import run_training
-    except ImportError as err:  # eqpo.verl_ext needs verl: say which environment is missing it
+        from eqpo.backends.verl.launch import run_training
+    except ImportError as err:  # eqpo.backends.verl needs verl: say which environment is missing it
         raise SystemExit(f"GPU training needs verl[vllm]==0.9.1 in this environment (envs/gpu.yaml): {err}") from err
 
     run_training(

@@ -1,9 +1,14 @@
 from pathlib import Path
 
-from eqpo.pipeline import logged, render_uncertainty
-from eqpo.run_settings import reproduction_options
+from eqpo.runs.settings import reproduction_options
+from eqpo.workflow.pipeline import logged, render_uncertainty
 
 with logged(snakemake.log[0]):
-    render_uncertainty(list(snakemake.input), Path(snakemake.output.ci).with_suffix(""),
-                       Path(snakemake.output.tests).with_suffix(""), snakemake.params.n_boot, snakemake.params.level,
-                       class_set=reproduction_options(snakemake.config).class_set)
+    render_uncertainty(
+        list(snakemake.input),
+        Path(snakemake.output.ci).with_suffix(""),
+        Path(snakemake.output.tests).with_suffix(""),
+        snakemake.params.n_boot,
+        snakemake.params.level,
+        class_set=reproduction_options(snakemake.config).class_set,
+    )

@@ -9,7 +9,7 @@ clusters.parquet),
 :mod:`~eqpo.analysis.figures` (matplotlib figures; imported on demand as it needs matplotlib).
 """
 
-from .collect import (
+from eqpo.analysis.collect import (
     estimator_statistics,
     parse_run_path,
     read_clusters,
@@ -19,8 +19,8 @@ from .collect import (
     read_steps,
     read_unparseable_share,
 )
-from .style import METHOD_COLORS, METHOD_LABELS, METHOD_ORDER, model_label
-from .tables import (
+from eqpo.analysis.style import METHOD_COLORS, METHOD_LABELS, METHOD_ORDER, model_label
+from eqpo.analysis.tables import (
     cluster_stability,
     cluster_stability_summary,
     table2,

@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 
-from .. import jsonl
-from ..metrics import TABLE2_COLUMNS
-from ..run_files import CLUSTER_COLUMNS, DYNAMICS_KEYS, STEP_KEYS, parse_estimator_metric
+from eqpo.core.metrics import TABLE2_COLUMNS
+from eqpo.runs import jsonl
+from eqpo.runs.files import CLUSTER_COLUMNS, DYNAMICS_KEYS, STEP_KEYS, parse_estimator_metric
 
 RUN_KEYS = ("model", "method", "seed")
 GROUP_COLUMNS = ("dataset", "attribute", "group", "n", "Acc", "F1", "TPR", "FPR", "FDR")
@@ -91,10 +91,7 @@ def _run_identity(path: PathLike, record: dict) -> tuple[str, str, int]:
     except ValueError:
         return identity
     if from_path != identity:
-        raise ValueError(
-            f"{path}: the file says (model, method, seed) = {identity} but its directory says "
-            f"{from_path}"
-        )
+        raise ValueError(f"{path}: the file says (model, method, seed) = {identity} but its directory says {from_path}")
     return identity
 
 
@@ -121,7 +118,7 @@ def read_metrics(paths: Iterable[PathLike]) -> pd.DataFrame:
         missing = [column for column in TABLE2_COLUMNS if column not in summary]
         if missing:
             raise ValueError(f"{path}: 'summary' lacks the Table 2 column(s) {missing}")
-        row = dict(zip(RUN_KEYS, _run_identity(path, record)))
+        row = dict(zip(RUN_KEYS, _run_identity(path, record), strict=False))
         row.update({column: _float(summary[column]) for column in TABLE2_COLUMNS})
         rows.append(row)
     frame = pd.DataFrame(rows, columns=[*RUN_KEYS, *TABLE2_COLUMNS])
@@ -195,9 +192,11 @@ def estimator_statistics(steps: pd.DataFrame) -> pd.DataFrame:
     if not metric_columns or steps.empty:
         return pd.DataFrame(columns=columns)
     long = steps.melt(id_vars=[*RUN_KEYS, "step"], value_vars=metric_columns, var_name="metric").dropna(
-        subset=["value"])
-    keys = pd.DataFrame([parsed[m] for m in long["metric"]], columns=["dataset", "group", "statistic"],
-                        index=long.index)
+        subset=["value"]
+    )
+    keys = pd.DataFrame(
+        [parsed[m] for m in long["metric"]], columns=["dataset", "group", "statistic"], index=long.index
+    )
     out = pd.concat([long.drop(columns="metric"), keys], axis=1)[columns]
     out["group"] = pd.Series([g if isinstance(g, str) else None for g in out["group"]], index=out.index, dtype=object)
     return out.sort_values([*RUN_KEYS, "step", "dataset", "statistic"], kind="stable").reset_index(drop=True)
@@ -251,7 +250,7 @@ def read_unparseable_share(paths: Iterable[PathLike]) -> pd.DataFrame:
     rows = []
     for path in paths:
         record = _load_json(path)
-        identity = dict(zip(RUN_KEYS, _run_identity(path, record)))
+        identity = dict(zip(RUN_KEYS, _run_identity(path, record), strict=False))
         for dataset, share in record.get("unparseable_share", {}).items():
             rows.append({**identity, "dataset": dataset, "unparseable_share": _float(share)})
     frame = pd.DataFrame(rows, columns=[*RUN_KEYS, "dataset", "unparseable_share"])

@@ -21,23 +21,20 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
-import matplotlib
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from ..groups import AGE_BINS, SEXES
-from ..methods import EMPHASISED
-from ..metrics import PAPER_SCALE
-from .runtime import pareto_points, runtime_split
-from .style import (
+from eqpo.analysis.runtime import pareto_points, runtime_split
+from eqpo.analysis.style import (
     EMPHASISED_METHODS,
     method_color,
     method_label,
@@ -45,6 +42,9 @@ from .style import (
     model_label,
     order_methods,
 )
+from eqpo.core.groups import AGE_BINS, SEXES
+from eqpo.core.methods import EMPHASISED
+from eqpo.core.metrics import PAPER_SCALE
 
 DPI = 150
 FONT_SIZE = 9
@@ -79,9 +79,14 @@ STABILITY_PANELS = (
     ("consecutive_ari", "ARI\nvs previous logged step"),
     ("k", "chosen k"),
 )
-_RC = {"font.size": FONT_SIZE, "axes.titlesize": FONT_SIZE + 1, "axes.labelsize": FONT_SIZE,
-       "legend.fontsize": FONT_SIZE, "xtick.labelsize": FONT_SIZE - 1,
-       "ytick.labelsize": FONT_SIZE - 1}
+_RC = {
+    "font.size": FONT_SIZE,
+    "axes.titlesize": FONT_SIZE + 1,
+    "axes.labelsize": FONT_SIZE,
+    "legend.fontsize": FONT_SIZE,
+    "xtick.labelsize": FONT_SIZE - 1,
+    "ytick.labelsize": FONT_SIZE - 1,
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,8 +138,9 @@ def _writer(draw):
         return save_figure(draw(frame, *args, **kwargs), out_stem)
 
     plot.__name__ = plot.__qualname__ = draw.__name__.replace("draw_", "plot_", 1)
-    plot.__doc__ = (f"Draw :func:`{draw.__name__}` and write it to ``<out_stem>.png`` and ``.pdf``; "
-                    "returns the [png, pdf] paths.")
+    plot.__doc__ = (
+        f"Draw :func:`{draw.__name__}` and write it to ``<out_stem>.png`` and ``.pdf``; returns the [png, pdf] paths."
+    )
     return plot
 
 
@@ -151,9 +157,18 @@ def _seed_band(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 def _method_handles(methods: Sequence[str], markers: bool = False) -> list[Line2D]:
     """One legend line per method, in the given order, with its colour (marker) and paper name."""
-    return [Line2D([], [], color=method_color(m), lw=_line_width(m), label=method_label(m),
-                   marker=method_marker(m) if markers else None, ms=4)
-            for m in methods]
+    return [
+        Line2D(
+            [],
+            [],
+            color=method_color(m),
+            lw=_line_width(m),
+            label=method_label(m),
+            marker=method_marker(m) if markers else None,
+            ms=4,
+        )
+        for m in methods
+    ]
 
 
 def _step_locator(nbins: int) -> MaxNLocator:
@@ -168,8 +183,7 @@ def _line_width(method: str) -> float:
 
 def _figure_legend(fig: Figure, handles: list, ncol: int | None = None) -> None:
     """One legend for the whole figure, above the panels."""
-    fig.legend(handles=handles, loc="outside upper center", ncol=ncol or len(handles),
-               frameon=False)
+    fig.legend(handles=handles, loc="outside upper center", ncol=ncol or len(handles), frameon=False)
 
 
 def _ordered_models(frame: pd.DataFrame) -> list[str]:
@@ -207,8 +221,7 @@ def draw_training_dynamics(
     for r, model in enumerate(models):
         for c, metric in enumerate(metrics):
             ax = axes[r, c]
-            _draw_dynamics_panel(ax, frame[frame["model"] == model], metric, method_order,
-                                 scale.get(metric, 1.0))
+            _draw_dynamics_panel(ax, frame[frame["model"] == model], metric, method_order, scale.get(metric, 1.0))
             ax.set_title(METRIC_TITLES.get(metric, metric))
             ax.set_xlabel("training step")
         axes[r, 0].set_ylabel(model_label(model), fontweight="bold")
@@ -216,8 +229,7 @@ def draw_training_dynamics(
     return fig
 
 
-def _draw_dynamics_panel(ax, frame: pd.DataFrame, metric: str, methods: Sequence[str],
-                         factor: float) -> None:
+def _draw_dynamics_panel(ax, frame: pd.DataFrame, metric: str, methods: Sequence[str], factor: float) -> None:
     """One metric of one model: a mean-over-seeds line (and min-max band) per method."""
     for method in methods:
         runs = frame[frame["method"] == method]
@@ -226,8 +238,14 @@ def _draw_dynamics_panel(ax, frame: pd.DataFrame, metric: str, methods: Sequence
         runs = runs.assign(**{metric: runs[metric].astype(float) * factor})
         band = _seed_band(runs, "step", metric)
         color = method_color(method)
-        ax.plot(band["step"], band["mean"], color=color, lw=_line_width(method),
-                label=method_label(method), zorder=3 if method in EMPHASISED_METHODS else 2)
+        ax.plot(
+            band["step"],
+            band["mean"],
+            color=color,
+            lw=_line_width(method),
+            label=method_label(method),
+            zorder=3 if method in EMPHASISED_METHODS else 2,
+        )
         if runs["seed"].nunique() > 1:
             ax.fill_between(band["step"], band["lo"], band["hi"], color=color, alpha=0.15, lw=0)
     ax.grid(alpha=0.3)
@@ -271,7 +289,7 @@ def draw_group_f1(
     for model in models:
         datasets = list(dict.fromkeys(frame.loc[frame["model"] == model, "dataset"]))
         for start in range(0, len(datasets), max_cols):
-            layout.append((model, datasets[start:start + max_cols]))
+            layout.append((model, datasets[start : start + max_cols]))
     cols = max(len(d) for _, d in layout)
     fig = _new_figure(max(3.1 * cols, 5.0), 2.6 * len(layout) + 0.5)
     axes = _grid(fig, len(layout), cols, sharey=True)
@@ -289,8 +307,10 @@ def draw_group_f1(
     axes[0, 0].set_ylim(0, min(1.0, top * 1.15) if np.isfinite(top) and top > 0 else 1.0)
     handles = [Patch(facecolor=method_color(m), label=method_label(m)) for m in method_order]
     if frame.groupby(["model", "method"])["seed"].nunique().max() > 1:
-        handles += [Line2D([], [], color="black", lw=0.8, marker="_", ms=6, label="95% bootstrap interval over seeds"),
-                    Line2D([], [], color="grey", ls="none", marker="o", ms=3, label="one seed")]
+        handles += [
+            Line2D([], [], color="black", lw=0.8, marker="_", ms=6, label="95% bootstrap interval over seeds"),
+            Line2D([], [], color="grey", ls="none", marker="o", ms=3, label="one seed"),
+        ]
     _figure_legend(fig, handles)
     return fig
 
@@ -302,13 +322,30 @@ def _draw_group_bars(ax, frame: pd.DataFrame, methods: Sequence[str], metric: st
     groups = _group_order(data["group"].unique())
     attributes = data.groupby("group")["attribute"].first()
     palette = {m: method_color(m) for m in methods}
-    common = dict(data=data, x="group", y=metric, hue="method", order=groups, hue_order=list(methods),
-                  palette=palette, ax=ax, legend=False)
-    sns.barplot(**common, saturation=1.0, errorbar=("ci", 95), n_boot=1000, seed=0, capsize=0.15,
-                err_kws={"linewidth": 0.8, "color": "black"}, zorder=2)
+    common = dict(
+        data=data,
+        x="group",
+        y=metric,
+        hue="method",
+        order=groups,
+        hue_order=list(methods),
+        palette=palette,
+        ax=ax,
+        legend=False,
+    )
+    sns.barplot(
+        **common,
+        saturation=1.0,
+        errorbar=("ci", 95),
+        n_boot=1000,
+        seed=0,
+        capsize=0.15,
+        err_kws={"linewidth": 0.8, "color": "black"},
+        zorder=2,
+    )
     if data.groupby(["method", "group"])["seed"].nunique().max() > 1:
         sns.stripplot(**common, dodge=True, jitter=False, size=3, edgecolor="black", linewidth=0.4, zorder=3)
-    for left, (g_left, g_right) in enumerate(zip(groups[:-1], groups[1:])):
+    for left, (g_left, g_right) in enumerate(zip(groups[:-1], groups[1:], strict=False)):
         if attributes[g_left] != attributes[g_right]:
             ax.axvline(left + 0.5, color="grey", lw=0.8, ls=":")
     ax.set_xticks(range(len(groups)), [GROUP_TICKS.get(g, g) for g in groups])
@@ -353,8 +390,7 @@ def draw_cluster_stability(
     for c, dataset in enumerate(datasets):
         for r, (column, title) in enumerate(STABILITY_PANELS):
             ax = axes[r, c]
-            _draw_stability_panel(ax, frame[frame["dataset"] == dataset], column, method_order,
-                                  models)
+            _draw_stability_panel(ax, frame[frame["dataset"] == dataset], column, method_order, models)
             if r == 0:
                 ax.set_title(str(dataset), fontweight="bold")
             if c == 0:
@@ -362,14 +398,15 @@ def draw_cluster_stability(
         axes[-1, c].set_xlabel("training step")
     handles = _method_handles(method_order, markers=True)
     if len(models) > 1:
-        handles += [Line2D([], [], color="black", ls=MODEL_LINESTYLES[i % len(MODEL_LINESTYLES)],
-                           label=model_label(m)) for i, m in enumerate(models)]
+        handles += [
+            Line2D([], [], color="black", ls=MODEL_LINESTYLES[i % len(MODEL_LINESTYLES)], label=model_label(m))
+            for i, m in enumerate(models)
+        ]
     _figure_legend(fig, handles)
     return fig
 
 
-def _draw_stability_panel(ax, frame: pd.DataFrame, column: str, methods: Sequence[str],
-                          models: Sequence[str]) -> None:
+def _draw_stability_panel(ax, frame: pd.DataFrame, column: str, methods: Sequence[str], models: Sequence[str]) -> None:
     """One quantity of one dataset over steps: a line per (method, model)."""
     drawn = False
     for i, model in enumerate(models):
@@ -382,15 +419,29 @@ def _draw_stability_panel(ax, frame: pd.DataFrame, column: str, methods: Sequenc
             band = _seed_band(runs.assign(**{column: runs[column].astype(float)}), "step", column)
             color = method_color(method)
             marker = method_marker(method) if len(band) <= 30 else None
-            ax.plot(band["step"], band["mean"], color=color, ls=style, lw=_line_width(method),
-                    marker=marker, ms=4, drawstyle="steps-post" if column == "k" else "default")
+            ax.plot(
+                band["step"],
+                band["mean"],
+                color=color,
+                ls=style,
+                lw=_line_width(method),
+                marker=marker,
+                ms=4,
+                drawstyle="steps-post" if column == "k" else "default",
+            )
             if "seed" in runs.columns and runs["seed"].nunique() > 1:
-                ax.fill_between(band["step"], band["lo"], band["hi"], color=color, alpha=0.08,
-                                lw=0)
+                ax.fill_between(band["step"], band["lo"], band["hi"], color=color, alpha=0.08, lw=0)
             drawn = True
     if not drawn:
-        ax.text(0.5, 0.5, "no defined values\n(too few labeled or\ncommon prompts)",
-                transform=ax.transAxes, ha="center", va="center", color="grey")
+        ax.text(
+            0.5,
+            0.5,
+            "no defined values\n(too few labeled or\ncommon prompts)",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="grey",
+        )
     if column == "k":
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         top = frame["k"].max() if drawn else 3
@@ -431,8 +482,7 @@ def _share_text(share: float) -> str:
 
 
 @_styled
-def draw_runtime_split(steps_df: pd.DataFrame,
-                       methods: Sequence[str] | None = None) -> Figure:
+def draw_runtime_split(steps_df: pd.DataFrame, methods: Sequence[str] | None = None) -> Figure:
     """Paper Fig. 2(d): mean time per training step split into generation, policy update,
     advantage estimation and the rest; one panel per base model, one stacked bar per method, the
     advantage share of the step time written above each bar. Returns the figure.
@@ -455,35 +505,60 @@ def draw_runtime_split(steps_df: pd.DataFrame,
             if column == "time_other_s" and not shown_other:
                 continue
             values = rows[column].to_numpy(dtype=float)
-            ax.bar(x, values, bottom=bottom, width=0.7, color=color, edgecolor="#444444",
-                   linewidth=0.5, label=label, zorder=2)
+            ax.bar(
+                x,
+                values,
+                bottom=bottom,
+                width=0.7,
+                color=color,
+                edgecolor="#444444",
+                linewidth=0.5,
+                label=label,
+                zorder=2,
+            )
             bottom += values
         top = float(np.nanmax(bottom)) if len(bottom) else 1.0
-        for xi, height, share in zip(x, bottom, rows["advantage_share"]):
-            ax.text(xi, height + 0.02 * top, _share_text(share), ha="center", va="bottom",
-                    fontsize=FONT_SIZE - 2, color=ANNOTATION_COLOR)
+        for xi, height, share in zip(x, bottom, rows["advantage_share"], strict=False):
+            ax.text(
+                xi,
+                height + 0.02 * top,
+                _share_text(share),
+                ha="center",
+                va="bottom",
+                fontsize=FONT_SIZE - 2,
+                color=ANNOTATION_COLOR,
+            )
         ax.set_ylim(0, top * 1.16 if top > 0 else 1.0)
-        ax.set_xticks(x, [method_label(m) for m in rows.index], rotation=35, ha="right",
-                      rotation_mode="anchor")
-        for tick, method in zip(ax.get_xticklabels(), rows.index):
+        ax.set_xticks(x, [method_label(m) for m in rows.index], rotation=35, ha="right", rotation_mode="anchor")
+        for tick, method in zip(ax.get_xticklabels(), rows.index, strict=False):
             tick.set_color(method_color(method))
             tick.set_fontweight("bold")
         ax.set_title(model_label(model))
         ax.grid(axis="y", alpha=0.3, zorder=0)
         ax.set_axisbelow(True)
     axes[0, 0].set_ylabel("seconds per training step (mean)")
-    handles = [Patch(facecolor=color, edgecolor="#444444", linewidth=0.5, label=label)
-               for column, label, color in PHASES
-               if column != "time_other_s" or shown_other]
-    handles.append(Line2D([], [], ls="none", marker="$\\%$", color=ANNOTATION_COLOR, ms=7,
-                          label="above bar: advantage share of step time"))
+    handles = [
+        Patch(facecolor=color, edgecolor="#444444", linewidth=0.5, label=label)
+        for column, label, color in PHASES
+        if column != "time_other_s" or shown_other
+    ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            ls="none",
+            marker="$\\%$",
+            color=ANNOTATION_COLOR,
+            ms=7,
+            label="above bar: advantage share of step time",
+        )
+    )
     _figure_legend(fig, handles, ncol=min(len(handles), 3))
     return fig
 
 
 @_styled
-def draw_pareto(dynamics_df: pd.DataFrame,
-                methods: Sequence[str] | None = None) -> Figure:
+def draw_pareto(dynamics_df: pd.DataFrame, methods: Sequence[str] | None = None) -> Figure:
     """Paper Fig. 2(e): F1 against 1 - delta_F1 for every validation checkpoint (both higher is
     better), one panel per base model. Each method's checkpoints in its colour and marker (a thin
     line joins a run's checkpoints in step order), the last checkpoint of every run as a large
@@ -509,31 +584,50 @@ def draw_pareto(dynamics_df: pd.DataFrame,
             for _, run in runs.groupby("seed", sort=True):
                 run = run.sort_values("step")
                 ax.plot(run["F1"], run["equity"], color=color, lw=0.6, alpha=0.3, zorder=1)
-            ax.scatter(runs["F1"], runs["equity"], color=color, marker=marker, s=16, alpha=0.55,
-                       linewidths=0, zorder=2)
+            ax.scatter(runs["F1"], runs["equity"], color=color, marker=marker, s=16, alpha=0.55, linewidths=0, zorder=2)
             final = runs[runs["final"]]
-            ax.scatter(final["F1"], final["equity"], color=color, marker="*", s=150,
-                       edgecolors="black", linewidths=0.7, zorder=4)
+            ax.scatter(
+                final["F1"],
+                final["equity"],
+                color=color,
+                marker="*",
+                s=150,
+                edgecolors="black",
+                linewidths=0.7,
+                zorder=4,
+            )
         front = at[at["on_front"]].sort_values("F1")
         if len(front):
             # boundary of the dominated region: at F1 = x the best equity among points with
             # F1 >= x, so each step drops at a frontier point and runs right at the next level
-            ax.step(front["F1"], front["equity"], where="pre", color="black", ls="--", lw=1.1,
-                    zorder=3)
-            ax.scatter(front["F1"], front["equity"], facecolors="none", edgecolors="black",
-                       s=42, linewidths=0.8, zorder=3)
+            ax.step(front["F1"], front["equity"], where="pre", color="black", ls="--", lw=1.1, zorder=3)
+            ax.scatter(
+                front["F1"], front["equity"], facecolors="none", edgecolors="black", s=42, linewidths=0.8, zorder=3
+            )
         _pad_limits(ax, at["F1"].to_numpy(), at["equity"].to_numpy())
         ax.set_title(model_label(model))
         ax.set_xlabel("F1 ↑")
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("1 − ΔF1 (equity) ↑")
-    handles = [Line2D([], [], color=method_color(m), marker=method_marker(m), ls="-", lw=0.7,
-                      ms=5, label=method_label(m)) for m in method_order]
+    handles = [
+        Line2D([], [], color=method_color(m), marker=method_marker(m), ls="-", lw=0.7, ms=5, label=method_label(m))
+        for m in method_order
+    ]
     handles += [
-        Line2D([], [], color="grey", marker="*", ms=12, mec="black", mew=0.7, ls="none",
-               label="last checkpoint of a run"),
-        Line2D([], [], color="black", ls="--", lw=1.1, marker="o", mfc="none", ms=5,
-               label="Pareto frontier (all checkpoints)"),
+        Line2D(
+            [], [], color="grey", marker="*", ms=12, mec="black", mew=0.7, ls="none", label="last checkpoint of a run"
+        ),
+        Line2D(
+            [],
+            [],
+            color="black",
+            ls="--",
+            lw=1.1,
+            marker="o",
+            mfc="none",
+            ms=5,
+            label="Pareto frontier (all checkpoints)",
+        ),
     ]
     _figure_legend(fig, handles, ncol=min(len(handles), 5))
     return fig

@@ -15,20 +15,28 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
-from ..advantages import ESTIMATORS, estimator_defaults
-from ..groups import AGE_BINS, SEXES
-from ..methods import EMPHASISED
-from ..metrics import METRICS, PAPER_SCALE, TABLE2_SOURCE
-from ..run_settings import (GPU_ONLY_TRAIN_KEYS, cpu_train_config, estimator_options, reproduction_options,
-                            run_overrides, run_reward, run_source)
-from .collect import RUN_KEYS
-from .style import order_methods
-from .tables import write_table
+from eqpo.analysis.collect import RUN_KEYS
+from eqpo.analysis.style import order_methods
+from eqpo.analysis.tables import write_table
+from eqpo.core.advantages import ESTIMATORS, estimator_defaults
+from eqpo.core.groups import AGE_BINS, SEXES
+from eqpo.core.methods import EMPHASISED
+from eqpo.core.metrics import METRICS, PAPER_SCALE, TABLE2_SOURCE
+from eqpo.runs.settings import (
+    GPU_ONLY_TRAIN_KEYS,
+    cpu_train_config,
+    estimator_options,
+    reproduction_options,
+    run_overrides,
+    run_reward,
+    run_source,
+)
 
 __all__ = [
     "SPREAD_COLUMNS",
@@ -66,7 +74,7 @@ TRAIN_PARAMETERS: tuple[tuple[str, str], ...] = (
     ("gpus", "GPUs per node"),
     ("nnodes", "nodes"),
 )
-# verl Hydra key -> `train` key (as eqpo.verl_ext.launch.TRAIN_KEYS maps them), so a per-model
+# verl Hydra key -> `train` key (as eqpo.backends.verl.launch.TRAIN_KEYS maps them), so a per-model
 # `models.<m>.overrides` entry shows up in the row it changes.
 VERL_KEYS: dict[str, str] = {
     "data.train_batch_size": "batch_prompts",
@@ -107,7 +115,7 @@ def _flatten(mapping: Mapping[str, Any] | None, prefix: str = "") -> dict[str, A
 
 def _cpu_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The CPU backend's effective TrainConfig: its defaults, then the config's values."""
-    from ..cpu.trainer import TrainConfig  # torch: only where a CPU model is described
+    from eqpo.backends.cpu.trainer import TrainConfig  # torch: only where a CPU model is described
 
     given = cpu_train_config(dict(config.get("train") or {}), dict(config.get("cpu") or {}))
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -116,7 +124,7 @@ def _cpu_settings(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _verl_settings(config: Mapping[str, Any], entry: Mapping[str, Any]) -> tuple[dict, list[str]]:
     """(train-key -> value, other overrides as 'key=value') of a verl model: the `train` block,
-    then its `overrides` (which win, as in eqpo.verl_ext.launch)."""
+    then its `overrides` (which win, as in eqpo.backends.verl.launch)."""
     settings = dict(config.get("train") or {})
     settings.setdefault("nnodes", 1)
     other = []
@@ -131,7 +139,7 @@ def _verl_settings(config: Mapping[str, Any], entry: Mapping[str, Any]) -> tuple
 
 def estimator_settings(method: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every option the advantage estimator of ``method`` runs with: its defaults (keyword-only
-    parameters of :func:`eqpo.advantages.make_estimator`'s factory), then ``options``."""
+    parameters of :func:`eqpo.core.advantages.make_estimator`'s factory), then ``options``."""
     options = dict(options or {})
     if method not in ESTIMATORS:
         return options
@@ -153,7 +161,7 @@ def table3(config: Mapping[str, Any]) -> pd.DataFrame:
     with (defaults included, the run's ``estimator`` overrides applied), one row "run: <method>" per
     method with the `train` settings that run uses where ``runs.<model>.<method>`` (or
     ``runs.<model>.all``) changes them ("as above" otherwise), one row "source: <method>" naming
-    where that run's values come from (:func:`eqpo.run_settings.run_source`: script and line, or
+    where that run's values come from (:func:`eqpo.runs.settings.run_source`: script and line, or
     paper Table 3), and one row per reproduction option (``metrics.class_set``, ``metrics.extraction``,
     ``groups.definition``, ``reward.function``, ``reward.matching``). Columns: the config's
     ``base_models`` (our ids), object dtype.
@@ -175,8 +183,7 @@ def table3(config: Mapping[str, Any]) -> pd.DataFrame:
         backend = entry.get("backend", "?")
         col: dict[str, Any] = {"backend": backend}
         if backend == "cpu":
-            col["weights"] = entry.get("arch", "?") + (
-                f" (hidden {entry['hidden']})" if entry.get("hidden") else "")
+            col["weights"] = entry.get("arch", "?") + (f" (hidden {entry['hidden']})" if entry.get("hidden") else "")
             settings, other = _cpu_settings(config), []
             for key in GPU_ONLY_TRAIN_KEYS:
                 settings[key] = _NOT_APPLICABLE
@@ -190,11 +197,11 @@ def table3(config: Mapping[str, Any]) -> pd.DataFrame:
             if key == "epochs" and settings.get("steps") is not None:
                 value = f"{value} (not used: total steps set)"
             col[name] = value
-        col["other verl overrides"] = "; ".join(other) if other else (
-            _NOT_APPLICABLE if backend == "cpu" else "none")
+        col["other verl overrides"] = "; ".join(other) if other else (_NOT_APPLICABLE if backend == "cpu" else "none")
         for method in order_methods(config.get("methods") or []):
             col[f"estimator: {method}"] = _options_text(
-                estimator_settings(method, estimator_options(config, model, method)))
+                estimator_settings(method, estimator_options(config, model, method))
+            )
         for method in order_methods(config.get("methods") or []):
             changed = run_overrides(config, model, method)
             reward = run_reward(config, model, method)
@@ -224,8 +231,7 @@ SPREAD_COLUMNS: dict[str, tuple[str, str]] = {
     column: source for column, source in TABLE2_SOURCE.items() if source[1] != "level"
 }
 # Scale of a per-group metric in the Markdown/LaTeX renderings (as Table 2 prints them).
-GROUP_METRIC_SCALE: dict[str, float] = {"Acc": 100.0, "F1": 1.0, "TPR": 100.0, "FPR": 100.0,
-                                        "FDR": 100.0}
+GROUP_METRIC_SCALE: dict[str, float] = {"Acc": 100.0, "F1": 1.0, "TPR": 100.0, "FPR": 100.0, "FDR": 100.0}
 
 
 def _group_rank(group: object) -> tuple[int, str]:
@@ -241,8 +247,7 @@ def _check_groups(group_df: pd.DataFrame) -> None:
         raise ValueError(f"group_df lacks column(s) {missing}; pass read_group_tables output")
 
 
-def table4(group_df: pd.DataFrame, metric: str = "F1",
-           methods: Sequence[str] = EMPHASISED) -> pd.DataFrame:
+def table4(group_df: pd.DataFrame, metric: str = "F1", methods: Sequence[str] = EMPHASISED) -> pd.DataFrame:
     """Paper Table 4: per-group ``metric`` (F1) of GRPO and EQPO per base model and dataset.
 
     Returns a frame indexed by (model, dataset, attribute, group) -- models and datasets in order
@@ -288,7 +293,7 @@ def write_table4(group_df: pd.DataFrame, stem: str | Path) -> dict[str, Path]:
 
 def _spreads_from_groups(group_df: pd.DataFrame) -> pd.DataFrame:
     """Per (model, method, seed, dataset, attribute): gap (max - min) and sigma (ddof=1) of each
-    metric over the groups present, as eqpo.metrics computes them (NaN for the one-group "all")."""
+    metric over the groups present, as eqpo.core.metrics computes them (NaN for the one-group "all")."""
     keys = [k for k in (*RUN_KEYS, "dataset", "attribute") if k in group_df.columns]
     grouped = group_df.groupby(keys, sort=False)
     out = {}
@@ -301,14 +306,12 @@ def _spreads_from_groups(group_df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).reset_index()
 
 
-def per_group_tables(
-    group_df: pd.DataFrame, by_attribute_df: pd.DataFrame | None = None
-) -> dict[str, pd.DataFrame]:
+def per_group_tables(group_df: pd.DataFrame, by_attribute_df: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Paper Tables 5-17: one table per dataset with every method's per-group metrics.
 
     group_df: :func:`eqpo.analysis.collect.read_group_tables` output. by_attribute_df (optional):
     per (model, method, seed, dataset, attribute) spreads with columns ``<metric>_gap`` and
-    ``<metric>_sigma`` (e.g. :attr:`eqpo.metrics.FairnessReport.by_attribute` with model, method,
+    ``<metric>_sigma`` (e.g. :attr:`eqpo.core.metrics.FairnessReport.by_attribute` with model, method,
     seed added); by default they are computed from ``group_df`` (max - min and sample std over the
     groups present, exactly as the metrics do, since metrics.json stores the groups present).
 
@@ -328,8 +331,7 @@ def per_group_tables(
     if "seed" not in spreads.columns:
         spreads = spreads.assign(seed=0)
     run_keys = ["model", "method", "seed", "dataset"]
-    per_run = spreads.groupby(run_keys, sort=False)[
-        [f"{m}_{s}" for m, s in SPREAD_COLUMNS.values()]].mean()
+    per_run = spreads.groupby(run_keys, sort=False)[[f"{m}_{s}" for m, s in SPREAD_COLUMNS.values()]].mean()
     per_run.columns = list(SPREAD_COLUMNS)
     per_run = per_run.reset_index()
     models = list(dict.fromkeys(frame["model"]))
@@ -340,15 +342,14 @@ def per_group_tables(
         wide = means.unstack("group")
         wide.columns = [f"{g}_{m}" for m, g in wide.columns]
         wide = wide[[f"{g}_{m}" for g in groups for m in METRICS]]
-        spread = per_run[per_run["dataset"] == dataset].groupby(["model", "method"], sort=False)[
-            list(SPREAD_COLUMNS)].mean()
+        spread = (
+            per_run[per_run["dataset"] == dataset].groupby(["model", "method"], sort=False)[list(SPREAD_COLUMNS)].mean()
+        )
         table = wide.join(spread, how="left")
-        table["n_seeds"] = rows.groupby(["model", "method"], sort=False)["seed"].nunique().astype(
-            "int64")
+        table["n_seeds"] = rows.groupby(["model", "method"], sort=False)["seed"].nunique().astype("int64")
         order = {m: i for i, m in enumerate(order_methods(table.index.get_level_values("method")))}
         rank = {m: i for i, m in enumerate(models)}
-        table = table.sort_index(key=lambda level: level.map(rank if level.name == "model"
-                                                             else order))
+        table = table.sort_index(key=lambda level: level.map(rank if level.name == "model" else order))
         tables[dataset] = table
     return tables
 
@@ -364,15 +365,14 @@ def per_group_scale(table: pd.DataFrame) -> dict[str, float]:
     return scale
 
 
-def write_per_group_tables(group_df: pd.DataFrame, out_dir: str | Path,
-                           by_attribute_df: pd.DataFrame | None = None,
-                           prefix: str = "per_group_") -> dict[str, dict[str, Path]]:
+def write_per_group_tables(
+    group_df: pd.DataFrame, out_dir: str | Path, by_attribute_df: pd.DataFrame | None = None, prefix: str = "per_group_"
+) -> dict[str, dict[str, Path]]:
     """Write each :func:`per_group_tables` table as ``<out_dir>/<prefix><dataset>.csv/.md/.tex``
     (Markdown/LaTeX with Acc, TPR, FPR, FDR and the x100 spreads in %, best per model in bold for
     the spread columns). Returns {dataset: {ext: path}}."""
     out = {}
     for dataset, table in per_group_tables(group_df, by_attribute_df).items():
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(dataset))
-        out[dataset] = write_table(table, Path(out_dir) / f"{prefix}{safe}",
-                                   scale=per_group_scale(table))
+        out[dataset] = write_table(table, Path(out_dir) / f"{prefix}{safe}", scale=per_group_scale(table))
     return out

@@ -8,19 +8,20 @@ on 4 GPUs (the scripts' batch and rollouts) and scaled linearly with the respons
 (``batch_prompts x rollouts``); a run's GPU-hours = steps x seconds per step x GPUs / 3600.
 QoQ-Med3-VL-8B has no measurement: Qwen2.5-VL-7B's time stands in (a Qwen-VL model of similar size),
 and the plan says so. Validations, model loading and evaluation jobs are not included. Disk is the
-peak per run of :func:`eqpo.base_models.run_disk_bytes`. The numbers are estimates from the
+peak per run of :func:`eqpo.runs.base_models.run_disk_bytes`. The numbers are estimates from the
 authors' cluster, not measurements on yours.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 
-from ..base_models import run_disk_bytes
-from ..run_settings import train_settings
+from eqpo.runs.base_models import run_disk_bytes
+from eqpo.runs.settings import train_settings
 
 # Seconds per training step in the authors' runs, (model, method family) -> seconds; "eqpo" covers
 # the FairGRPO variants, "grpo" every other method.
@@ -32,8 +33,19 @@ AUTHORS_STEP_SECONDS: dict[str, dict[str, float]] = {
 STAND_INS: dict[str, str] = {"qoq-med3-vl-8b": "qwen2.5-vl-7b"}
 REFERENCE_RESPONSES = 512 * 5  # responses of a step in the measured runs
 REFERENCE_GPUS = 4
-PLAN_COLUMNS = ("model", "method", "seeds", "steps", "responses_per_step", "step_seconds", "gpus",
-                "gpu_hours_per_run", "gpu_hours", "peak_disk_gb_per_run", "basis")
+PLAN_COLUMNS = (
+    "model",
+    "method",
+    "seeds",
+    "steps",
+    "responses_per_step",
+    "step_seconds",
+    "gpus",
+    "gpu_hours_per_run",
+    "gpu_hours",
+    "peak_disk_gb_per_run",
+    "basis",
+)
 
 
 def _family(method: str) -> str:
@@ -73,17 +85,39 @@ def plan_rows(config: Mapping[str, Any]) -> pd.DataFrame:
                 seconds, basis = step_seconds(model, method, responses)
             if steps is None:
                 basis += "; train.steps unset (epochs): steps unknown before the data exist"
-            hours = (steps * seconds * gpus / 3600.0) if (steps and seconds is not None) else (
-                0.0 if gpus == 0 else math.nan)
+            hours = (
+                (steps * seconds * gpus / 3600.0)
+                if (steps and seconds is not None)
+                else (0.0 if gpus == 0 else math.nan)
+            )
             params = entry.get("params_billion")
             saves = max(1, (steps or 1) // max(1, int(train.get("save_freq") or 1)))
-            disk = (run_disk_bytes(int(float(params) * 1e9), train.get("max_ckpt_to_keep", 1),
-                                   bool(train.get("save_hf_model")), saves=saves) / 1e9
-                    if params is not None and entry.get("backend") != "cpu" else 0.0)
-            rows.append({"model": model, "method": method, "seeds": seeds, "steps": steps,
-                         "responses_per_step": responses, "step_seconds": seconds, "gpus": gpus,
-                         "gpu_hours_per_run": hours, "gpu_hours": hours * seeds, "peak_disk_gb_per_run": disk,
-                         "basis": basis})
+            disk = (
+                run_disk_bytes(
+                    int(float(params) * 1e9),
+                    train.get("max_ckpt_to_keep", 1),
+                    bool(train.get("save_hf_model")),
+                    saves=saves,
+                )
+                / 1e9
+                if params is not None and entry.get("backend") != "cpu"
+                else 0.0
+            )
+            rows.append(
+                {
+                    "model": model,
+                    "method": method,
+                    "seeds": seeds,
+                    "steps": steps,
+                    "responses_per_step": responses,
+                    "step_seconds": seconds,
+                    "gpus": gpus,
+                    "gpu_hours_per_run": hours,
+                    "gpu_hours": hours * seeds,
+                    "peak_disk_gb_per_run": disk,
+                    "basis": basis,
+                }
+            )
     return pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
 
 
@@ -98,19 +132,29 @@ def plan_markdown(config: Mapping[str, Any]) -> str:
     rows = plan_rows(config)
     total = rows["gpu_hours"].sum(min_count=1)
     unknown = rows["gpu_hours"].isna().sum()
-    lines = [f"# Compute plan: {config.get('experiment', '?')}", "",
-             "Estimated from the authors' time per training step (Qwen2.5-VL 886 s, MedGemma 1,388 s for "
-             "512 prompts x 5 rollouts on 4 GPUs), scaled with the responses of a step; validations, "
-             "start-up and evaluation jobs are not included. Disk: the peak of one run (two checkpoints "
-             "and the merged weights).", "",
-             "| model | method | seeds | steps | responses/step | s/step | GPUs | GPU-h per run | GPU-h | "
-             "peak disk per run (GB) | basis |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Compute plan: {config.get('experiment', '?')}",
+        "",
+        "Estimated from the authors' time per training step (Qwen2.5-VL 886 s, MedGemma 1,388 s for "
+        "512 prompts x 5 rollouts on 4 GPUs), scaled with the responses of a step; validations, "
+        "start-up and evaluation jobs are not included. Disk: the peak of one run (two checkpoints "
+        "and the merged weights).",
+        "",
+        "| model | method | seeds | steps | responses/step | s/step | GPUs | GPU-h per run | GPU-h | "
+        "peak disk per run (GB) | basis |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows.itertuples(index=False):
-        lines.append(f"| {r.model} | {r.method} | {r.seeds} | {r.steps if r.steps is not None else '?'} | "
-                     f"{r.responses_per_step} | {_number(r.step_seconds, 0)} | {r.gpus} | "
-                     f"{_number(r.gpu_hours_per_run, 2)} | {_number(r.gpu_hours, 2)} | "
-                     f"{_number(r.peak_disk_gb_per_run, 0)} | {r.basis} |")
-    lines += ["", f"Total: {_number(total)} GPU-hours over {int(rows['seeds'].sum())} training runs"
-              + (f" ({unknown} (model, method) pairs without an estimate)" if unknown else "") + "."]
+        lines.append(
+            f"| {r.model} | {r.method} | {r.seeds} | {r.steps if r.steps is not None else '?'} | "
+            f"{r.responses_per_step} | {_number(r.step_seconds, 0)} | {r.gpus} | "
+            f"{_number(r.gpu_hours_per_run, 2)} | {_number(r.gpu_hours, 2)} | "
+            f"{_number(r.peak_disk_gb_per_run, 0)} | {r.basis} |"
+        )
+    lines += [
+        "",
+        f"Total: {_number(total)} GPU-hours over {int(rows['seeds'].sum())} training runs"
+        + (f" ({unknown} (model, method) pairs without an estimate)" if unknown else "")
+        + ".",
+    ]
     return "\n".join(lines) + "\n"

@@ -19,12 +19,13 @@ predictions, which exist for the test split only: they always describe the final
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 
-from ..metrics import TABLE2_COLUMNS
+from eqpo.core.metrics import TABLE2_COLUMNS
 
 POINTS = ("validation_step", "validation_mean", "final_test")
 DEFAULT_MEAN_STEPS = (60, 120)
@@ -49,14 +50,17 @@ class ReportPoint:
             raise ValueError(f"report.steps must be [first, last] with first <= last, got {list(self.steps)}")
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None) -> "ReportPoint":
+    def from_config(cls, config: Mapping[str, Any] | None) -> ReportPoint:
         block = (config or {}).get("report") or {}
         steps = block.get("steps") or DEFAULT_MEAN_STEPS
         if len(steps) != 2:
             raise ValueError(f"report.steps must be [first, last], got {steps!r}")
         step = block.get("step")
-        return cls(point=block.get("point", "validation_step"), step=None if step is None else int(step),
-                   steps=(int(steps[0]), int(steps[1])))
+        return cls(
+            point=block.get("point", "validation_step"),
+            step=None if step is None else int(step),
+            steps=(int(steps[0]), int(steps[1])),
+        )
 
     @property
     def from_validation(self) -> bool:
@@ -67,8 +71,10 @@ class ReportPoint:
         if self.point == "final_test":
             return "Point: the final checkpoint, scored on the test split (report.point = final_test)."
         if self.point == "validation_mean":
-            return (f"Point: the mean of each run's validations at steps {self.steps[0]}-{self.steps[1]}, on the "
-                    "validation split (report.point = validation_mean).")
+            return (
+                f"Point: the mean of each run's validations at steps {self.steps[0]}-{self.steps[1]}, on the "
+                "validation split (report.point = validation_mean)."
+            )
         where = f"step {self.step}" if self.step is not None else "each run's last validation step"
         return f"Point: the validation at {where}, on the validation split (report.point = validation_step)."
 
@@ -98,17 +104,28 @@ def validation_rows(dynamics: pd.DataFrame, point: ReportPoint) -> pd.DataFrame:
             step = have[-1] if point.step is None else point.step
             chosen = runs[runs["step"] == step]
             if chosen.empty:
-                raise ValueError(f"run {_run_label(key)} has no validation at step {step} (report.step); its "
-                                 f"validations are at steps {have}")
+                raise ValueError(
+                    f"run {_run_label(key)} has no validation at step {step} (report.step); its "
+                    f"validations are at steps {have}"
+                )
         else:
             lo, hi = point.steps
             chosen = runs[(runs["step"] >= lo) & (runs["step"] <= hi)]
             if chosen.empty:
-                raise ValueError(f"run {_run_label(key)} has no validation in steps {lo}-{hi} (report.steps); its "
-                                 f"validations are at steps {have}")
+                raise ValueError(
+                    f"run {_run_label(key)} has no validation in steps {lo}-{hi} (report.steps); its "
+                    f"validations are at steps {have}"
+                )
         values = chosen[list(TABLE2_COLUMNS)].astype(float).mean()
-        rows.append({"model": key[0], "method": key[1], "seed": int(key[2]), **values.to_dict(),
-                     "steps": ",".join(str(int(s)) for s in chosen["step"])})
+        rows.append(
+            {
+                "model": key[0],
+                "method": key[1],
+                "seed": int(key[2]),
+                **values.to_dict(),
+                "steps": ",".join(str(int(s)) for s in chosen["step"]),
+            }
+        )
     return pd.DataFrame(rows, columns=["model", "method", "seed", *TABLE2_COLUMNS, "steps"])
 
 
@@ -123,7 +140,9 @@ def reported_rows(metrics: pd.DataFrame, dynamics: pd.DataFrame, point: ReportPo
     missing = [k for k in map(tuple, metrics[keys].itertuples(index=False))] if len(metrics) else []
     missing = [_run_label(k) for k in missing if k not in have]
     if missing:
-        raise ValueError(f"report.point = {point.point} reads each run's validations (dynamics.jsonl), but "
-                         f"{', '.join(missing)} has none; give the runs' dynamics.jsonl or set "
-                         "report.point: final_test")
+        raise ValueError(
+            f"report.point = {point.point} reads each run's validations (dynamics.jsonl), but "
+            f"{', '.join(missing)} has none; give the runs' dynamics.jsonl or set "
+            "report.point: final_test"
+        )
     return validation_rows(dynamics, point)

@@ -9,12 +9,12 @@ checkpoints (Fig. 2(e)); :mod:`eqpo.analysis.figures` draws them.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .tables import timing_summary
+from eqpo.analysis.tables import timing_summary
 
 __all__ = ["pareto_mask", "pareto_points", "runtime_split"]
 
@@ -34,11 +34,20 @@ def runtime_split(steps_df: pd.DataFrame, methods: Sequence[str] | None = None) 
     time, a fraction), n_steps and n_seeds.
     """
     summary = timing_summary(steps_df, methods)
-    other = (summary["time_step_s"] - summary["time_generate_s"] - summary["time_update_s"]
-             - summary["time_advantage_s"]).clip(lower=0.0)
+    other = (
+        summary["time_step_s"] - summary["time_generate_s"] - summary["time_update_s"] - summary["time_advantage_s"]
+    ).clip(lower=0.0)
     summary["time_other_s"] = other
-    columns = ["time_generate_s", "time_update_s", "time_advantage_s", "time_other_s",
-               "time_step_s", "advantage_share", "n_steps", "n_seeds"]
+    columns = [
+        "time_generate_s",
+        "time_update_s",
+        "time_advantage_s",
+        "time_other_s",
+        "time_step_s",
+        "advantage_share",
+        "n_steps",
+        "n_seeds",
+    ]
     return summary[columns]
 
 

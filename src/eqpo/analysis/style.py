@@ -1,16 +1,16 @@
 """Shared presentation constants: method order, names, fixed colours and markers, model names.
 
 Every table and figure of :mod:`eqpo.analysis` reads these, so a method has the same position,
-name and colour everywhere; the method attributes are views of :data:`eqpo.methods.METHODS`.
+name and colour everywhere; the method attributes are views of :data:`eqpo.core.methods.METHODS`.
 """
 
 from __future__ import annotations
 
 import re
 
-from ..methods import EMPHASISED, METHOD_KEYS, METHODS
+from eqpo.core.methods import EMPHASISED, METHOD_KEYS, METHODS
 
-# Every method attribute comes from the one method table (eqpo.methods); these are views of it.
+# Every method attribute comes from the one method table (eqpo.core.methods); these are views of it.
 METHOD_ORDER: tuple[str, ...] = METHOD_KEYS  # rows of tables, entries of legends
 METHOD_LABELS: dict[str, str] = {m.key: m.label for m in METHODS}
 METHOD_COLORS: dict[str, str] = {m.key: m.color for m in METHODS}

@@ -8,27 +8,25 @@
 - :func:`timing_summary`: time per training step and the share spent on advantage estimation.
 
 Values stay raw fractions in every returned frame; only the Markdown and LaTeX renderings apply
-:data:`eqpo.metrics.PAPER_SCALE`.
+:data:`eqpo.core.metrics.PAPER_SCALE`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..advantages import MISSING_GROUP_TOKENS
-from ..metrics import PAPER_SCALE, TABLE2_COLUMNS
-from .collect import RUN_KEYS
-from .style import METHOD_LABELS, model_label, order_methods
+from eqpo.analysis.collect import RUN_KEYS
+from eqpo.analysis.style import METHOD_LABELS, model_label, order_methods
+from eqpo.core.advantages import MISSING_GROUP_TOKENS
+from eqpo.core.metrics import PAPER_SCALE, TABLE2_COLUMNS
 
 # Table 2 columns where a lower value is better (gaps and spreads); the rest are higher-is-better.
-LOWER_IS_BETTER: frozenset[str] = frozenset(
-    {"PP", "EOD", "FPR_diff", "sigma_F1", "delta_F1", "sigma_Acc", "delta_Acc"}
-)
+LOWER_IS_BETTER: frozenset[str] = frozenset({"PP", "EOD", "FPR_diff", "sigma_F1", "delta_F1", "sigma_Acc", "delta_Acc"})
 HIGHER_IS_BETTER: frozenset[str] = frozenset({"Acc", "F1", "Acc_ES", "F1_ES"})
 # Column -> header in Markdown / LaTeX (the scale and the better direction are appended).
 COLUMN_LABELS_MD: dict[str, str] = {
@@ -94,9 +92,7 @@ def _ordered(frame: pd.DataFrame, model_order: list[str], method_order: list[str
     return frame.reindex(index)
 
 
-def _per_seed_stat(
-    metrics_df: pd.DataFrame, stat: str, models, methods, columns: Sequence[str]
-) -> pd.DataFrame:
+def _per_seed_stat(metrics_df: pd.DataFrame, stat: str, models, methods, columns: Sequence[str]) -> pd.DataFrame:
     """(model, method)-indexed frame of ``stat`` ('mean' or 'std') over seeds, plus n_seeds."""
     selected, model_order, method_order = _select(metrics_df, models, methods)
     grouped = selected.groupby(["model", "method"], sort=False)
@@ -146,20 +142,14 @@ def table2_long(
     (over seeds, raw fractions), n_seeds.
     """
     selected, model_order, method_order = _select(metrics_df, models, methods)
-    long = selected.melt(
-        id_vars=list(RUN_KEYS), value_vars=list(TABLE2_COLUMNS), var_name="column"
-    )
-    stats = long.groupby(["model", "method", "column"], sort=False)["value"].agg(
-        ["mean", "std", "min", "max"]
-    )
+    long = selected.melt(id_vars=list(RUN_KEYS), value_vars=list(TABLE2_COLUMNS), var_name="column")
+    stats = long.groupby(["model", "method", "column"], sort=False)["value"].agg(["mean", "std", "min", "max"])
     stats["n_seeds"] = long.groupby(["model", "method", "column"], sort=False)["seed"].nunique()
     stats = stats.reset_index()
     stats["_model"] = stats["model"].map({m: i for i, m in enumerate(model_order)})
     stats["_method"] = stats["method"].map({m: i for i, m in enumerate(method_order)})
     stats["_column"] = stats["column"].map({c: i for i, c in enumerate(TABLE2_COLUMNS)})
-    stats = stats.sort_values(["_model", "_method", "_column"]).drop(
-        columns=["_model", "_method", "_column"]
-    )
+    stats = stats.sort_values(["_model", "_method", "_column"]).drop(columns=["_model", "_method", "_column"])
     return stats.reset_index(drop=True)
 
 
@@ -168,8 +158,7 @@ def table2_long(
 # ----------------------------------------------------------------------------------------------
 
 
-def format_number(value: float, digits: int = SIGNIFICANT_DIGITS,
-                  max_decimals: int = MAX_DECIMALS) -> str | None:
+def format_number(value: float, digits: int = SIGNIFICANT_DIGITS, max_decimals: int = MAX_DECIMALS) -> str | None:
     """Fixed-point text with ``digits`` significant digits but at most ``max_decimals`` decimals.
 
     81.8312 -> '81.83', 7.7881 -> '7.788', 0.03221 -> '0.0322', 0.0 -> '0.0000'; None for NaN/inf.
@@ -224,8 +213,7 @@ def best_mask(df: pd.DataFrame, texts: pd.DataFrame | None = None) -> pd.DataFra
             best = finite.min() if column in LOWER_IS_BETTER else finite.max()
             hit = group == best
             if texts is not None:
-                best_text = texts.loc[finite.idxmin() if column in LOWER_IS_BETTER
-                                      else finite.idxmax(), column]
+                best_text = texts.loc[finite.idxmin() if column in LOWER_IS_BETTER else finite.idxmax(), column]
                 hit |= texts.loc[rows, column] == best_text
             mask.loc[rows, column] = hit.to_numpy()
     return mask
@@ -247,8 +235,16 @@ def _header(column: str, labels: Mapping[str, str], scale: Mapping[str, float], 
 def _latex_escape(text: object) -> str:
     """Escape LaTeX's special characters (& % $ # _ { } ~ ^ \\) in plain text."""
     replacements = {
-        "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
     }
     return "".join(replacements.get(ch, ch) for ch in str(text))
 
@@ -300,8 +296,9 @@ def _row_labels(index: pd.Index) -> pd.DataFrame:
     return frame
 
 
-def to_markdown_table(df: pd.DataFrame, scale: Mapping[str, float] = PAPER_SCALE,
-                      std: pd.DataFrame | None = None) -> str:
+def to_markdown_table(
+    df: pd.DataFrame, scale: Mapping[str, float] = PAPER_SCALE, std: pd.DataFrame | None = None
+) -> str:
     """Markdown text of a table: paper scales applied, paper names, best per model in **bold**.
 
     df: a frame like :func:`table2`'s (index levels become the leading columns); std: optional
@@ -315,14 +312,11 @@ def to_markdown_table(df: pd.DataFrame, scale: Mapping[str, float] = PAPER_SCALE
     body.columns = [_header(c, COLUMN_LABELS_MD, scale, tex=False) for c in df.columns]
     table = pd.concat([_row_labels(df.index), body.reset_index(drop=True)], axis=1)
     numeric = [pd.api.types.is_numeric_dtype(df[c].dtype) for c in df.columns]
-    align = ["left"] * (table.shape[1] - len(numeric)) + [
-        "right" if n else "left" for n in numeric
-    ]
+    align = ["left"] * (table.shape[1] - len(numeric)) + ["right" if n else "left" for n in numeric]
     return table.to_markdown(index=False, colalign=align, disable_numparse=True)
 
 
-def to_latex_table(df: pd.DataFrame, scale: Mapping[str, float] = PAPER_SCALE,
-                   std: pd.DataFrame | None = None) -> str:
+def to_latex_table(df: pd.DataFrame, scale: Mapping[str, float] = PAPER_SCALE, std: pd.DataFrame | None = None) -> str:
     """booktabs LaTeX tabular of a table (needs ``\\usepackage{booktabs}``).
 
     Same content as :func:`to_markdown_table`: paper scales, paper names (escaped), best per model
@@ -341,8 +335,10 @@ def to_latex_table(df: pd.DataFrame, scale: Mapping[str, float] = PAPER_SCALE,
         "columns marked (x100) are percentages, arrows give the better direction",
         r"\begin{tabular}{" + "l" * n_label + "r" * df.shape[1] + "}",
         r"\toprule",
-        " & ".join([_latex_escape(c) for c in labels.columns]
-                   + [_header(c, COLUMN_LABELS_TEX, scale, tex=True) for c in df.columns])
+        " & ".join(
+            [_latex_escape(c) for c in labels.columns]
+            + [_header(c, COLUMN_LABELS_TEX, scale, tex=True) for c in df.columns]
+        )
         + r" \\",
         r"\midrule",
     ]
@@ -418,8 +414,7 @@ def alignment_scores(clusters: Sequence, groups: Sequence) -> tuple[float, float
     if len(groups) < 2 or len(set(groups)) < 2:
         return math.nan, math.nan
     clusters = list(clusters)
-    return (float(adjusted_rand_score(groups, clusters)),
-            float(normalized_mutual_info_score(groups, clusters)))
+    return (float(adjusted_rand_score(groups, clusters)), float(normalized_mutual_info_score(groups, clusters)))
 
 
 def consecutive_agreement(previous: pd.Series, current: pd.Series) -> tuple[float, int]:
@@ -467,16 +462,22 @@ def cluster_stability(clusters_df: pd.DataFrame) -> pd.DataFrame:
         for step, at_step in run.groupby("step", sort=True):
             labeled = at_step[_has_group(at_step["true_group"])]
             ari, nmi = alignment_scores(labeled["cluster"], labeled["true_group"].astype(str))
-            current = pd.Series(at_step["cluster"].to_numpy(),
-                                index=at_step["sample_id"].to_numpy())
+            current = pd.Series(at_step["cluster"].to_numpy(), index=at_step["sample_id"].to_numpy())
             if previous is None:
                 consecutive, common = math.nan, 0
             else:
                 consecutive, common = consecutive_agreement(previous, current)
-            row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-            row.update(step=int(step), n=len(at_step), k=_modal(at_step["k"]),
-                       n_labeled=len(labeled), ari=ari, nmi=nmi,
-                       consecutive_ari=consecutive, n_common=common)
+            row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=False))
+            row.update(
+                step=int(step),
+                n=len(at_step),
+                k=_modal(at_step["k"]),
+                n_labeled=len(labeled),
+                ari=ari,
+                nmi=nmi,
+                consecutive_ari=consecutive,
+                n_common=common,
+            )
             rows.append(row)
             previous = current
     out = pd.DataFrame(rows)
@@ -502,8 +503,7 @@ def cluster_stability_summary(stability_df: pd.DataFrame) -> pd.DataFrame:
     out = out.reset_index()
     if "method" in out.columns:
         rank = {m: i for i, m in enumerate(order_methods(out["method"]))}
-        out = out.sort_values(keys, key=lambda s: s.map(rank) if s.name == "method" else s,
-                              kind="stable")
+        out = out.sort_values(keys, key=lambda s: s.map(rank) if s.name == "method" else s, kind="stable")
     return out[columns].reset_index(drop=True)
 
 

@@ -14,7 +14,7 @@ A replicate is a vector of multiplicities: how often each test row was drawn
 (:func:`bootstrap_counts`). Per dataset, the one-vs-rest indicators (true, predicted, both) of every
 row and its demographic group memberships are encoded once; a replicate's per-group TP/FP/FN/TN are
 then ``counts @ indicators`` (exact integer sums), and the rest of
-:func:`eqpo.metrics.fairness_summary` is applied to all replicates at once. Everything the full
+:func:`eqpo.core.metrics.fairness_summary` is applied to all replicates at once. Everything the full
 metric recomputes from the data is recomputed per replicate: a class that no resampled row carries
 drops out of that dataset's class
 mean, a demographic group with no resampled row is not "present", an attribute left with fewer than
@@ -25,23 +25,25 @@ One case ``fairness_summary`` itself refuses: a resampled dataset whose drawn ro
 label at all (possible only when a dataset has rows with empty label sets). Such a dataset is left
 out of that replicate (NaN, so the mean over datasets skips it).
 
-All values are raw fractions (as :func:`eqpo.metrics.fairness_summary`); intervals are percentile
+All values are raw fractions (as :func:`eqpo.core.metrics.fairness_summary`); intervals are percentile
 intervals over the replicates that are defined (NaN replicates skipped).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..metrics import (
-    TABLE2_SOURCE,
+from eqpo.analysis.collect import RUN_KEYS
+from eqpo.analysis.tables import _select
+from eqpo.core.metrics import (
     ATTRIBUTE_GROUPS,
     TABLE2_COLUMNS,
+    TABLE2_SOURCE,
     check_class_set,
     encode_predictions,
     fairness_summary,
@@ -49,8 +51,6 @@ from ..metrics import (
     one_hot,
     validate_predictions,
 )
-from .collect import RUN_KEYS
-from .tables import _select
 
 __all__ = [
     "bootstrap_counts",
@@ -92,8 +92,8 @@ class _Block:
 
 
 def _encode(predictions: pd.DataFrame) -> list[_Block]:
-    """Per dataset (sorted by name, as :class:`eqpo.metrics.FairnessReport`, from the same
-    :func:`eqpo.metrics.encode_predictions`): a :class:`_Block`."""
+    """Per dataset (sorted by name, as :class:`eqpo.core.metrics.FairnessReport`, from the same
+    :func:`eqpo.core.metrics.encode_predictions`): a :class:`_Block`."""
     blocks = []
     for data in encode_predictions(predictions):
         parts, attributes, start = [], [], 0
@@ -171,7 +171,7 @@ def _block_values(block: _Block, weights: np.ndarray, class_set: str = "dataset"
 
 def _row_nanmean(values: np.ndarray) -> np.ndarray:
     """(R,) mean of each row over its non-NaN entries (NaN when none), computed exactly as
-    :func:`eqpo.metrics._nanmean` does on each row."""
+    :func:`eqpo.core.metrics._nanmean` does on each row."""
     out = np.full(len(values), math.nan)
     for key, reps in _patterns(~np.isnan(values)):
         cols = np.flatnonzero(key)
@@ -268,27 +268,29 @@ def _std(replicates: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_summary(
-    predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+    predictions: pd.DataFrame,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
     class_set: str = "dataset",
 ) -> pd.DataFrame:
     """Table 2 of one prediction set with bootstrap uncertainty.
 
     predictions: one row per test sample (columns dataset, labels, prediction, age, sex; see
-    :mod:`eqpo.metrics`). Replicates resample rows with replacement within each dataset
-    (:func:`bootstrap_counts`) and recompute :func:`eqpo.metrics.fairness_summary` on each.
+    :mod:`eqpo.core.metrics`). Replicates resample rows with replacement within each dataset
+    (:func:`bootstrap_counts`) and recompute :func:`eqpo.core.metrics.fairness_summary` on each.
 
     Returns a frame indexed by the 11 :data:`TABLE2_COLUMNS` (index name "column") with columns
     estimate (fairness_summary of the full data), lo, hi (percentile interval at ``level``) and
     se (standard deviation of the replicates), all raw fractions. ``attrs`` records n_boot, seed,
-    level, class_set. ``class_set`` is that of :func:`eqpo.metrics.fairness_summary`.
+    level, class_set. ``class_set`` is that of :func:`eqpo.core.metrics.fairness_summary`.
     """
     estimate = fairness_summary(predictions, class_set)
     counts = bootstrap_counts(predictions, n_boot, seed)
     replicates = _summaries(_encode(predictions), counts, class_set)
     lo, hi = _interval(replicates, level)
     out = pd.DataFrame(
-        {"estimate": [estimate[c] for c in TABLE2_COLUMNS], "lo": lo, "hi": hi,
-         "se": _std(replicates)},
+        {"estimate": [estimate[c] for c in TABLE2_COLUMNS], "lo": lo, "hi": hi, "se": _std(replicates)},
         index=pd.Index(TABLE2_COLUMNS, name="column"),
     )
     out.attrs.update(n_boot=int(n_boot), seed=int(seed), level=float(level), class_set=class_set)
@@ -303,9 +305,7 @@ def bootstrap_summary(
 def _sample_ids(predictions: pd.DataFrame, which: str) -> pd.Index:
     """The ``sample_id`` column as an Index; ValueError if absent, missing or duplicated."""
     if "sample_id" not in predictions.columns:
-        raise ValueError(
-            f"{which} has no 'sample_id' column; the paired bootstrap pairs rows by it"
-        )
+        raise ValueError(f"{which} has no 'sample_id' column; the paired bootstrap pairs rows by it")
     ids = pd.Index(predictions["sample_id"])
     if ids.hasnans:
         raise ValueError(f"{which} has missing sample_id values")
@@ -381,9 +381,14 @@ def paired_bootstrap(
     diff = np.array([est_a[c] - est_b[c] for c in TABLE2_COLUMNS])
     lo, hi = _interval(reps, level)
     out = pd.DataFrame(
-        {"diff": diff, "lo": lo, "hi": hi,
-         "p_value": [_p_value(d, reps[:, j]) for j, d in enumerate(diff)],
-         "a": [est_a[c] for c in TABLE2_COLUMNS], "b": [est_b[c] for c in TABLE2_COLUMNS]},
+        {
+            "diff": diff,
+            "lo": lo,
+            "hi": hi,
+            "p_value": [_p_value(d, reps[:, j]) for j, d in enumerate(diff)],
+            "a": [est_a[c] for c in TABLE2_COLUMNS],
+            "b": [est_b[c] for c in TABLE2_COLUMNS],
+        },
         index=pd.Index(TABLE2_COLUMNS, name="column"),
     )
     out.attrs.update(n_boot=int(n_boot), seed=int(seed), level=float(level))
@@ -410,12 +415,13 @@ def seed_summary(
     :func:`~eqpo.analysis.tables.table2_std`.
     """
     selected, model_order, method_order = _select(metrics_df, models, methods)
-    long = selected.melt(id_vars=list(RUN_KEYS), value_vars=list(TABLE2_COLUMNS),
-                         var_name="column")
+    long = selected.melt(id_vars=list(RUN_KEYS), value_vars=list(TABLE2_COLUMNS), var_name="column")
     long["value"] = long["value"].astype(float)
-    stats = long.groupby(["model", "method", "column"], sort=False)["value"].agg(
-        ["mean", "std", "count"]
-    ).rename(columns={"count": "n"})
+    stats = (
+        long.groupby(["model", "method", "column"], sort=False)["value"]
+        .agg(["mean", "std", "count"])
+        .rename(columns={"count": "n"})
+    )
     stats["n"] = stats["n"].astype("int64")
     stats["se"] = stats["std"] / np.sqrt(stats["n"].where(stats["n"] > 0))
     rank = {

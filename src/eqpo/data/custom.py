@@ -25,9 +25,9 @@ from typing import Any
 
 import pandas as pd
 
-from ..groups import normalize_sex
-from ..vocabularies import PAPER_DATASETS, DatasetSpec, register_dataset
-from .sources import SPLITS, Manifest, finish_table
+from eqpo.core.groups import normalize_sex
+from eqpo.core.vocabularies import PAPER_DATASETS, DatasetSpec, register_dataset
+from eqpo.data.sources import SPLITS, Manifest, finish_table
 
 ENTRY_KEYS = {"name", "path", "labels", "multi_label", "attributes", "question"}
 
@@ -36,20 +36,29 @@ def spec_from_entry(entry: dict[str, Any]) -> DatasetSpec:
     unknown = sorted(set(entry) - ENTRY_KEYS)
     missing = sorted({"name", "path", "labels"} - set(entry))
     if unknown or missing:
-        raise ValueError(f"data.custom entry {entry.get('name', '?')!r}: "
-                         + (f"unknown key(s) {unknown} (valid: {sorted(ENTRY_KEYS)}); " if unknown else "")
-                         + (f"missing key(s) {missing}" if missing else ""))
+        raise ValueError(
+            f"data.custom entry {entry.get('name', '?')!r}: "
+            + (f"unknown key(s) {unknown} (valid: {sorted(ENTRY_KEYS)}); " if unknown else "")
+            + (f"missing key(s) {missing}" if missing else "")
+        )
     if entry["name"] in PAPER_DATASETS:
         raise ValueError(f"data.custom entry {entry['name']!r} reuses a paper dataset's name; choose another")
-    return DatasetSpec(entry["name"], tuple(entry["labels"]), bool(entry.get("multi_label", False)),
-                       tuple(entry.get("attributes", ("sex", "age"))))
+    return DatasetSpec(
+        entry["name"],
+        tuple(entry["labels"]),
+        bool(entry.get("multi_label", False)),
+        tuple(entry.get("attributes", ("sex", "age"))),
+    )
 
 
 def _read(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"data.custom file {path} does not exist")
-    return (pd.read_parquet(path) if path.suffix == ".parquet"
-            else pd.read_csv(path, dtype={"sample_id": str, "patient_id": str}))
+    return (
+        pd.read_parquet(path)
+        if path.suffix == ".parquet"
+        else pd.read_csv(path, dtype={"sample_id": str, "patient_id": str})
+    )
 
 
 def _split_list(value: Any) -> list[str]:
@@ -81,25 +90,37 @@ def load_custom(entry: dict[str, Any]) -> pd.DataFrame:
     empty = [i for i, ls in enumerate(labels) if not ls]
     multi = [i for i, ls in enumerate(labels) if len(ls) > 1 and not spec.multi_label]
     bad_split = raw.index[~raw["split"].isin(SPLITS)].tolist()
-    for what, rows in (("labels outside the vocabulary", bad_labels), ("no label", empty),
-                       ("several labels in a single-label dataset", multi), (f"split not in {SPLITS}", bad_split)):
+    for what, rows in (
+        ("labels outside the vocabulary", bad_labels),
+        ("no label", empty),
+        ("several labels in a single-label dataset", multi),
+        (f"split not in {SPLITS}", bad_split),
+    ):
         if rows:
             problems.append(f"{len(rows)} row(s) with {what}, e.g. {rows[:3]}")
     if raw["sample_id"].duplicated().any():
-        problems.append("duplicate sample_id values, e.g. "
-                        f"{raw.loc[raw['sample_id'].duplicated(), 'sample_id'].head(3).tolist()}")
+        problems.append(
+            f"duplicate sample_id values, e.g. {raw.loc[raw['sample_id'].duplicated(), 'sample_id'].head(3).tolist()}"
+        )
     if problems:
         raise ValueError(f"data.custom {spec.name} ({path}): " + "; ".join(problems))
-    table = pd.DataFrame({
-        "sample_id": raw["sample_id"].astype(str), "patient_id": raw["patient_id"].astype(str),
-        "split": raw["split"], "labels": labels,
-        # absolute: the verl export roots relative image paths under the data folder, where a CSV
-        # given relative to the working directory (data.custom path) does not lie
-        "images": ([[str((path.parent / p).resolve()) for p in _split_list(v)] for v in raw[image_col]] if image_col
-                   else [[] for _ in labels]),
-        "age": pd.to_numeric(raw["age"], errors="coerce") if "age" in raw.columns else float("nan"),
-        "sex": [normalize_sex(v) for v in raw["sex"]] if "sex" in raw.columns else None,
-    })
+    table = pd.DataFrame(
+        {
+            "sample_id": raw["sample_id"].astype(str),
+            "patient_id": raw["patient_id"].astype(str),
+            "split": raw["split"],
+            "labels": labels,
+            # absolute: the verl export roots relative image paths under the data folder, where a CSV
+            # given relative to the working directory (data.custom path) does not lie
+            "images": (
+                [[str((path.parent / p).resolve()) for p in _split_list(v)] for v in raw[image_col]]
+                if image_col
+                else [[] for _ in labels]
+            ),
+            "age": pd.to_numeric(raw["age"], errors="coerce") if "age" in raw.columns else float("nan"),
+            "sex": [normalize_sex(v) for v in raw["sex"]] if "sex" in raw.columns else None,
+        }
+    )
     out = finish_table(table, spec, Manifest(dataset=spec.name))
     for col in features:
         out[col] = raw[col].to_numpy(dtype="float32")

@@ -11,16 +11,17 @@ paths), ``ability``, ``reward_model = {"style": "rule", "ground_truth": "A, B"}`
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..groups import resample_for_rs
-from ..methods import RESAMPLED
-from ..rewards import LabelParser, as_label_list, score_response
-from ..vocabularies import get_spec
+from eqpo.core.groups import resample_for_rs
+from eqpo.core.methods import RESAMPLED
+from eqpo.core.rewards import LabelParser, as_label_list, score_response
+from eqpo.core.vocabularies import get_spec
 
 FORMAT_INSTRUCTION = (
     "You FIRST think about the reasoning process as an internal monologue and then provide the final answer. "
@@ -30,17 +31,17 @@ FORMAT_INSTRUCTION = (
 # The paper's questions (CLIMB to_qa templates), without the image placeholders.
 QUESTIONS = {
     "CheXpert": "Above is a chest X-ray image of a patient. What is the diagnosis of the patient in the X-ray image? "
-                "Answer with one or multiple phrases from the following:",
+    "Answer with one or multiple phrases from the following:",
     "HAM10000": "Above is a dermoscopy image of a patient. What is the diagnosis of the patient in the dermoscopy "
-                "image? Answer with one word from the following:",
+    "image? Answer with one word from the following:",
     "PAD-UFES-20": "Above is a clinical image of a patient. What is the diagnosis of the patient in the clinical "
-                   "image? Answer with one word from the following:",
+    "image? Answer with one word from the following:",
     "ISIC-2020": "Above is a dermoscopy image of a patient. Is the skin lesion benign or malignant? "
-                 "Answer with one word from the following:",
+    "Answer with one word from the following:",
     "VinDr-Mammo": "Above is a mammography X-ray image of a patient. What is the BIRAD classification of the patient "
-                   "in the mammography image? Answer with one phrase from the following:",
+    "in the mammography image? Answer with one phrase from the following:",
     "Hemorrhage": "Above is a brain CT scan slice. Is there any hemorrhage present in this CT scan slice? "
-                  "Answer with one of the following:",
+    "Answer with one of the following:",
     "COVID-BLUES": "Above is a lung ultrasound video. Based on the ultrasound, does the patient have COVID?",
 }
 # Datasets whose CLIMB question names no answer options (CLIMB covid_blue.py: "... does the patient
@@ -67,12 +68,16 @@ def question(dataset: str, custom_question: str | None = None, list_options: boo
 
 
 def prompt_text(dataset: str, n_images: int, custom_question: str | None = None, list_options: bool = True) -> str:
-    return ("<image>" * n_images + "\n" + question(dataset, custom_question, list_options) + "\n"
-            + FORMAT_INSTRUCTION)
+    return "<image>" * n_images + "\n" + question(dataset, custom_question, list_options) + "\n" + FORMAT_INSTRUCTION
 
 
-def to_verl(table: pd.DataFrame, root: str | Path, mask_demographics: bool = False,
-            questions: dict[str, str] | None = None, list_options: bool = True) -> pd.DataFrame:
+def to_verl(
+    table: pd.DataFrame,
+    root: str | Path,
+    mask_demographics: bool = False,
+    questions: dict[str, str] | None = None,
+    list_options: bool = True,
+) -> pd.DataFrame:
     """Standard table -> RLHFDataset rows. ``mask_demographics`` drops age, sex and group (the
     no-demographics variant); image paths become absolute under ``root``; ``list_options``: see
     :func:`question`."""
@@ -82,19 +87,29 @@ def to_verl(table: pd.DataFrame, root: str | Path, mask_demographics: bool = Fal
     for index, row in enumerate(table.itertuples(index=False)):
         images = [str(root / p) for p in row.images]
         age = None if mask_demographics or pd.isna(row.age) else float(row.age)
-        rows.append({
-            "data_source": row.dataset,
-            "prompt": [{"role": "user", "content": prompt_text(row.dataset, len(images), questions.get(row.dataset),
-                                                               list_options)}],
-            "images": images,
-            "ability": "medical_diagnosis",
-            "reward_model": {"style": "rule", "ground_truth": ", ".join(row.labels)},
-            "extra_info": {
-                "split": row.split, "index": index, "dataset": row.dataset, "sample_id": row.sample_id,
-                "age": age, "sex": None if mask_demographics else row.sex,
-                "group": None if mask_demographics else row.group,
-            },
-        })
+        rows.append(
+            {
+                "data_source": row.dataset,
+                "prompt": [
+                    {
+                        "role": "user",
+                        "content": prompt_text(row.dataset, len(images), questions.get(row.dataset), list_options),
+                    }
+                ],
+                "images": images,
+                "ability": "medical_diagnosis",
+                "reward_model": {"style": "rule", "ground_truth": ", ".join(row.labels)},
+                "extra_info": {
+                    "split": row.split,
+                    "index": index,
+                    "dataset": row.dataset,
+                    "sample_id": row.sample_id,
+                    "age": age,
+                    "sex": None if mask_demographics else row.sex,
+                    "group": None if mask_demographics else row.group,
+                },
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -114,13 +129,15 @@ def with_demographics(cohort: pd.DataFrame, specs: dict | None = None) -> pd.Dat
     """The rows that record at least one demographic attribute of their dataset (a known age, or a
     known sex where the dataset records sex): what the authors' ``*_demo_only`` files held (their
     demographics builder writes a ``demo`` field only when it has a value)."""
-    from ..groups import age_bin, normalize_sex
+    from eqpo.core.groups import age_bin, normalize_sex
 
     keep = []
-    for dataset, age, sex in zip(cohort["dataset"], cohort["age"], cohort["sex"]):
+    for dataset, age, sex in zip(cohort["dataset"], cohort["age"], cohort["sex"], strict=False):
         attributes = ((specs or {}).get(dataset) or get_spec(str(dataset))).attributes
-        keep.append(("age" in attributes and age_bin(age, "authors_code") is not None)
-                    or ("sex" in attributes and normalize_sex(sex) is not None))
+        keep.append(
+            ("age" in attributes and age_bin(age, "authors_code") is not None)
+            or ("sex" in attributes and normalize_sex(sex) is not None)
+        )
     return cohort[np.asarray(keep, dtype=bool)] if len(cohort) else cohort
 
 
@@ -132,11 +149,18 @@ def select_records(cohort: pd.DataFrame, records: str, specs: dict | None = None
     return with_demographics(cohort, specs) if records == "with_demographics" else cohort
 
 
-def export_verl(cohort: pd.DataFrame, root: str | Path, out_dir: str | Path, seed: int = 0,
-                questions: dict[str, str] | None = None, group_definition: str = "paper", records: str = "all",
-                list_options: bool = True) -> dict[str, Path]:
+def export_verl(
+    cohort: pd.DataFrame,
+    root: str | Path,
+    out_dir: str | Path,
+    seed: int = 0,
+    questions: dict[str, str] | None = None,
+    group_definition: str = "paper",
+    records: str = "all",
+    list_options: bool = True,
+) -> dict[str, Path]:
     """Write train/val/test.parquet, train_rs.parquet (GRPO+RS oversampling of
-    :func:`eqpo.groups.resampling_cells` by ``group_definition``) and train_nodemo.parquet
+    :func:`eqpo.core.groups.resampling_cells` by ``group_definition``) and train_nodemo.parquet
     (demographics masked) into out_dir, from the rows ``records`` selects (:func:`select_records`,
     every split alike); returns their paths. ``list_options``: see :func:`question`."""
     out_dir = Path(out_dir)
@@ -152,7 +176,8 @@ def export_verl(cohort: pd.DataFrame, root: str | Path, out_dir: str | Path, see
     paths["train_rs"] = out_dir / "train_rs.parquet"
     rs = resample_for_rs(train, seed, group_definition)
     to_verl(rs.iloc[np.random.default_rng(seed).permutation(len(rs))], **write).to_parquet(
-        paths["train_rs"], index=False)
+        paths["train_rs"], index=False
+    )
     paths["train_nodemo"] = out_dir / "train_nodemo.parquet"
     to_verl(train, mask_demographics=True, **write).to_parquet(paths["train_nodemo"], index=False)
     return paths
@@ -163,8 +188,18 @@ def export_verl(cohort: pd.DataFrame, root: str | Path, out_dir: str | Path, see
 # ----------------------------------------------------------------------------------------------
 
 EXPORT_COLUMNS = ("prompt", "images", "data_source", "reward_model", "extra_info")
-PREDICTION_COLUMNS = ("sample_id", "dataset", "labels", "prediction", "age", "sex", "response", "reward", "items",
-                      "unparsed_items")
+PREDICTION_COLUMNS = (
+    "sample_id",
+    "dataset",
+    "labels",
+    "prediction",
+    "age",
+    "sex",
+    "response",
+    "reward",
+    "items",
+    "unparsed_items",
+)
 
 
 def read_export(source: str | Path | pd.DataFrame) -> pd.DataFrame:
@@ -211,10 +246,10 @@ def _sex(value: Any) -> str | None:
 def predictions_from_outputs(rows: pd.DataFrame, outputs: Sequence[str | None], options: Any = None) -> pd.DataFrame:
     """Export rows + one answer each -> the predictions table (:data:`PREDICTION_COLUMNS`).
 
-    ``options``: an :class:`eqpo.run_settings.ReproductionOptions` (config ``metrics.extraction``,
+    ``options``: an :class:`eqpo.runs.settings.ReproductionOptions` (config ``metrics.extraction``,
     ``reward.function`` and ``reward.matching``); None: the last ``\\boxed{}``, lenient matching,
     label-set F1. ``prediction``: the labels of the extracted answer (empty when there is none or it
-    names no label of the dataset); ``reward``: :func:`eqpo.rewards.score_response` with those
+    names no label of the dataset); ``reward``: :func:`eqpo.core.rewards.score_response` with those
     options; ``items`` / ``unparsed_items``: the answer's items, and those naming no label.
     """
     function = "f1" if options is None else options.reward
@@ -225,7 +260,7 @@ def predictions_from_outputs(rows: pd.DataFrame, outputs: Sequence[str | None], 
         raise ValueError(f"{len(outputs)} answers for {len(rows)} export rows")
     parsers: dict[str, LabelParser] = {}
     records = []
-    for row, response in zip(rows.itertuples(index=False), outputs):
+    for row, response in zip(rows.itertuples(index=False), outputs, strict=False):
         info = row.extra_info if isinstance(row.extra_info, dict) else {}
         dataset = str(info.get("dataset") or row.data_source)
         if dataset not in parsers:
@@ -235,12 +270,20 @@ def predictions_from_outputs(rows: pd.DataFrame, outputs: Sequence[str | None], 
         text = "" if response is None else str(response)
         result = score_response(text, truth, parser, function=function, extraction=extraction)
         sample_id = info.get("sample_id")
-        records.append({
-            "sample_id": None if sample_id is None else str(sample_id), "dataset": dataset,
-            "labels": as_label_list(truth, parser), "prediction": list(result.prediction),
-            "age": _age(info.get("age")), "sex": _sex(info.get("sex")), "response": text,
-            "reward": float(result.score), "items": result.n_items, "unparsed_items": len(result.unknown),
-        })
+        records.append(
+            {
+                "sample_id": None if sample_id is None else str(sample_id),
+                "dataset": dataset,
+                "labels": as_label_list(truth, parser),
+                "prediction": list(result.prediction),
+                "age": _age(info.get("age")),
+                "sex": _sex(info.get("sex")),
+                "response": text,
+                "reward": float(result.score),
+                "items": result.n_items,
+                "unparsed_items": len(result.unknown),
+            }
+        )
     table = pd.DataFrame.from_records(records, columns=list(PREDICTION_COLUMNS))
     table["age"] = table["age"].astype(np.float64)
     table["reward"] = table["reward"].astype(np.float64)

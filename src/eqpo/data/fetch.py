@@ -29,15 +29,15 @@ import time
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import requests
 import urllib3
 from tqdm import tqdm
 
-from .sources import Access, DatasetSource, MissingDataError, RemoteFile
+from eqpo.data.sources import Access, DatasetSource, MissingDataError, RemoteFile
 
 CHUNK = 1 << 20
 KAGGLE_API = "https://www.kaggle.com/api/v1/datasets/download/{dataset}"
@@ -99,13 +99,32 @@ def mismatch(path: Path, sha256: str | None = None, md5: str | None = None, size
 
 def _bar(name: str, total: int | None, initial: int, progress) -> tqdm:
     """A bytes progress bar (size, rate, time left) on stderr; ``progress`` False hides it."""
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
-                file=sys.stderr, mininterval=1.0, disable=not progress, leave=True)
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=name,
+        file=sys.stderr,
+        mininterval=1.0,
+        disable=not progress,
+        leave=True,
+    )
 
 
-def download(url: str, dest: Path, sha256: str | None = None, credentials: tuple[str, str] | None = None,
-             timeout: float = 60.0, retries: int | None = None, progress: bool = True, md5: str | None = None,
-             size: int | None = None, credentialed: bool | None = None) -> Path:
+def download(
+    url: str,
+    dest: Path,
+    sha256: str | None = None,
+    credentials: tuple[str, str] | None = None,
+    timeout: float = 60.0,
+    retries: int | None = None,
+    progress: bool = True,
+    md5: str | None = None,
+    size: int | None = None,
+    credentialed: bool | None = None,
+) -> Path:
     """Fetch ``url`` to ``dest`` through ``dest.part``, resuming a partial transfer with an HTTP
     Range request and retrying transient failures (``retries`` extra attempts, default
     :data:`RETRIES`, with exponential backoff); verify the size (bytes), SHA-256 and MD5 given;
@@ -133,9 +152,11 @@ def download(url: str, dest: Path, sha256: str | None = None, credentials: tuple
     problem = mismatch(part, sha256, md5, size)
     if problem is not None:
         part.unlink()
-        raise DownloadError(f"checksum mismatch for {url}: {problem}; the partial file was removed, run again to "
-                            "download it afresh (if it keeps failing, the publisher changed the file: see the "
-                            "landing page)")
+        raise DownloadError(
+            f"checksum mismatch for {url}: {problem}; the partial file was removed, run again to "
+            "download it afresh (if it keeps failing, the publisher changed the file: see the "
+            "landing page)"
+        )
     os.replace(part, dest)
     return dest
 
@@ -147,16 +168,20 @@ def _copy_resuming(source: Path, part: Path, progress: bool = True) -> None:
     if done > source.stat().st_size:  # longer than the source: not a prefix of it, start again
         part.unlink()
         done = 0
-    with open(source, "rb") as src, open(part, "ab") as out, \
-            _bar(part.name[:-5], source.stat().st_size, done, progress) as bar:
+    with (
+        open(source, "rb") as src,
+        open(part, "ab") as out,
+        _bar(part.name[:-5], source.stat().st_size, done, progress) as bar,
+    ):
         src.seek(done)
         for block in iter(lambda: src.read(CHUNK), b""):
             out.write(block)
             bar.update(len(block))
 
 
-def _http_with_retries(url: str, part: Path, credentials, timeout: float, retries: int, progress: bool,
-                       credentialed: bool = False) -> None:
+def _http_with_retries(
+    url: str, part: Path, credentials, timeout: float, retries: int, progress: bool, credentialed: bool = False
+) -> None:
     for attempt in range(retries + 1):
         try:
             _http_attempt(url, part, credentials, timeout, progress, credentialed)
@@ -166,10 +191,14 @@ def _http_with_retries(url: str, part: Path, credentials, timeout: float, retrie
             if attempt == retries:
                 raise DownloadError(
                     f"download of {url} failed after {retries + 1} attempts: {err}. {kept} bytes are kept in "
-                    f"{part}; run the same command again to resume from there") from None
-            wait = min(BACKOFF_S * 2 ** attempt, MAX_WAIT_S)
-            print(f"{url}: {err}; retry {attempt + 1} of {retries} in {wait:g} s, resuming at byte {kept}",
-                  file=sys.stderr, flush=True)
+                    f"{part}; run the same command again to resume from there"
+                ) from None
+            wait = min(BACKOFF_S * 2**attempt, MAX_WAIT_S)
+            print(
+                f"{url}: {err}; retry {attempt + 1} of {retries} in {wait:g} s, resuming at byte {kept}",
+                file=sys.stderr,
+                flush=True,
+            )
             time.sleep(wait)
 
 
@@ -177,12 +206,16 @@ def refused(url: str, status: int, credentialed: bool) -> str:
     """What a 401/403 means: from a host that needs a login, the credentials or the agreement; from
     an open host, an expired or withdrawn link or a refused client (never the credentials)."""
     if credentialed:
-        return (f"{url} refused access (HTTP {status}): check the credentials and that this account has accepted "
-                "the data use agreement on the landing page")
-    return (f"{url} refused the download (HTTP {status}) although it needs no login: the link may have expired or "
-            "the file been withdrawn or moved, or the host refused this client (rate limit, blocked network). Try "
-            "again later or from another network, or open the landing page for the current link and place the file "
-            "by hand")
+        return (
+            f"{url} refused access (HTTP {status}): check the credentials and that this account has accepted "
+            "the data use agreement on the landing page"
+        )
+    return (
+        f"{url} refused the download (HTTP {status}) although it needs no login: the link may have expired or "
+        "the file been withdrawn or moved, or the host refused this client (rate limit, blocked network). Try "
+        "again later or from another network, or open the landing page for the current link and place the file "
+        "by hand"
+    )
 
 
 def _remote_length(response) -> int | None:
@@ -191,8 +224,9 @@ def _remote_length(response) -> int | None:
     return int(total) if total.isdigit() else None
 
 
-def _http_attempt(url: str, part: Path, credentials, timeout: float, progress: bool,
-                  credentialed: bool = False) -> None:
+def _http_attempt(
+    url: str, part: Path, credentials, timeout: float, progress: bool, credentialed: bool = False
+) -> None:
     """One GET, resumed from the part file; raises _Transient for what a retry may fix."""
     done = part.stat().st_size if part.exists() else 0
     # identity encoding: Range offsets and Content-Length then count the bytes written to the file
@@ -201,9 +235,11 @@ def _http_attempt(url: str, part: Path, credentials, timeout: float, progress: b
         response = _session().get(url, headers=headers, auth=credentials, stream=True, timeout=timeout)
     except (requests.ConnectionError, requests.Timeout) as err:
         if _unknown_host(err):  # no network, or a wrong host name: waiting will not help
-            raise DownloadError(f"download of {url} failed: {_reason(err)} (no network, or the host name is "
-                                "wrong); run the same command again once the host can be reached, it resumes "
-                                "from the part file") from None
+            raise DownloadError(
+                f"download of {url} failed: {_reason(err)} (no network, or the host name is "
+                "wrong); run the same command again once the host can be reached, it resumes "
+                "from the part file"
+            ) from None
         raise _Transient(f"no connection ({_reason(err)})") from None
     with response:
         status = response.status_code
@@ -211,8 +247,11 @@ def _http_attempt(url: str, part: Path, credentials, timeout: float, progress: b
             remote = _remote_length(response)
             if remote is None or done == remote:
                 return
-            print(f"{url}: the partial file has {done} bytes but the server's file {remote}; downloading it afresh",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{url}: the partial file has {done} bytes but the server's file {remote}; downloading it afresh",
+                file=sys.stderr,
+                flush=True,
+            )
             part.unlink()
             return _http_attempt(url, part, credentials, timeout, progress, credentialed)
         if status in (401, 403):
@@ -263,13 +302,20 @@ def _reason(err: Exception) -> str:
     return f"{type(cause).__name__}: {text}"
 
 
-def download_all(jobs: Sequence[tuple[str, Path, str | None]], credentials=None, threads: int = 4,
-                 desc: str = "files", skip_not_served: bool = False, credentialed: bool | None = None) -> list[str]:
+def download_all(
+    jobs: Sequence[tuple[str, Path, str | None]],
+    credentials=None,
+    threads: int = 4,
+    desc: str = "files",
+    skip_not_served: bool = False,
+    credentialed: bool | None = None,
+) -> list[str]:
     """Download many (url, dest, sha256) files with one progress bar over the files (count, rate,
     time left) instead of one bar each. Returns the URLs the server does not have when
     ``skip_not_served`` (else that is an error); the first other failure stops the rest."""
     missing: list[str] = []
     with tqdm(total=len(jobs), unit="file", desc=desc, file=sys.stderr, mininterval=1.0) as bar:
+
         def one(job) -> None:
             url, dest, sha = job
             try:
@@ -325,7 +371,7 @@ def _git(*args: str, what: str) -> str:
         text = tail.decode(errors="replace").replace("\r", "\n")
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         errors = [line for line in lines if line.startswith(("fatal:", "error:"))] or lines[-1:] or ["no message"]
-        raise IOError(f"{what} failed: {'; '.join(errors)}")
+        raise OSError(f"{what} failed: {'; '.join(errors)}")
     return out
 
 
@@ -339,8 +385,11 @@ def git_head(repo: Path) -> str | None:
 
 
 def _resolves_to_head(repo: Path, rev: str) -> bool:
-    result = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
     return result.returncode == 0 and result.stdout.strip() == git_head(repo)
 
 
@@ -351,7 +400,7 @@ def _checkout(repo: Path, url: str, rev: str) -> None:
     try:
         _git("-C", str(repo), "fetch", "--progress", "--depth", "1", url, rev, what=what)
         _git("-C", str(repo), "checkout", "--quiet", "--detach", "FETCH_HEAD", what=f"git checkout {rev}")
-    except IOError:
+    except OSError:
         _git("-C", str(repo), "fetch", "--progress", url, what=f"git fetch {url}")
         _git("-C", str(repo), "checkout", "--quiet", "--detach", rev, what=f"git checkout {rev} (from {url})")
 
@@ -384,7 +433,7 @@ def _safe_members(names: list[str], target: Path) -> None:
     root = target.resolve()
     for name in names:
         if not (root / name).resolve().is_relative_to(root):
-            raise IOError(f"archive member {name!r} would be written outside {target}")
+            raise OSError(f"archive member {name!r} would be written outside {target}")
 
 
 def extract(archive: Path, target: Path, nested: bool = True) -> None:
@@ -402,7 +451,7 @@ def extract(archive: Path, target: Path, nested: bool = True) -> None:
             handle.extractall(target, filter="data")
             inner = [target / n for n in handle.getnames() if n.lower().endswith(".zip")]
     else:
-        raise IOError(f"{archive} is neither a zip nor a tar archive")
+        raise OSError(f"{archive} is neither a zip nor a tar archive")
     if nested:
         for path in inner:
             extract(path, path.parent, nested=True)
@@ -426,8 +475,9 @@ def obtain(source: DatasetSource, raw_dir: Path) -> None:
             raise
         raise MissingDataError(source.instructions(raw_dir, missing, str(err))) from None
     except RemoteFileNotFound as err:  # withdrawn or moved: unavailable like a refused download
-        raise MissingDataError(source.instructions(
-            raw_dir, missing, f"{err}; the file may have been withdrawn or moved")) from None
+        raise MissingDataError(
+            source.instructions(raw_dir, missing, f"{err}; the file may have been withdrawn or moved")
+        ) from None
     if source.arrange is not None:
         source.arrange(raw_dir)
     missing = source.missing_files(raw_dir)
@@ -442,7 +492,7 @@ def _pin_clone(source: DatasetSource, raw_dir: Path) -> None:
         return
     try:
         git_clone(source.git_url, clone, source.git_rev)
-    except IOError as err:
+    except OSError as err:
         reason = f"the clone in {clone} is not at {source.git_rev}: {err}"
         raise MissingDataError(source.instructions(raw_dir, source.missing_files(raw_dir), reason)) from None
 
@@ -456,27 +506,43 @@ def _obtain_missing(source: DatasetSource, raw_dir: Path, missing: list[str]) ->
     if source.access is Access.PHYSIONET:
         credentials = physionet_credentials()
         if credentials is None:
-            raise MissingDataError(source.instructions(
-                raw_dir, missing, "no PhysioNet credentials (set PHYSIONET_USERNAME and PHYSIONET_PASSWORD, "
-                "or add a ~/.netrc entry for physionet.org)"))
+            raise MissingDataError(
+                source.instructions(
+                    raw_dir,
+                    missing,
+                    "no PhysioNet credentials (set PHYSIONET_USERNAME and PHYSIONET_PASSWORD, "
+                    "or add a ~/.netrc entry for physionet.org)",
+                )
+            )
     if source.access is Access.KAGGLE:
         credentials = kaggle_credentials()
         if credentials is None:
-            raise MissingDataError(source.instructions(
-                raw_dir, missing,
-                "no Kaggle token (set KAGGLE_USERNAME and KAGGLE_KEY, or place ~/.kaggle/kaggle.json)"))
+            raise MissingDataError(
+                source.instructions(
+                    raw_dir,
+                    missing,
+                    "no Kaggle token (set KAGGLE_USERNAME and KAGGLE_KEY, or place ~/.kaggle/kaggle.json)",
+                )
+            )
     if source.access is Access.GIT:
         try:
             git_clone(source.git_url, raw_dir / Path(source.expected[0]).parts[0], source.git_rev)
-        except IOError as err:  # offline, or the repository moved: tell the person what to place
+        except OSError as err:  # offline, or the repository moved: tell the person what to place
             raise MissingDataError(source.instructions(raw_dir, missing, str(err))) from None
     remote = list(source.remote)
     if source.access is Access.KAGGLE and not remote:
         remote = [RemoteFile(KAGGLE_API.format(dataset=source.kaggle_dataset), "kaggle.zip", extract=True)]
     credentialed = source.access in (Access.PHYSIONET, Access.KAGGLE)
     for item in remote:
-        path = download(item.url, raw_dir / item.name, item.sha256, credentials, md5=item.md5, size=item.size,
-                        credentialed=credentialed)
+        path = download(
+            item.url,
+            raw_dir / item.name,
+            item.sha256,
+            credentials,
+            md5=item.md5,
+            size=item.size,
+            credentialed=credentialed,
+        )
         if item.extract:
             marker = raw_dir / f".{item.name}.extracted"
             if not marker.exists():

@@ -102,5 +102,3 @@ def video_frames(src: Path, n: int = 4) -> list[np.ndarray]:
     except Exception as err:
         raise CorruptMedia(f"{src}: {err}") from None
     return [frames[i] for i in evenly_spaced(len(frames), n)]
-
-

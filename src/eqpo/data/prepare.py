@@ -22,14 +22,24 @@ import importlib
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
-from .sources import (TABLE_COLUMNS, DatasetSource, IncompleteDataError, Manifest, MissingDataError,
-                      completeness_problems, count_warning, finish_table, incomplete_message, instructions_for_all,
-                      paper_count_check)
+from eqpo.data.sources import (
+    TABLE_COLUMNS,
+    DatasetSource,
+    IncompleteDataError,
+    Manifest,
+    MissingDataError,
+    completeness_problems,
+    count_warning,
+    finish_table,
+    incomplete_message,
+    instructions_for_all,
+    paper_count_check,
+)
 
 log = logging.getLogger("eqpo")
 
@@ -80,14 +90,14 @@ def obtain_first(sources: Sequence[DatasetSource], out_dir: Path) -> DatasetSour
     """Obtain one of a dataset's alternative sources: the first already complete on disk, else the
     first whose download succeeds, in the given order. Raises :class:`MissingDataError` with one
     block naming every source and why it was not available."""
-    from .fetch import obtain
+    from eqpo.data.fetch import obtain
 
     raw_dirs = [out_dir / source.raw_name for source in sources]
-    for source, raw_dir in zip(sources, raw_dirs):
+    for source, raw_dir in zip(sources, raw_dirs, strict=False):
         if len(sources) > 1 and _complete_on_disk(source, raw_dir):
             return source
     reasons = []
-    for source, raw_dir in zip(sources, raw_dirs):
+    for source, raw_dir in zip(sources, raw_dirs, strict=False):
         try:
             obtain(source, raw_dir)
             if len(sources) > 1:
@@ -101,9 +111,14 @@ def obtain_first(sources: Sequence[DatasetSource], out_dir: Path) -> DatasetSour
     raise MissingDataError(instructions_for_all(sources, raw_dirs, reasons))
 
 
-def prepare(dataset: str | DatasetSource | Sequence[DatasetSource], root: str | Path, seed: int = 0,
-            fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), skip_unavailable: bool = False,
-            release: str | None = None) -> pd.DataFrame:
+def prepare(
+    dataset: str | DatasetSource | Sequence[DatasetSource],
+    root: str | Path,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    skip_unavailable: bool = False,
+    release: str | None = None,
+) -> pd.DataFrame:
     """Obtain, verify and preprocess a dataset (a name, a :class:`DatasetSource`, e.g. one whose
     URLs point at a test server, or alternative sources tried in order) under ``root``; returns the
     standard table. Raises :class:`IncompleteDataError` (no table written) when far fewer samples
@@ -124,7 +139,8 @@ def prepare(dataset: str | DatasetSource | Sequence[DatasetSource], root: str | 
         table = pd.DataFrame({c: pd.Series(dtype=object) for c in TABLE_COLUMNS})
         table.to_parquet(out_dir / "table.parquet", index=False)
         (out_dir / "manifest.json").write_text(
-            json.dumps({"dataset": name, "skipped": True, "reason": str(err)}, indent=1))
+            json.dumps({"dataset": name, "skipped": True, "reason": str(err)}, indent=1)
+        )
         print(f"SKIPPED {name} (data.skip_unavailable is set):\n{err}", file=sys.stderr)
         return table
     raw_dir = out_dir / source.raw_name
@@ -149,17 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, help="data root; the dataset lives in <root>/<dataset>/")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-unavailable", action="store_true")
-    parser.add_argument("--release", default=None, help="which source, for a dataset with several (Hemorrhage: "
-                        "auto, the default, tries 1.2.0, the Kaggle mirror of 1.0.0, then 1.3.1; or one of them. "
-                        "COVID-BLUES: the git revision, default the pinned commit)")
+    parser.add_argument(
+        "--release",
+        default=None,
+        help="which source, for a dataset with several (Hemorrhage: "
+        "auto, the default, tries 1.2.0, the Kaggle mirror of 1.0.0, then 1.3.1; or one of them. "
+        "COVID-BLUES: the git revision, default the pinned commit)",
+    )
     args = parser.parse_args(argv)
-    from .fetch import DownloadError
+    from eqpo.data.fetch import DownloadError
 
     if not logging.getLogger().handlers and not log.handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        table = prepare(args.dataset, args.root, args.seed, skip_unavailable=args.skip_unavailable,
-                        release=args.release)
+        table = prepare(
+            args.dataset, args.root, args.seed, skip_unavailable=args.skip_unavailable, release=args.release
+        )
     except MissingDataError as err:
         print(err, file=sys.stderr)
         return err.exit_status

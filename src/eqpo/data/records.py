@@ -6,15 +6,15 @@ and PNG conversion, and the patient-level split.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .media import CorruptMedia, resize_image
-from .sources import Manifest, assign_splits, normalise_header
+from eqpo.data.media import CorruptMedia, resize_image
+from eqpo.data.sources import Manifest, assign_splits, normalise_header
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ROW_COLUMNS = ["sample_id", "patient_id", "split", "images", "labels", "age", "sex"]
@@ -84,8 +84,9 @@ def convert_images(jobs: list[tuple[Path | None, Path]]) -> list[str | None]:
         return list(pool.map(lambda job: to_png(*job), jobs))
 
 
-def build_rows(records: pd.DataFrame, images: Mapping[str, Path], out_dir: Path, manifest: Manifest,
-               seed: int, fractions) -> pd.DataFrame:
+def build_rows(
+    records: pd.DataFrame, images: Mapping[str, Path], out_dir: Path, manifest: Manifest, seed: int, fractions
+) -> pd.DataFrame:
     """Split patients, convert images and return the standard rows.
 
     records: one row per labelled sample with ``native`` (the image id, also the PNG's name),
@@ -94,12 +95,15 @@ def build_rows(records: pd.DataFrame, images: Mapping[str, Path], out_dir: Path,
     is missing or corrupt is skipped and recorded in the manifest.
     """
     dests = [out_dir / "images" / f"{native}.png" for native in records["native"]]
-    reasons = convert_images([(images.get(native), dest) for native, dest in zip(records["native"], dests)])
-    for sample_id, reason in zip(records["sample_id"], reasons):
+    reasons = convert_images(
+        [(images.get(native), dest) for native, dest in zip(records["native"], dests, strict=False)]
+    )
+    for sample_id, reason in zip(records["sample_id"], reasons, strict=False):
         if reason is not None:
             manifest.skip(sample_id, reason, unreadable=True)
     rows = assign_splits(records, seed, fractions).assign(
-        images=[[dest.relative_to(out_dir.parent).as_posix()] for dest in dests])
+        images=[[dest.relative_to(out_dir.parent).as_posix()] for dest in dests]
+    )
     rows = rows[[reason is None for reason in reasons]]
     return rows.sort_values("sample_id")[ROW_COLUMNS].reset_index(drop=True)
 
@@ -118,16 +122,24 @@ def drop_unusable(records: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
     return records
 
 
-def records_frame(dataset: str, native: pd.Series, patient_id: pd.Series, labels: Sequence[str | None],
-                  age: pd.Series, sex: Sequence[str | None]) -> pd.DataFrame:
+def records_frame(
+    dataset: str,
+    native: pd.Series,
+    patient_id: pd.Series,
+    labels: Sequence[str | None],
+    age: pd.Series,
+    sex: Sequence[str | None],
+) -> pd.DataFrame:
     """One record per metadata row: ``native`` (the image id, also the PNG's name), ``sample_id``
     (``<dataset>-<native>``), ``patient_id`` (the image id where the file has none), ``labels``, ``age``
     (years, NaN when blank or not a number) and ``sex`` ("F"/"M"/None)."""
-    return pd.DataFrame({
-        "native": native,
-        "sample_id": f"{dataset}-" + native,
-        "patient_id": patient_id.fillna(native),
-        "labels": list(labels),
-        "age": pd.to_numeric(age, errors="coerce").astype(float),
-        "sex": list(sex),
-    })
+    return pd.DataFrame(
+        {
+            "native": native,
+            "sample_id": f"{dataset}-" + native,
+            "patient_id": patient_id.fillna(native),
+            "labels": list(labels),
+            "age": pd.to_numeric(age, errors="coerce").astype(float),
+            "sex": list(sex),
+        }
+    )

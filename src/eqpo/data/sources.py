@@ -10,7 +10,7 @@ files or credentials are missing.
 Standard table (one row per sample), written to ``<root>/<name>/table.parquet``:
 ``sample_id, patient_id, dataset, split, images (list of paths relative to <root>), labels (list of
 label names), age (float years, NaN when missing), sex ("F"/"M"/None), group`` (the explicit group,
-see :func:`eqpo.groups.explicit_group`).
+see :func:`eqpo.core.groups.explicit_group`).
 """
 
 from __future__ import annotations
@@ -18,22 +18,22 @@ from __future__ import annotations
 import enum
 import json
 import textwrap
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..groups import explicit_group
-from ..vocabularies import DatasetSpec
+from eqpo.core.groups import explicit_group
+from eqpo.core.vocabularies import DatasetSpec
 
 EXIT_MISSING_DATA = 3
 TABLE_COLUMNS = ("sample_id", "patient_id", "dataset", "split", "images", "labels", "age", "sex", "group")
 SPLITS = ("train", "val", "test")
 
 
-class Access(str, enum.Enum):
+class Access(enum.StrEnum):
     """How the files are obtained: a public URL, a git repository, PhysioNet or Kaggle credentials,
     or placed by hand after accepting an agreement."""
 
@@ -163,8 +163,10 @@ class DatasetSource:
             lines.append(f"  Example:     {self.example_command.format(raw_dir=raw_dir)}")
         if self.notes:
             lines += ["  Note:        " + line for line in textwrap.wrap(self.notes, 88)]
-        lines.append("  Or leave it out of this run explicitly: data.skip_unavailable: true in the config "
-                     "(the run then reports which datasets it skipped).")
+        lines.append(
+            "  Or leave it out of this run explicitly: data.skip_unavailable: true in the config "
+            "(the run then reports which datasets it skipped)."
+        )
         return "\n".join(lines)
 
 
@@ -181,12 +183,14 @@ def instructions_for_all(sources: Sequence[DatasetSource], raw_dirs: Sequence[Pa
     with why it was not available and what to do; one closing line on data.skip_unavailable."""
     name = sources[0].name
     lines = [f"Dataset {name} is not available from any of its {len(sources)} sources, tried in this order:"]
-    for k, (source, raw_dir, reason) in enumerate(zip(sources, raw_dirs, reasons), start=1):
+    for k, (source, raw_dir, reason) in enumerate(zip(sources, raw_dirs, reasons, strict=False), start=1):
         block = source.instructions(raw_dir, source.missing_files(raw_dir), reason).splitlines()
         lines.append(f"{k}. {source.label or source.access.value}: {reason}")
         lines += ["   " + line for line in block[1:-1]]  # without the per-source header and skip line
-    lines.append("Provide any one of them. Or leave the dataset out of this run explicitly: "
-                 "data.skip_unavailable: true in the config (the run then reports which datasets it skipped).")
+    lines.append(
+        "Provide any one of them. Or leave the dataset out of this run explicitly: "
+        "data.skip_unavailable: true in the config (the run then reports which datasets it skipped)."
+    )
     return "\n".join(lines)
 
 
@@ -195,8 +199,12 @@ def instructions_for_all(sources: Sequence[DatasetSource], raw_dirs: Sequence[Pa
 # ----------------------------------------------------------------------------------------------
 
 
-def patient_split(patients: Sequence[str], seed: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-                  fixed: dict[str, str] | None = None) -> dict[str, str]:
+def patient_split(
+    patients: Sequence[str],
+    seed: int,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    fixed: dict[str, str] | None = None,
+) -> dict[str, str]:
     """Assign every patient to train/val/test with a seeded shuffle; ``fixed`` keeps official splits
     (patient -> split) and the rest is split by ``fractions`` renormalised over the splits it uses.
 
@@ -208,7 +216,7 @@ def patient_split(patients: Sequence[str], seed: int, fractions: tuple[float, fl
     free = sorted(set(patients) - set(fixed))
     order = np.random.default_rng(seed).permutation(len(free))
     shares = np.asarray(fractions, dtype=float)
-    used = [s for s, share in zip(SPLITS, shares) if share > 0]
+    used = [s for s, share in zip(SPLITS, shares, strict=False) if share > 0]
     bounds = np.cumsum(shares[[SPLITS.index(s) for s in used]]) / shares.sum()
     cuts = np.round(bounds * len(free)).astype(int)
     assignment = dict(fixed)
@@ -222,13 +230,16 @@ def train_val_fractions(fractions, dataset: str) -> tuple[float, float, float]:
     renormalised over train+val, test 0 (the requested test share is not used)."""
     train, val = float(fractions[0]), float(fractions[1])
     if train + val <= 0:
-        raise ValueError(f"{dataset}: the train and val fractions are both 0 in {tuple(fractions)}; "
-                         "its test split is the official one, so train+val must be positive")
+        raise ValueError(
+            f"{dataset}: the train and val fractions are both 0 in {tuple(fractions)}; "
+            "its test split is the official one, so train+val must be positive"
+        )
     return train / (train + val), val / (train + val), 0.0
 
 
-def assign_splits(table: pd.DataFrame, seed: int, fractions, official: str | None = None,
-                  dataset: str = "") -> pd.DataFrame:
+def assign_splits(
+    table: pd.DataFrame, seed: int, fractions, official: str | None = None, dataset: str = ""
+) -> pd.DataFrame:
     """``table`` with a ``split`` column, assigned by patient (:func:`patient_split`). With
     ``official`` (the column holding each row's official split), the patients of the official test
     split stay in test, the others are split into train/val by :func:`train_val_fractions`, and that
@@ -252,7 +263,7 @@ def finish_table(rows: pd.DataFrame, spec: DatasetSpec, manifest: Manifest) -> p
     table["age"] = pd.to_numeric(table["age"], errors="coerce").astype(float)
     sex = [s if s in ("F", "M") else None for s in table["sex"]]
     table["sex"] = pd.Series(sex, index=table.index, dtype=object)
-    groups = [explicit_group(a, s, spec.attributes) for a, s in zip(table["age"], sex)]
+    groups = [explicit_group(a, s, spec.attributes) for a, s in zip(table["age"], sex, strict=False)]
     table["group"] = pd.Series(groups, index=table.index, dtype=object)
     bad = ~table["split"].isin(SPLITS)
     if bad.any():
@@ -291,7 +302,7 @@ def published_range(published_as: str) -> tuple[float, float]:
     except ValueError:
         raise ValueError(f"published count {published_as!r} is not a number with an optional K suffix") from None
     decimals = len(digits.split(".")[1]) if "." in digits else 0
-    half = 0.5 * 10 ** -decimals * scale
+    half = 0.5 * 10**-decimals * scale
     return value * scale - half, value * scale + half
 
 
@@ -304,17 +315,24 @@ def paper_count_check(dataset: str, samples: int) -> dict:
         return {}
     published = row.iloc[0]["published_as"]
     low, high = published_range(published)
-    return {"published_as": published, "low": low, "high": high, "samples": int(samples),
-            "within_rounding": bool(low <= samples < high)}
+    return {
+        "published_as": published,
+        "low": low,
+        "high": high,
+        "samples": int(samples),
+        "within_rounding": bool(low <= samples < high),
+    }
 
 
 def count_warning(check: dict, dataset: str) -> str | None:
     """The log line for a count outside the published rounding (None when inside or not listed)."""
     if not check or check["within_rounding"]:
         return None
-    return (f"{dataset}: {check['samples']} samples after preprocessing, but paper Table 1 reports "
-            f"{check['published_as']} (counts from {check['low']:g} to below {check['high']:g} round to that); "
-            "see manifest.json for the samples skipped and why")
+    return (
+        f"{dataset}: {check['samples']} samples after preprocessing, but paper Table 1 reports "
+        f"{check['published_as']} (counts from {check['low']:g} to below {check['high']:g} round to that); "
+        "see manifest.json for the samples skipped and why"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,30 +357,38 @@ def completeness_problems(table: pd.DataFrame, manifest: Manifest, fractions) ->
     if promised == 0:
         return ["no labelled sample at all"]
     if len(table) < MIN_READABLE_SHARE * promised:
-        problems.append(f"only {len(table)} of the {promised} labelled samples the metadata lists have a readable "
-                        f"file ({manifest.unreadable} missing or unreadable)")
+        problems.append(
+            f"only {len(table)} of the {promised} labelled samples the metadata lists have a readable "
+            f"file ({manifest.unreadable} missing or unreadable)"
+        )
     patients = table.groupby("split")["patient_id"].nunique().to_dict()
     total = table["patient_id"].nunique()
-    for split, share in zip(SPLITS, fractions):
+    for split, share in zip(SPLITS, fractions, strict=False):
         if share > 0 and share * total >= MIN_EXPECTED_PATIENTS and patients.get(split, 0) == 0:
-            problems.append(f"the {split} split is empty although it should hold {share:g} of the {total} "
-                            "patients found")
+            problems.append(
+                f"the {split} split is empty although it should hold {share:g} of the {total} patients found"
+            )
     return problems
 
 
-def incomplete_message(name: str, raw_dir: Path, table: pd.DataFrame, manifest: Manifest,
-                       problems: Sequence[str], examples: int = 3) -> str:
+def incomplete_message(
+    name: str, raw_dir: Path, table: pd.DataFrame, manifest: Manifest, problems: Sequence[str], examples: int = 3
+) -> str:
     """The error text for :class:`IncompleteDataError`: the problems, the samples per split, a few
     of the unreadable files, and where the files were read from."""
     counts = table["split"].value_counts().to_dict() if len(table) else {}
     found = ", ".join(f"{split} {counts.get(split, 0)}" for split in SPLITS)
-    lines = [f"Dataset {name} is incomplete: " + "; ".join(problems) + ".",
-             f"  Read from:   {raw_dir}",
-             f"  Samples:     {found} (after preprocessing)"]
+    lines = [
+        f"Dataset {name} is incomplete: " + "; ".join(problems) + ".",
+        f"  Read from:   {raw_dir}",
+        f"  Samples:     {found} (after preprocessing)",
+    ]
     unreadable = [item["reason"] for item in manifest.skipped if item.get("unreadable")]
     if unreadable:
         lines.append(f"  Unreadable:  {len(unreadable)} samples, e.g.")
         lines += [f"    - {reason}" for reason in unreadable[:examples]]
-    lines.append("  Check that every archive of the dataset was downloaded completely and unpacked (or left zipped "
-                 "where the dataset accepts that), then run again; manifest.json lists every skipped sample.")
+    lines.append(
+        "  Check that every archive of the dataset was downloaded completely and unpacked (or left zipped "
+        "where the dataset accepts that), then run again; manifest.json lists every skipped sample."
+    )
     return "\n".join(lines)

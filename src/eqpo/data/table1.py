@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..groups import AGE_BINS, age_bin
-from ..vocabularies import get_spec
-from .sources import paper_count_check
+from eqpo.core.groups import AGE_BINS, age_bin
+from eqpo.core.vocabularies import get_spec
+from eqpo.data.sources import paper_count_check
 
 MODALITY = {
     "CheXpert": "Chest X-ray",
@@ -41,7 +41,8 @@ def table1(cohort: pd.DataFrame) -> pd.DataFrame:
             "patients": part["patient_id"].nunique(),
             "demographics": ", ".join(spec.attributes),
             "female_share": float((part["sex"] == "F").sum() / max(part["sex"].isin(["F", "M"]).sum(), 1))
-            if "sex" in spec.attributes else float("nan"),
+            if "sex" in spec.attributes
+            else float("nan"),
             **{f"age_{b}": float(bins.get(b, 0.0)) for b in AGE_BINS},
             "no_group_share": float(part["group"].isna().mean()),
         }

@@ -39,17 +39,29 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from ...groups import normalize_sex
-from ...vocabularies import PAPER_DATASETS
-from ..fetch import extract, sha256_of
-from ..media import CorruptMedia, resize_image
-from ..sources import Access, DatasetSource, Manifest, MissingDataError, assign_splits, normalise_header, present
+from eqpo.core.groups import normalize_sex
+from eqpo.core.vocabularies import PAPER_DATASETS
+from eqpo.data.fetch import extract, sha256_of
+from eqpo.data.media import CorruptMedia, resize_image
+from eqpo.data.sources import (
+    Access,
+    DatasetSource,
+    Manifest,
+    MissingDataError,
+    assign_splits,
+    normalise_header,
+    present,
+)
 
 SPEC = PAPER_DATASETS["CheXpert"]
 FULL, SMALL = "CheXpert-v1.0", "CheXpert-v1.0-small"
 FOLDERS = (FULL, SMALL)  # in order of preference
-AIMI_ZIPS = ("CheXpert-v1.0 batch 1 (validate & csv).zip", "CheXpert-v1.0 batch 2 (train 1).zip",
-             "CheXpert-v1.0 batch 3 (train 2).zip", "CheXpert-v1.0 batch 4 (train 3).zip")
+AIMI_ZIPS = (
+    "CheXpert-v1.0 batch 1 (validate & csv).zip",
+    "CheXpert-v1.0 batch 2 (train 1).zip",
+    "CheXpert-v1.0 batch 3 (train 2).zip",
+    "CheXpert-v1.0 batch 4 (train 3).zip",
+)
 AIMI_ZIP_GLOB = "CheXpert-v1.0 batch *.zip"
 AZCOPY_CONTAINER = "chexpertchestxrays-u20210408"  # the folder `azcopy copy <link> raw/ --recursive` creates
 UNPACKED = ".unpacked"
@@ -175,14 +187,22 @@ def read_label_csv(path: Path) -> pd.DataFrame:
     absent = [name for name in ("path", *map(normalise_header, SPEC.labels)) if name not in columns]
     if absent:
         raise ValueError(f"{path}: no column(s) {absent}; columns are {list(raw.columns)}")
-    values = pd.DataFrame({label: pd.to_numeric(raw[columns[normalise_header(label)]].str.strip(), errors="coerce")
-                           for label in SPEC.labels})
-    return pd.DataFrame({
-        "path": raw[columns["path"]].str.strip(),
-        "sex": raw[columns["sex"]].map(normalize_sex) if "sex" in columns else None,
-        "age": pd.to_numeric(raw[columns["age"]].str.strip(), errors="coerce") if "age" in columns else float("nan"),
-        "labels": positives(values),
-    })
+    values = pd.DataFrame(
+        {
+            label: pd.to_numeric(raw[columns[normalise_header(label)]].str.strip(), errors="coerce")
+            for label in SPEC.labels
+        }
+    )
+    return pd.DataFrame(
+        {
+            "path": raw[columns["path"]].str.strip(),
+            "sex": raw[columns["sex"]].map(normalize_sex) if "sex" in columns else None,
+            "age": pd.to_numeric(raw[columns["age"]].str.strip(), errors="coerce")
+            if "age" in columns
+            else float("nan"),
+            "labels": positives(values),
+        }
+    )
 
 
 def positives(values: pd.DataFrame) -> list[list[str]]:
@@ -225,14 +245,24 @@ def candidate_rows(folder: Path, out_dir: Path, manifest: Manifest) -> list[dict
             elif patient is None:
                 manifest.skip(sample_id, f"no patientNNNNN in Path {record.path!r}")
             else:
-                rows.append({"sample_id": sample_id, "patient_id": patient, "official": official,
-                             "src": folder / rel, "dest": out_dir / "images" / rel.with_suffix(".png"),
-                             "labels": record.labels, "age": record.age, "sex": record.sex})
+                rows.append(
+                    {
+                        "sample_id": sample_id,
+                        "patient_id": patient,
+                        "official": official,
+                        "src": folder / rel,
+                        "dest": out_dir / "images" / rel.with_suffix(".png"),
+                        "labels": record.labels,
+                        "age": record.age,
+                        "sex": record.sex,
+                    }
+                )
     return rows
 
 
 def convert_images(rows: list[dict], out_dir: Path, manifest: Manifest) -> list[dict]:
     """Resize every radiograph to PNG (threads); an unreadable one is skipped and listed."""
+
     def convert(row: dict) -> str | None:
         try:
             resize_image(row["src"], row["dest"])
@@ -243,7 +273,7 @@ def convert_images(rows: list[dict], out_dir: Path, manifest: Manifest) -> list[
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         errors = list(pool.map(convert, rows))
     kept = []
-    for row, error in zip(rows, errors):
+    for row, error in zip(rows, errors, strict=False):
         if error is None:
             kept.append({**row, "images": [row["dest"].relative_to(out_dir.parent).as_posix()]})
         else:
@@ -272,17 +302,17 @@ SOURCE = EitherFolderSource(
     landing_page=LANDING_PAGE,
     license="Stanford University School of Medicine CheXpert Dataset Research Use Agreement (non-commercial research)",
     agreement="register on Stanford AIMI and accept the CheXpert Research Use Agreement, then download the four "
-              "zips listed below from the time-limited Azure link",
+    "zips listed below from the time-limited Azure link",
     expected=tuple(f"{FOLDERS[0]}/{marker}" for marker in MARKERS),
     preprocess=preprocess,
     example_command="azcopy copy '<the SAS link from the AIMI page>' {raw_dir} --recursive  "
-                    "(the four zips may stay zipped, here or in the container folder azcopy creates: they are "
-                    "unpacked and arranged on the next run)",
+    "(the four zips may stay zipped, here or in the container folder azcopy creates: they are "
+    "unpacked and arranged on the next run)",
     notes="Each batch zip holds a folder named after it, with the patient folders and no train/ above them; the "
-          "next run finds them wherever they lie below raw/ and moves them into CheXpert-v1.0/train/ as the CSVs' "
-          "Path column expects. A complete CheXpert-v1.0-small/ (same four "
-          "entries) is accepted instead; the full-resolution folder is preferred when both are there. Also linked "
-          "from https://stanfordmlgroup.github.io/competitions/chexpert/.",
+    "next run finds them wherever they lie below raw/ and moves them into CheXpert-v1.0/train/ as the CSVs' "
+    "Path column expects. A complete CheXpert-v1.0-small/ (same four "
+    "entries) is accepted instead; the full-resolution folder is preferred when both are there. Also linked "
+    "from https://stanfordmlgroup.github.io/competitions/chexpert/.",
     folders=FOLDERS,
     arrange=arrange_aimi,
     to_place=AIMI_ZIPS,

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...vocabularies import PAPER_DATASETS
-from .. import media
-from ..sources import Access, DatasetSource, Manifest, assign_splits, normalise_header
+from eqpo.core.vocabularies import PAPER_DATASETS
+from eqpo.data import media
+from eqpo.data.sources import Access, DatasetSource, Manifest, assign_splits, normalise_header
 
 SPEC = PAPER_DATASETS["COVID-BLUES"]
 GIT_URL = "https://github.com/NinaWie/COVID-BLUES.git"
@@ -76,8 +76,10 @@ def list_videos(video_dir: Path) -> list[Path]:
 def write_frames(video: Path, out_dir: Path) -> list[str]:
     """FRAMES evenly spaced frames of a video -> PNGs; paths relative to out_dir.parent."""
     frames = media.video_frames(video, FRAMES)
-    dests = [media.save_png(frame, out_dir / "images" / video.stem / f"{video.stem}_frame{k}.png")
-             for k, frame in enumerate(frames)]
+    dests = [
+        media.save_png(frame, out_dir / "images" / video.stem / f"{video.stem}_frame{k}.png")
+        for k, frame in enumerate(frames)
+    ]
     return [d.relative_to(out_dir.parent).as_posix() for d in dests]
 
 
@@ -98,26 +100,40 @@ def _video_row(video: Path, clinical: pd.DataFrame, out_dir: Path, manifest: Man
     except media.CorruptMedia as err:
         manifest.skip(sample_id, f"unreadable video: {err}", unreadable=True)
         return None
-    return {"sample_id": sample_id, "patient_id": patient, "images": images, "labels": [label],
-            "age": clinical["age"].get(patient, np.nan), "sex": None}
+    return {
+        "sample_id": sample_id,
+        "patient_id": patient,
+        "images": images,
+        "labels": [label],
+        "age": clinical["age"].get(patient, np.nan),
+        "sex": None,
+    }
 
 
 def _record_files(raw_dir: Path, manifest: Manifest) -> None:
     """The clone's commit (or 'not a git clone') and the clinical table's SHA-256."""
-    from ..fetch import git_head, sha256_of
+    from eqpo.data.fetch import git_head, sha256_of
 
     manifest.files["git_commit"] = git_head(raw_dir / REPO) or "not a git clone"
     manifest.files["clinical_variables.csv"] = sha256_of(raw_dir / CLINICAL)
 
 
-def preprocess(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int,
-               fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> pd.DataFrame:
+def preprocess(
+    raw_dir: Path,
+    out_dir: Path,
+    manifest: Manifest,
+    seed: int,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+) -> pd.DataFrame:
     """COVID-BLUES clone -> one row per readable, labelled video with four frame PNGs and age."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     clinical = read_clinical(raw_dir / CLINICAL)
     _record_files(raw_dir, manifest)
-    rows = [row for video in list_videos(raw_dir / VIDEOS)
-            if (row := _video_row(video, clinical, out_dir, manifest)) is not None]
+    rows = [
+        row
+        for video in list_videos(raw_dir / VIDEOS)
+        if (row := _video_row(video, clinical, out_dir, manifest)) is not None
+    ]
     table = pd.DataFrame(rows, columns=["sample_id", "patient_id", "images", "labels", "age", "sex"])
     return assign_splits(table, seed, fractions)
 
@@ -131,10 +147,13 @@ SOURCE = DatasetSource(
     preprocess=preprocess,
     git_url=GIT_URL,
     git_rev=PINNED_COMMIT,
-    example_command=(f"git clone {GIT_URL} {{raw_dir}}/{REPO} && git -C {{raw_dir}}/{REPO} checkout "
-                     f"{PINNED_COMMIT[:7]}"),
-    notes=("About 73 MB, no login; checked out at the commit in data.covid_blues_commit. Also on Hugging Face as "
-           "jannisborn/COVID-BLUES. The paper reports this dataset for age only; pat_sex is not used."),
+    example_command=(
+        f"git clone {GIT_URL} {{raw_dir}}/{REPO} && git -C {{raw_dir}}/{REPO} checkout {PINNED_COMMIT[:7]}"
+    ),
+    notes=(
+        "About 73 MB, no login; checked out at the commit in data.covid_blues_commit. Also on Hugging Face as "
+        "jannisborn/COVID-BLUES. The paper reports this dataset for age only; pat_sex is not used."
+    ),
 )
 
 

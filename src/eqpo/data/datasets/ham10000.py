@@ -26,10 +26,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from ...vocabularies import PAPER_DATASETS
-from ..fetch import sha256_of
-from ..records import build_rows, column, drop_unusable, index_images, read_table, records_frame, require, sex_codes
-from ..sources import Access, DatasetSource, Manifest, RemoteFile
+from eqpo.core.vocabularies import PAPER_DATASETS
+from eqpo.data.fetch import sha256_of
+from eqpo.data.records import (
+    build_rows,
+    column,
+    drop_unusable,
+    index_images,
+    read_table,
+    records_frame,
+    require,
+    sex_codes,
+)
+from eqpo.data.sources import Access, DatasetSource, Manifest, RemoteFile
 
 NAME = "HAM10000"
 METADATA = "HAM10000_metadata"
@@ -64,9 +73,13 @@ def read_metadata(path: Path) -> pd.DataFrame:
     meta = read_table(path, sep=separator(path))
     require(meta, ["image_id", "dx"], path)
     return records_frame(
-        NAME, column(meta, "image_id"), column(meta, "lesion_id"),
+        NAME,
+        column(meta, "image_id"),
+        column(meta, "lesion_id"),
         [DX.get(d.strip().lower()) if isinstance(d, str) else None for d in column(meta, "dx")],
-        column(meta, "age"), sex_codes(column(meta, "sex"), SEX))
+        column(meta, "age"),
+        sex_codes(column(meta, "sex"), SEX),
+    )
 
 
 def preprocess(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int, fractions) -> pd.DataFrame:
@@ -87,11 +100,15 @@ SOURCE = DatasetSource(
         RemoteFile(METADATA_URL, METADATA, md5=METADATA_MD5),
         RemoteFile(IMAGES_URL, IMAGES_ZIP, extract=True),
     ),
-    example_command=(f"wget -c -O {{raw_dir}}/{METADATA} '{METADATA_URL}' && wget -c -P {{raw_dir}} {IMAGES_URL} "
-                     f"&& unzip -q {{raw_dir}}/{IMAGES_ZIP} -d {{raw_dir}}"),
-    notes=("Images: the ISIC 2018 Task 3 training zip (the same 10,015 HAM10000 images, about 2.6 GB; ISIC publishes "
-           "no checksum for it). The metadata is checked against the MD5 Dataverse publishes. "
-           "Age and sex come only from HAM10000_metadata on Harvard Dataverse (CSV or its .tab ingest, "
-           "saved without an extension); if the file id has changed, download it from the landing page. "
-           "No patient ids: lesion_id is the split unit."),
+    example_command=(
+        f"wget -c -O {{raw_dir}}/{METADATA} '{METADATA_URL}' && wget -c -P {{raw_dir}} {IMAGES_URL} "
+        f"&& unzip -q {{raw_dir}}/{IMAGES_ZIP} -d {{raw_dir}}"
+    ),
+    notes=(
+        "Images: the ISIC 2018 Task 3 training zip (the same 10,015 HAM10000 images, about 2.6 GB; ISIC publishes "
+        "no checksum for it). The metadata is checked against the MD5 Dataverse publishes. "
+        "Age and sex come only from HAM10000_metadata on Harvard Dataverse (CSV or its .tab ingest, "
+        "saved without an extension); if the file id has changed, download it from the landing page. "
+        "No patient ids: lesion_id is the split unit."
+    ),
 )

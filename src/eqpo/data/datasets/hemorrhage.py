@@ -69,11 +69,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...groups import normalize_sex
-from ...vocabularies import PAPER_DATASETS
-from .. import media
-from ..sources import (Access, DatasetSource, Manifest, MissingDataError, RemoteFile, assign_splits,
-                       normalise_header)
+from eqpo.core.groups import normalize_sex
+from eqpo.core.vocabularies import PAPER_DATASETS
+from eqpo.data import media
+from eqpo.data.sources import (
+    Access,
+    DatasetSource,
+    Manifest,
+    MissingDataError,
+    RemoteFile,
+    assign_splits,
+    normalise_header,
+)
 
 SPEC = PAPER_DATASETS["Hemorrhage"]
 JPEG_RELEASE, KAGGLE_RELEASE, NIFTI_RELEASE = "1.2.0", "1.0.0", "1.3.1"
@@ -121,7 +128,7 @@ def _base_url(source: DatasetSource, diagnosis: str) -> str:
 
 def _published_checksums(base: str, raw_dir: Path, credentials) -> dict[str, str]:
     """PhysioNet's SHA256SUMS.txt ("<sha256> <path>" lines) as {path: sha256}; {} when not served."""
-    from ..fetch import download
+    from eqpo.data.fetch import download
 
     try:
         path = download(base + CHECKSUMS, raw_dir / CHECKSUMS, credentials=credentials)
@@ -137,17 +144,19 @@ def _published_checksums(base: str, raw_dir: Path, credentials) -> dict[str, str
 
 def _verify(path: Path, expected: str | None) -> None:
     """Check an already downloaded file against its published checksum; remove it when wrong."""
-    from ..fetch import DownloadError, sha256_of
+    from eqpo.data.fetch import DownloadError, sha256_of
 
     if expected is not None and path.exists() and sha256_of(path) != expected:
         path.unlink()
-        raise DownloadError(f"checksum mismatch for {path.name} (SHA256SUMS.txt says {expected}); the file was "
-                            "removed, run again to download it afresh")
+        raise DownloadError(
+            f"checksum mismatch for {path.name} (SHA256SUMS.txt says {expected}); the file was "
+            "removed, run again to download it afresh"
+        )
 
 
 def _fetch_demographics(base: str, raw_dir: Path, credentials, sums: dict[str, str]) -> None:
     """Download the demographics CSV as ``Patient_demographics.csv``, trying both spellings of its name."""
-    from ..fetch import download
+    from eqpo.data.fetch import download
 
     found = find_demographics(raw_dir)
     if found is not None:
@@ -167,7 +176,7 @@ def _fetch_listed(base: str, raw_dir: Path, folder: str, files: list[str], crede
     first, renamed to ``folder/`` once complete, so an interrupted run is resumed rather than taken
     as done. A file the server does not have (the scans of patients 59-65) is left out;
     preprocessing records the slices concerned in the manifest."""
-    from ..fetch import download_all
+    from eqpo.data.fetch import download_all
 
     final = raw_dir / folder
     target = final if final.exists() else raw_dir / (folder + ".part")
@@ -199,7 +208,11 @@ def fetch_jpeg_release(source: DatasetSource, raw_dir: Path, credentials) -> Non
     _verify(raw_dir / JPEG_DIAGNOSIS, sums.get(JPEG_DIAGNOSIS))
     _fetch_demographics(base, raw_dir, credentials, sums)
     diagnosis = read_diagnosis(raw_dir / JPEG_DIAGNOSIS).drop_duplicates(["patient", "slice"])
-    files = [slice_jpeg(int(p), int(s), w) for p, s in zip(diagnosis["patient"], diagnosis["slice"]) for w in WINDOWS]
+    files = [
+        slice_jpeg(int(p), int(s), w)
+        for p, s in zip(diagnosis["patient"], diagnosis["slice"], strict=False)
+        for w in WINDOWS
+    ]
     _fetch_listed(base, raw_dir, PATIENTS, files, credentials, sums)
 
 
@@ -273,9 +286,11 @@ def read_diagnosis(path: Path) -> pd.DataFrame:
     """hemorrhage_diagnosis[_raw_ct].csv -> columns patient (int), slice (int), no_hemorrhage
     (float 0/1, NaN when blank). Rows without a patient or slice number are dropped."""
     table = _read_csv(path)
-    columns = {"patient": _column(table.columns, "patientnumber", "patient"),
-               "slice": _column(table.columns, "slicenumber", "slice"),
-               "no_hemorrhage": _column(table.columns, "nohemorrhage")}
+    columns = {
+        "patient": _column(table.columns, "patientnumber", "patient"),
+        "slice": _column(table.columns, "slicenumber", "slice"),
+        "no_hemorrhage": _column(table.columns, "nohemorrhage"),
+    }
     absent = [k for k, c in columns.items() if c is None]
     if absent:
         raise ValueError(f"{path.name}: no column for {absent}; columns are {list(table.columns)}")
@@ -318,8 +333,14 @@ def read_demographics(path: Path | None) -> dict[int, tuple[float, str | None]]:
     if path is None or not Path(path).is_file():
         return {}
     rows = _read_rows(Path(path))
-    header_row = next((i for i, row in enumerate(rows[:5])
-                       if _column(row, "patient") is not None and _column(row, "age") is not None), None)
+    header_row = next(
+        (
+            i
+            for i, row in enumerate(rows[:5])
+            if _column(row, "patient") is not None and _column(row, "age") is not None
+        ),
+        None,
+    )
     if header_row is None:
         raise ValueError(f"{Path(path).name}: no header row naming a patient number and an age column")
     header = rows[header_row]
@@ -328,7 +349,7 @@ def read_demographics(path: Path | None) -> dict[int, tuple[float, str | None]]:
     sex_name = _column(header, "gender", "sex")
     sex_col = header.index(sex_name) if sex_name is not None else None
     out = {}
-    for row in rows[header_row + 1:]:
+    for row in rows[header_row + 1 :]:
         patient, age = _number(row, patient_col), _number(row, age_col)
         if np.isnan(patient):
             continue  # the subtype row of the two-row header, notes, blank lines
@@ -415,7 +436,7 @@ def _jpeg_row(row, folder: Path, out_dir: Path, manifest: Manifest) -> dict | No
 
 def _record_files(folder: Path, diagnosis: str, demographics: Path | None, manifest: Manifest, what: str) -> None:
     """Hashes of the CSVs read, and how many volumes (NIfTI) or slice JPEGs (masks not counted) were there."""
-    from ..fetch import sha256_of
+    from eqpo.data.fetch import sha256_of
 
     manifest.files[diagnosis] = sha256_of(folder / diagnosis)
     manifest.files[DEMOGRAPHICS] = sha256_of(demographics) if demographics is not None else "missing"
@@ -434,8 +455,13 @@ def _finish(rows: list[dict], demographics: dict, seed: int, fractions) -> pd.Da
     return assign_splits(table, seed, fractions)
 
 
-def preprocess_nifti(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int,
-                     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> pd.DataFrame:
+def preprocess_nifti(
+    raw_dir: Path,
+    out_dir: Path,
+    manifest: Manifest,
+    seed: int,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+) -> pd.DataFrame:
     """ct-ich 1.3.1 -> one row per labelled CT slice with its brain- and bone-window PNGs."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     diagnosis = read_diagnosis(raw_dir / DIAGNOSIS).drop_duplicates(["patient", "slice"])
@@ -448,9 +474,14 @@ def preprocess_nifti(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int
     return _finish(rows, read_demographics(demographics_path), seed, fractions)
 
 
-def preprocess_jpeg(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int,
-                    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-                    release: str = JPEG_RELEASE) -> pd.DataFrame:
+def preprocess_jpeg(
+    raw_dir: Path,
+    out_dir: Path,
+    manifest: Manifest,
+    seed: int,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    release: str = JPEG_RELEASE,
+) -> pd.DataFrame:
     """A JPEG release of ct-ich (1.2.0, or the Kaggle mirror of 1.0.0) -> one row per labelled
     slice with its two PNGs."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
@@ -462,8 +493,11 @@ def preprocess_jpeg(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int,
     demographics_path = find_demographics(folder)
     _record_files(folder, JPEG_DIAGNOSIS, demographics_path, manifest, PATIENTS)
     manifest.release = SOURCES[release].label
-    rows = [r for r in (_jpeg_row(row, folder, out_dir, manifest) for row in diagnosis.itertuples(index=False))
-            if r is not None]
+    rows = [
+        r
+        for r in (_jpeg_row(row, folder, out_dir, manifest) for row in diagnosis.itertuples(index=False))
+        if r is not None
+    ]
     return _finish(rows, read_demographics(demographics_path), seed, fractions)
 
 
@@ -478,9 +512,11 @@ JPEG_SOURCE = JpegReleaseSource(
     fetch=fetch_jpeg_release,
     optional_login=Access.PHYSIONET,
     example_command="wget -r -N -c -np -nH --cut-dirs=3 -P {raw_dir} " + BASE_URLS[JPEG_RELEASE],
-    notes=("JPEG release, 2,501 slices of 82 patients, open access (no account; PhysioNet credentials are sent "
-           "when set). Its author wrote in 2020 that the JPEG files were taken down for de-identification and "
-           "replaced by 1.3.1, so PhysioNet may no longer serve them."),
+    notes=(
+        "JPEG release, 2,501 slices of 82 patients, open access (no account; PhysioNet credentials are sent "
+        "when set). Its author wrote in 2020 that the JPEG files were taken down for de-identification and "
+        "replaced by 1.3.1, so PhysioNet may no longer serve them."
+    ),
     label=f"ct-ich {JPEG_RELEASE} (JPEG) from PhysioNet, open access",
 )
 
@@ -493,10 +529,12 @@ KAGGLE_SOURCE = JpegReleaseSource(
     preprocess=partial(preprocess_jpeg, release=KAGGLE_RELEASE),
     kaggle_dataset=KAGGLE_MIRROR,
     example_command=f"kaggle datasets download {KAGGLE_MIRROR} -p {{raw_dir}} --unzip",
-    notes=("The JPEG release 1.0.0 mirrored on Kaggle, which CLIMB (the loader the paper used) downloads; its zip "
-           "unpacks to computed-tomography-images-for-intracranial-hemorrhage-detection-and-segmentation-1.0.0/, "
-           "which may stay one folder below this one. Needs a Kaggle token: KAGGLE_USERNAME and KAGGLE_KEY, or "
-           "~/.kaggle/kaggle.json."),
+    notes=(
+        "The JPEG release 1.0.0 mirrored on Kaggle, which CLIMB (the loader the paper used) downloads; its zip "
+        "unpacks to computed-tomography-images-for-intracranial-hemorrhage-detection-and-segmentation-1.0.0/, "
+        "which may stay one folder below this one. Needs a Kaggle token: KAGGLE_USERNAME and KAGGLE_KEY, or "
+        "~/.kaggle/kaggle.json."
+    ),
     raw_name=f"raw-{KAGGLE_RELEASE}",
     label=f"ct-ich {KAGGLE_RELEASE} (JPEG), Kaggle mirror {KAGGLE_MIRROR} (as CLIMB used)",
 )
@@ -511,12 +549,16 @@ NIFTI_SOURCE = DatasetSource(
     remote=(RemoteFile(BASE_URLS[NIFTI_RELEASE] + DIAGNOSIS, DIAGNOSIS),),
     preprocess=preprocess_nifti,
     fetch=fetch_ct_ich,
-    example_command=("wget -r -N -c -np -nH --cut-dirs=3 -P {raw_dir} --user $PHYSIONET_USERNAME --ask-password "
-                     + BASE_URLS[NIFTI_RELEASE]),
-    notes=("NIfTI release, 2,814 slices of 75 patients (scans of patients 59-65 are not in it), faces blurred. "
-           "Only ct_scans/, the diagnosis CSV and the demographics CSV are used (masks/ is not needed). "
-           "Credentials: PHYSIONET_USERNAME and PHYSIONET_PASSWORD, or a ~/.netrc entry for physionet.org. "
-           "The slices are windowed as the JPEG images (brain 40/120, bone 700/3200)."),
+    example_command=(
+        "wget -r -N -c -np -nH --cut-dirs=3 -P {raw_dir} --user $PHYSIONET_USERNAME --ask-password "
+        + BASE_URLS[NIFTI_RELEASE]
+    ),
+    notes=(
+        "NIfTI release, 2,814 slices of 75 patients (scans of patients 59-65 are not in it), faces blurred. "
+        "Only ct_scans/, the diagnosis CSV and the demographics CSV are used (masks/ is not needed). "
+        "Credentials: PHYSIONET_USERNAME and PHYSIONET_PASSWORD, or a ~/.netrc entry for physionet.org. "
+        "The slices are windowed as the JPEG images (brain 40/120, bone 700/3200)."
+    ),
     raw_name=f"raw-{NIFTI_RELEASE}",
     label=f"ct-ich {NIFTI_RELEASE} (NIfTI) from PhysioNet, restricted access",
 )

@@ -22,10 +22,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from ...vocabularies import PAPER_DATASETS
-from ..fetch import sha256_of
-from ..records import build_rows, column, drop_unusable, index_images, read_table, records_frame, require, sex_codes
-from ..sources import Access, DatasetSource, Manifest, RemoteFile
+from eqpo.core.vocabularies import PAPER_DATASETS
+from eqpo.data.fetch import sha256_of
+from eqpo.data.records import (
+    build_rows,
+    column,
+    drop_unusable,
+    index_images,
+    read_table,
+    records_frame,
+    require,
+    sex_codes,
+)
+from eqpo.data.sources import Access, DatasetSource, Manifest, RemoteFile
 
 NAME = "ISIC-2020"
 S3 = "https://isic-challenge-data.s3.amazonaws.com/2020/"
@@ -58,9 +67,13 @@ def read_ground_truth(path: Path) -> pd.DataFrame:
     gt = read_table(path)
     require(gt, ["image_name"], path)
     return records_frame(
-        NAME, column(gt, "image_name"), column(gt, "patient_id"),
-        [label_of(t, b) for t, b in zip(column(gt, "target"), column(gt, "benign_malignant"))],
-        column(gt, "age_approx"), sex_codes(column(gt, "sex"), SEX))
+        NAME,
+        column(gt, "image_name"),
+        column(gt, "patient_id"),
+        [label_of(t, b) for t, b in zip(column(gt, "target"), column(gt, "benign_malignant"), strict=False)],
+        column(gt, "age_approx"),
+        sex_codes(column(gt, "sex"), SEX),
+    )
 
 
 def preprocess(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int, fractions) -> pd.DataFrame:
@@ -81,9 +94,13 @@ SOURCE = DatasetSource(
         RemoteFile(S3 + GROUND_TRUTH, GROUND_TRUTH),
         RemoteFile(S3 + IMAGES_ZIP, IMAGES_ZIP, extract=True, size=IMAGES_ZIP_BYTES),
     ),
-    example_command=(f"wget -c -P {{raw_dir}} {S3}{GROUND_TRUTH} {S3}{IMAGES_ZIP} && "
-                     f"unzip -q {{raw_dir}}/{IMAGES_ZIP} -d {{raw_dir}}"),
-    notes=("Open S3 files, no login; the JPEG zip (24,707,698,022 bytes, checked) unpacks to "
-           "train/<image_name>.jpg. ISIC publishes no checksums. No labelled official test set: seeded split by "
-           "patient_id."),
+    example_command=(
+        f"wget -c -P {{raw_dir}} {S3}{GROUND_TRUTH} {S3}{IMAGES_ZIP} && "
+        f"unzip -q {{raw_dir}}/{IMAGES_ZIP} -d {{raw_dir}}"
+    ),
+    notes=(
+        "Open S3 files, no login; the JPEG zip (24,707,698,022 bytes, checked) unpacks to "
+        "train/<image_name>.jpg. ISIC publishes no checksums. No labelled official test set: seeded split by "
+        "patient_id."
+    ),
 )

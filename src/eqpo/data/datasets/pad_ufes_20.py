@@ -22,10 +22,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from ...vocabularies import PAPER_DATASETS
-from ..fetch import extract, sha256_of
-from ..records import build_rows, column, drop_unusable, index_images, read_table, records_frame, require, sex_codes
-from ..sources import Access, DatasetSource, Manifest, RemoteFile
+from eqpo.core.vocabularies import PAPER_DATASETS
+from eqpo.data.fetch import extract, sha256_of
+from eqpo.data.records import (
+    build_rows,
+    column,
+    drop_unusable,
+    index_images,
+    read_table,
+    records_frame,
+    require,
+    sex_codes,
+)
+from eqpo.data.sources import Access, DatasetSource, Manifest, RemoteFile
 
 NAME = "PAD-UFES-20"
 METADATA = "metadata.csv"
@@ -60,9 +69,13 @@ def read_metadata(path: Path) -> pd.DataFrame:
     meta = read_table(path)
     require(meta, ["img_id", "diagnostic"], path)
     return records_frame(
-        NAME, column(meta, "img_id").str.replace(r"\.png$", "", case=False, regex=True), column(meta, "patient_id"),
+        NAME,
+        column(meta, "img_id").str.replace(r"\.png$", "", case=False, regex=True),
+        column(meta, "patient_id"),
         [DIAGNOSTIC.get(d.strip().upper()) if isinstance(d, str) else None for d in column(meta, "diagnostic")],
-        column(meta, "age"), sex_codes(column(meta, "gender"), SEX))
+        column(meta, "age"),
+        sex_codes(column(meta, "gender"), SEX),
+    )
 
 
 def preprocess(raw_dir: Path, out_dir: Path, manifest: Manifest, seed: int, fractions) -> pd.DataFrame:
@@ -82,7 +95,9 @@ SOURCE = DatasetSource(
     preprocess=preprocess,
     remote=(RemoteFile(ARCHIVE_URL, ARCHIVE, extract=True),),
     example_command=f"wget -c -P {{raw_dir}} {ARCHIVE_URL} && unzip -q {{raw_dir}}/{ARCHIVE} -d {{raw_dir}}",
-    notes=("Open Mendeley zip, no login, about 3.5 GB; the images sit in nested zips "
-           "images/imgs_part_1..3.zip, unpacked automatically. Mendeley publishes no checksum. "
-           "No official split: seeded split by patient_id."),
+    notes=(
+        "Open Mendeley zip, no login, about 3.5 GB; the images sit in nested zips "
+        "images/imgs_part_1..3.zip, unpacked automatically. Mendeley publishes no checksum. "
+        "No official split: seeded split by patient_id."
+    ),
 )

@@ -36,11 +36,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from ...vocabularies import PAPER_DATASETS
-from ..fetch import download_all, sha256_of
-from ..media import CorruptMedia, dicom_to_png
-from ..sources import (Access, DatasetSource, Manifest, MissingDataError, RemoteFile, assign_splits,
-                       normalise_header)
+from eqpo.core.vocabularies import PAPER_DATASETS
+from eqpo.data.fetch import download_all, sha256_of
+from eqpo.data.media import CorruptMedia, dicom_to_png
+from eqpo.data.sources import (
+    Access,
+    DatasetSource,
+    Manifest,
+    MissingDataError,
+    RemoteFile,
+    assign_splits,
+    normalise_header,
+)
 
 SPEC = PAPER_DATASETS["VinDr-Mammo"]
 BASE_URL = "https://physionet.org/files/vindr-mammo/1.0.0/"
@@ -51,9 +58,14 @@ SUMS = "SHA256SUMS.txt"
 STAGING = "images.partial"
 DOWNLOAD_THREADS = 4
 # metadata.csv key column (normalised header) -> the annotation column it equals
-METADATA_KEYS = (("sop instance uid", "image_id"), ("image_id", "image_id"),
-                 ("series instance uid", "series_id"), ("series_id", "series_id"),
-                 ("study instance uid", "study_id"), ("study_id", "study_id"))
+METADATA_KEYS = (
+    ("sop instance uid", "image_id"),
+    ("image_id", "image_id"),
+    ("series instance uid", "series_id"),
+    ("series_id", "series_id"),
+    ("study instance uid", "study_id"),
+    ("study_id", "study_id"),
+)
 AGE_HEADERS = ("patient's age", "patient’s age", "patients age", "patient age", "patientage", "age")
 AGE_UNITS = {"D": 365.25, "W": 365.25 / 7, "M": 12.0, "Y": 1.0}
 NO_DECODER = "missing dependencies"  # pydicom's message when no installed plugin decodes the transfer syntax
@@ -83,14 +95,15 @@ def verify_listed(raw_dir: Path, sums: dict[str, str], names: tuple[str, ...]) -
         path = raw_dir / name
         if name in sums and path.exists() and sha256_of(path) != sums[name]:
             path.unlink()
-            raise IOError(f"{path} does not match its SHA-256 in {SUMS}; "
-                          "it was removed, run again to download it afresh")
+            raise OSError(
+                f"{path} does not match its SHA-256 in {SUMS}; it was removed, run again to download it afresh"
+            )
 
 
 def listed_images(annotations: Path) -> list[tuple[str, str]]:
     """(study_id, image_id) of every image in breast-level_annotations.csv, in file order, once each."""
     table = read_annotations(annotations)
-    return list(dict.fromkeys(zip(table["study_id"], table["image_id"])))
+    return list(dict.fromkeys(zip(table["study_id"], table["image_id"], strict=False)))
 
 
 def base_url(source: DatasetSource) -> str:
@@ -114,8 +127,14 @@ def fetch_images(source: DatasetSource, raw_dir: Path, credentials: tuple[str, s
     target = final if final.is_dir() else raw_dir / STAGING
     url = base_url(source)
 
-    jobs = [(url + f"images/{study}/{image}.dicom", target / study / f"{image}.dicom",
-             sums.get(f"images/{study}/{image}.dicom")) for study, image in listed_images(raw_dir / ANNOTATIONS)]
+    jobs = [
+        (
+            url + f"images/{study}/{image}.dicom",
+            target / study / f"{image}.dicom",
+            sums.get(f"images/{study}/{image}.dicom"),
+        )
+        for study, image in listed_images(raw_dir / ANNOTATIONS)
+    ]
     try:  # one progress bar over the files; the first failure (a 401, a checksum mismatch) stops the rest
         download_all(jobs, credentials, DOWNLOAD_THREADS, desc=f"{SPEC.name} images")
     except MissingDataError as err:
@@ -153,7 +172,7 @@ def read_ages(path: Path) -> tuple[str, dict[str, float]]:
     age = next((columns[h] for h in AGE_HEADERS if h in columns), None)
     if key is None or age is None:
         return "image_id", {}
-    ages = {str(k).strip(): dicom_age(v) for k, v in zip(raw[columns[key[0]]], raw[age])}
+    ages = {str(k).strip(): dicom_age(v) for k, v in zip(raw[columns[key[0]]], raw[age], strict=False)}
     return key[1], {k: v for k, v in ages.items() if not math.isnan(v)}
 
 
@@ -169,7 +188,7 @@ def dicom_age(value: object) -> float:
 
 
 def birads_label(value: str) -> str | None:
-    """"BI-RADS 4" -> "BIRAD 4" (the trailing digit, as CLIMB); None outside 1..5."""
+    """ "BI-RADS 4" -> "BIRAD 4" (the trailing digit, as CLIMB); None outside 1..5."""
     match = re.search(r"(\d)\s*$", str(value))
     label = f"BIRAD {match.group(1)}" if match else None
     return label if label in SPEC.labels else None
@@ -201,10 +220,17 @@ def candidate_rows(raw_dir: Path, out_dir: Path, manifest: Manifest) -> list[dic
         else:
             seen.add(sample_id)
             study, image = record["study_id"], record["image_id"]
-            rows.append({"sample_id": sample_id, "patient_id": study, "official": official, "labels": [label],
-                         "age": ages.get(record[key], math.nan),
-                         "src": raw_dir / "images" / study / f"{image}.dicom",
-                         "dest": out_dir / "images" / study / f"{image}.png"})
+            rows.append(
+                {
+                    "sample_id": sample_id,
+                    "patient_id": study,
+                    "official": official,
+                    "labels": [label],
+                    "age": ages.get(record[key], math.nan),
+                    "src": raw_dir / "images" / study / f"{image}.dicom",
+                    "dest": out_dir / "images" / study / f"{image}.png",
+                }
+            )
     return rows
 
 
@@ -212,6 +238,7 @@ def convert_images(rows: list[dict], out_dir: Path, manifest: Manifest) -> list[
     """DICOM -> PNG (threads); an unreadable DICOM is skipped and listed; a missing age is taken
     from the DICOM PatientAge tag. Stops when pydicom lacks a decoder (an environment problem,
     not a corrupt file) instead of skipping every image."""
+
     def convert(row: dict) -> dict | str:
         try:
             return dicom_to_png(row["src"], row["dest"])[1]
@@ -221,12 +248,14 @@ def convert_images(rows: list[dict], out_dir: Path, manifest: Manifest) -> list[
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(convert, rows))
     kept = []
-    for row, result in zip(rows, results):
+    for row, result in zip(rows, results, strict=False):
         if isinstance(result, str):
             if NO_DECODER in result:
-                raise RuntimeError(f"pydicom cannot decode these DICOMs: {result}\nInstall the decoders of the "
-                                   "data environment (envs/data.yaml, or pip install 'eqpo[data]'): pylibjpeg "
-                                   "pylibjpeg-libjpeg pylibjpeg-openjpeg")
+                raise RuntimeError(
+                    f"pydicom cannot decode these DICOMs: {result}\nInstall the decoders of the "
+                    "data environment (envs/data.yaml, or pip install 'eqpo[data]'): pylibjpeg "
+                    "pylibjpeg-libjpeg pylibjpeg-openjpeg"
+                )
             manifest.skip(row["sample_id"], f"unreadable DICOM: {result}", unreadable=True)
             continue
         age = row["age"] if not math.isnan(row["age"]) else dicom_age(result.get("age"))
@@ -254,12 +283,15 @@ SOURCE = DatasetSource(
     agreement="a PhysioNet account that has signed the VinDr-Mammo data use agreement on the landing page",
     expected=(ANNOTATIONS, METADATA, "images/"),
     preprocess=preprocess,
-    remote=(RemoteFile(BASE_URL + SUMS, SUMS), RemoteFile(BASE_URL + ANNOTATIONS, ANNOTATIONS),
-            RemoteFile(BASE_URL + METADATA, METADATA)),
+    remote=(
+        RemoteFile(BASE_URL + SUMS, SUMS),
+        RemoteFile(BASE_URL + ANNOTATIONS, ANNOTATIONS),
+        RemoteFile(BASE_URL + METADATA, METADATA),
+    ),
     example_command="wget -r -N -c -np -nH --cut-dirs=3 -P {raw_dir} --user $PHYSIONET_USERNAME --ask-password "
-                    + BASE_URL,
+    + BASE_URL,
     notes="About 340 GB of DICOMs (20,000 images). With PHYSIONET_USERNAME/PHYSIONET_PASSWORD set (or a "
-          "~/.netrc entry for physionet.org) the pipeline downloads the CSVs and every DICOM listed in "
-          "breast-level_annotations.csv by itself, resuming an interrupted run.",
+    "~/.netrc entry for physionet.org) the pipeline downloads the CSVs and every DICOM listed in "
+    "breast-level_annotations.csv by itself, resuming an interrupted run.",
     fetch=fetch_images,
 )

@@ -1,0 +1,285 @@
+"""CPU backend: warm start, RL loop, exact resume after a kill, determinism, prediction files."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from eqpo.backends.cpu.policy import MultiTaskPolicy, PolicyConfig, action_labels, labels_to_target
+from eqpo.backends.cpu.trainer import Cohort, PretrainConfig, TrainConfig, pretrain, specs_for, split
+from eqpo.core.groups import resampling_cells
+from eqpo.core.vocabularies import PAPER_DATASETS
+from eqpo.data.demo.cohort import CohortConfig, make_cohort
+from eqpo.workflow.pipeline import read_cohort, run_predict_cpu, run_pretrain, run_train_cpu, score_predictions
+
+TRAIN = {
+    "steps": 12,
+    "batch_prompts": 32,
+    "rollouts": 4,
+    "lr": 3e-3,
+    "ppo_mini_batch": 16,
+    "test_freq": 3,
+    "save_freq": 4,
+    "probe_prompts": 48,
+}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cpu")
+    table = make_cohort(CohortConfig(n_samples=1500, seed=3))
+    table.to_parquet(root / "cohort.parquet", index=False)
+    run_pretrain(
+        root / "cohort.parquet",
+        {"backend": "cpu", "arch": "mlp", "hidden": 16},
+        {"epochs": 3},
+        0,
+        root / "pretrained.pt",
+    )
+    return root
+
+
+def _strip_times(path: Path) -> list[dict]:
+    return [
+        {k: v for k, v in json.loads(line).items() if not k.startswith(("time_", "wall_"))}
+        for line in path.read_text().splitlines()
+    ]
+
+
+def test_policy_heads_and_action_rendering():
+    specs = [PAPER_DATASETS["CheXpert"], PAPER_DATASETS["HAM10000"]]
+    policy = MultiTaskPolicy(PolicyConfig("mlp", n_features=4, hidden=8), specs)
+    assert policy.logits(torch.zeros(3, 4), "CheXpert").shape == (3, 14)
+    assert policy.logits(torch.zeros(3, 4), "HAM10000").shape == (3, 5)
+    assert action_labels(np.array(2), specs[1]) == ["Basal Cell Carcinoma"]
+    assert action_labels(np.eye(14)[[1, 5]].sum(0), specs[0]) == ["Enlarged Cardiomediastinum", "Edema"]
+    assert labels_to_target([["Edema", "Fracture"]], specs[0])[0].sum() == 2
+    rebuilt = MultiTaskPolicy.from_meta(policy.meta())
+    assert rebuilt.config == policy.config and list(rebuilt.specs) == list(policy.specs)
+    with pytest.raises(ValueError, match="unknown CPU policy architecture"):
+        PolicyConfig("transformer", 4)
+
+
+def test_config_rejects_unknown_settings():
+    with pytest.raises(ValueError, match=r"unknown CPU training setting\(s\) \['step'\]"):
+        TrainConfig.from_dict({"step": 3})
+    with pytest.raises(ValueError, match="pretraining"):
+        PretrainConfig.from_dict({"epoch": 3})
+
+
+def test_warm_start_learns_and_favours_the_majority(workspace):
+    table = read_cohort(workspace / "cohort.parquet")
+    specs = specs_for(table)
+    policy = pretrain(table, PolicyConfig("linear", 16), PretrainConfig(epochs=10), seed=0, log=lambda m: None)
+    test = Cohort(split(table, "test"), specs)
+    idx = np.flatnonzero(test.dataset == "HAM10000")
+    with torch.no_grad():
+        pred = policy.greedy(test.x[idx], "HAM10000").numpy()
+    truth = labels_to_target([test.labels[i] for i in idx], specs["HAM10000"]).numpy()
+    assert (pred == truth).mean() > 0.5  # well above 1/5 chance
+
+
+def test_training_writes_the_run_contract(workspace):
+    run = workspace / "run_eqpo"
+    run_train_cpu(workspace / "cohort.parquet", workspace / "pretrained.pt", "eqpo", {}, TRAIN, 0, run)
+    dynamics = [json.loads(line) for line in (run / "dynamics.jsonl").read_text().splitlines()]
+    assert [d["step"] for d in dynamics] == [0, 3, 6, 9, 12]
+    assert {"F1", "delta_F1", "Acc", "wall_time_s"} <= set(dynamics[0])
+    steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 12 and all(s["time_advantage_s"] > 0 for s in steps)
+    # the estimator's statistics of every step (run_files.estimator_metrics): a k per dataset, and
+    # per group a factor, all positive
+    for s in steps:
+        k = {name: v for name, v in s.items() if name.startswith("eqpo/k/")}
+        factors = [v for name, v in s.items() if name.startswith("eqpo/group/") and name.endswith("/factor")]
+        assert k and all(v >= 1 for v in k.values()) and factors and all(f > 0 for f in factors)
+    clusters = pd.read_parquet(run / "clusters.parquet")
+    assert list(clusters.columns) == ["sample_id", "step", "dataset", "cluster", "k", "true_group"]
+    assert len(clusters) > 0 and clusters["true_group"].notna().all()
+    run_predict_cpu(workspace / "cohort.parquet", run / "final.pt", run / "predictions.parquet")
+    preds = pd.read_parquet(run / "predictions.parquet")
+    table = read_cohort(workspace / "cohort.parquet")
+    assert len(preds) == (table["split"] == "test").sum()
+    assert preds["response"].str.contains(r"\\boxed\{", regex=True).all()
+    metrics = score_predictions(run / "predictions.parquet", run / "metrics.json", model="m", method="eqpo", seed=0)
+    assert 0 < metrics["summary"]["F1"] < 1
+    assert json.loads((run / "metrics.json").read_text())["summary"] == metrics["summary"]
+
+
+def test_grpo_rs_trains_on_the_oversampled_set(workspace, capsys):
+    messages = []
+    from eqpo.backends.cpu.trainer import RLTrainer
+
+    trainer = RLTrainer(
+        read_cohort(workspace / "cohort.parquet"),
+        workspace / "pretrained.pt",
+        "grpo_rs",
+        {},
+        TrainConfig.from_dict(TRAIN),
+        0,
+        workspace / "rs",
+        log=messages.append,
+    )
+    assert "oversampled" in messages[0]
+    # the authors' RS cells (groups.definition authors_code): sex x age with unknown parts, every row in one
+    table = trainer.train.table
+    cells = table.groupby([table["dataset"], resampling_cells(table, "authors_code")]).size()
+    assert (cells.groupby(level=0).nunique() == 1).all()  # every cell at its dataset's largest size
+    assert "unk|unk" in set(cells.index.get_level_values(1))  # the wholly unknown cell is balanced too
+
+
+def _checkpoint_step(run: Path) -> int:
+    assert (run / "ckpt" / "last.pt").exists(), f"no checkpoint was written under {run / 'ckpt'}"
+    return int(torch.load(run / "ckpt" / "last.pt", weights_only=False)["step"])
+
+
+def _step_lines(path: Path) -> dict[int, str]:
+    """steps.jsonl as written, by step: the lines carry wall-clock timings, so a step that ran
+    again never gives the same line."""
+    return {json.loads(line)["step"]: line for line in path.read_text().splitlines() if line.strip()}
+
+
+def assert_resumed_at_the_checkpoint(run: Path, interrupted: dict[int, str], checkpoint_step: int) -> None:
+    """The finished run kept the steps its checkpoint covered (not run again) and ran the rest again."""
+    final = _step_lines(run / "steps.jsonl")
+    assert checkpoint_step > 0 and sorted(final) == list(range(1, max(final) + 1))
+    for step in range(1, checkpoint_step + 1):
+        assert final[step] == interrupted[step], f"step {step} ran again after the resume"
+    redone = [s for s in interrupted if s > checkpoint_step]
+    assert all(final[s] != interrupted[s] for s in redone)
+
+
+@pytest.mark.parametrize("method", ["eqpo", "grpo_dro"])
+def test_resume_after_interruption_gives_the_same_run(workspace, method, caplog):
+    straight, resumed = workspace / f"straight_{method}", workspace / f"resumed_{method}"
+    args = (workspace / "cohort.parquet", workspace / "pretrained.pt", method, {}, TRAIN, 1)
+    run_train_cpu(*args, straight)
+    run_train_cpu(*args, resumed, stop_after=10)  # last checkpoint at step 8; steps 9-10 are redone
+    assert not (resumed / "final.pt").exists()
+    assert _checkpoint_step(resumed) == 8
+    interrupted = _step_lines(resumed / "ckpt" / "steps.jsonl")
+    assert sorted(interrupted) == list(range(1, 11))
+    with caplog.at_level("INFO"):
+        run_train_cpu(*args, resumed)
+    assert f"resumed from {resumed / 'ckpt' / 'last.pt'} at step 8" in caplog.text
+    assert_resumed_at_the_checkpoint(resumed, interrupted, 8)
+    for name in ("dynamics.jsonl", "steps.jsonl"):
+        assert _strip_times(straight / name) == _strip_times(resumed / name)
+    a, b = torch.load(straight / "final.pt"), torch.load(resumed / "final.pt")
+    for key in a["state"]:
+        assert torch.equal(a["state"][key], b["state"][key])
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(straight / "clusters.parquet"), pd.read_parquet(resumed / "clusters.parquet")
+    )
+
+
+def test_a_rerun_after_completion_or_with_other_settings_starts_afresh(workspace):
+    args = (workspace / "cohort.parquet", workspace / "pretrained.pt", "eqpo", {})
+    run = workspace / "rerun"
+    run_train_cpu(*args, TRAIN, 4, run)
+    first = _strip_times(run / "dynamics.jsonl")
+    assert not (run / "ckpt").exists()  # work directory dropped on completion
+    for name in ("dynamics.jsonl", "steps.jsonl", "final.pt"):  # what Snakemake removes before a forced rerun
+        (run / name).unlink()
+    run_train_cpu(*args, TRAIN, 4, run)
+    assert _strip_times(run / "dynamics.jsonl") == first
+    # an interrupted run with other settings does not leak into a new one
+    run_train_cpu(*args, {**TRAIN, "lr": 1e-2}, 4, run, stop_after=9)
+    messages = []
+    from eqpo.backends.cpu.trainer import RLTrainer
+
+    trainer = RLTrainer(
+        read_cohort(workspace / "cohort.parquet"),
+        workspace / "pretrained.pt",
+        "eqpo",
+        {},
+        TrainConfig.from_dict(TRAIN),
+        4,
+        run,
+        log=messages.append,
+    )
+    trainer.fit()
+    assert any("other settings" in m for m in messages)
+    assert _strip_times(run / "dynamics.jsonl") == first
+
+
+def test_killed_process_resumes(workspace):
+    """A real SIGKILL in the middle of training, then a rerun of the same command."""
+    run = workspace / "killed"
+    train = {**TRAIN, "steps": 40, "save_freq": 5}
+    code = (
+        "import sys; from eqpo.workflow.pipeline import run_train_cpu; "
+        f"run_train_cpu({str(workspace / 'cohort.parquet')!r}, {str(workspace / 'pretrained.pt')!r}, "
+        f"'eqpo_nd', {{}}, {train!r}, 2, {str(run)!r})"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "ckpt" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "final.pt").exists(), "the run finished before it could be killed"
+    checkpoint_step = _checkpoint_step(run)  # fails when no checkpoint appeared before the kill
+    interrupted = _step_lines(run / "ckpt" / "steps.jsonl")
+    subprocess.run([sys.executable, "-c", code], check=True, stderr=subprocess.DEVNULL)
+    assert_resumed_at_the_checkpoint(run, interrupted, checkpoint_step)
+    reference = workspace / "killed_reference"
+    run_train_cpu(workspace / "cohort.parquet", workspace / "pretrained.pt", "eqpo_nd", {}, train, 2, reference)
+    assert _strip_times(run / "dynamics.jsonl") == _strip_times(reference / "dynamics.jsonl")
+
+
+def test_same_seed_same_results_different_seed_differs(workspace):
+    args = (workspace / "cohort.parquet", workspace / "pretrained.pt", "eqpo_nd", {}, TRAIN)
+    run_train_cpu(*args, 5, workspace / "det_a")
+    run_train_cpu(*args, 5, workspace / "det_b")
+    run_train_cpu(*args, 6, workspace / "det_c")
+    a, b, c = (_strip_times(workspace / d / "dynamics.jsonl") for d in ("det_a", "det_b", "det_c"))
+    assert a == b
+    assert a != c
+
+
+def test_a_custom_dataset_trains_end_to_end_on_the_cpu_backend(tmp_path):
+    """Bring-your-own data (config data.custom) through cohort -> warm start -> RL -> metrics."""
+    from eqpo.workflow.pipeline import make_demo_cohort
+
+    rng = np.random.default_rng(0)
+    n = 240
+    y = rng.integers(0, 2, n)
+    frame = pd.DataFrame(
+        {
+            "sample_id": [f"m{i}" for i in range(n)],
+            "patient_id": [f"p{i // 2}" for i in range(n)],
+            "split": np.array(["train", "val", "test"])[(np.arange(n) // 2) % 3],
+            "label": np.where(y == 1, "Malignant", "Benign"),
+            "age": rng.uniform(20, 90, n),
+            "sex": rng.choice(["female", "male"], n),
+            **{f"f{j}": rng.normal(size=n) + (y * 1.5 if j == 0 else 0) for j in range(16)},
+        }
+    )
+    frame.to_csv(tmp_path / "mine.csv", index=False)
+    custom = [
+        {
+            "name": "MyDerm",
+            "path": str(tmp_path / "mine.csv"),
+            "labels": ["Benign", "Malignant"],
+            "question": "Benign or malignant?",
+        }
+    ]
+    make_demo_cohort({"n_samples": 700}, ["HAM10000"], tmp_path / "cohort.parquet", tmp_path / "summary.csv", custom)
+    run_pretrain(
+        tmp_path / "cohort.parquet", {"backend": "cpu", "arch": "linear"}, {"epochs": 2}, 0, tmp_path / "pre.pt"
+    )
+    run_train_cpu(
+        tmp_path / "cohort.parquet", tmp_path / "pre.pt", "eqpo", {}, {**TRAIN, "steps": 4}, 0, tmp_path / "run"
+    )
+    run_predict_cpu(tmp_path / "cohort.parquet", tmp_path / "run" / "final.pt", tmp_path / "preds.parquet")
+    metrics = score_predictions(tmp_path / "preds.parquet", tmp_path / "metrics.json", model="m", method="eqpo", seed=0)
+    assert {d["dataset"] for d in metrics["by_dataset"]} == {"HAM10000", "MyDerm"}

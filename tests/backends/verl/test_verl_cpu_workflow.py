@@ -1,0 +1,95 @@
+"""config/verl_cpu.yaml, the verl path on a machine without GPU, through the whole DAG as a user runs it
+(``snakemake --cores 2 --configfile config/verl_cpu.yaml``): the tiny image dataset and model built
+by rule tiny_vl_fixture, export_verl, train_verl on the CPU (verl's own loop), predict_vllm with the
+``hf`` engine after verl's model merger on the real checkpoint, score, Table 2 and the figures.
+
+About 6 minutes on 2 shared cores (two verl trainings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytest.importorskip("verl")
+pytest.importorskip("transfer_queue")
+pytest.importorskip("trl")
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[3]
+CONFIG = REPO / "config" / "verl_cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("verl_cpu_dag")
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "2",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(CONFIG),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-4000:]}\n{logs[-12000:]}")
+    return workdir
+
+
+def test_the_overlay_ends_with_table2_and_the_figures(workdir):
+    config = yaml.safe_load(CONFIG.read_text())
+    results = workdir / "results" / "verl_cpu"
+    table = pd.read_csv(results / "tables" / "table2.csv")
+    assert sorted(table["method"]) == sorted(config["methods"]) and set(table["model"]) == {"tiny-qwen2.5-vl"}
+    for row in table.itertuples():
+        metrics = json.loads((results / row.model / row.method / "seed0" / "metrics.json").read_text())
+        for key, value in metrics["summary"].items():  # Table 2 holds exactly the runs' numbers
+            assert getattr(row, key) == pytest.approx(value, rel=1e-12, abs=1e-15, nan_ok=True), key
+    for figure in ("training_dynamics", "group_f1", "cluster_stability"):
+        assert (workdir / "figures" / "verl_cpu" / f"{figure}.png").stat().st_size > 0
+
+
+def test_each_run_trained_with_verl_on_the_cpu_and_kept_its_checkpoint(workdir):
+    for method in ("grpo", "eqpo"):
+        run = workdir / "results" / "verl_cpu" / "tiny-qwen2.5-vl" / method / "seed0"
+        assert [json.loads(line)["step"] for line in (run / "steps.jsonl").read_text().splitlines()] == [1, 2]
+        assert [json.loads(line)["step"] for line in (run / "dynamics.jsonl").read_text().splitlines()] == [0, 2]
+        assert (run / "checkpoint" / "global_step_2" / "actor" / "model_world_size_1_rank_0.pt").exists()
+        log = (workdir / "logs" / "verl_cpu" / "train" / "tiny-qwen2.5-vl" / method / "seed0.log").read_text()
+        assert "verl.trainer.main_ppo" in log and "trainer.device=cpu" in log and "rollout.name=hf" in log
+
+
+def test_the_merged_checkpoint_answers_as_the_trained_policy_did_in_verls_last_validation(workdir):
+    """verl's model merger ran on the real FSDP checkpoint, and the hf engine answers with it: greedy
+    answers to the validation prompts equal those verl's hf rollout gave with the step-2 weights."""
+    from eqpo.backends.verl.evaluate import HFGenerator, build_requests
+
+    val = pd.read_parquet(workdir / "data" / "verl_cpu" / "verl" / "val.parquet")
+    requests = build_requests(val)
+    sample_ids = [str(info["sample_id"]) for info in val["extra_info"]]
+    for method in ("grpo", "eqpo"):
+        run = workdir / "results" / "verl_cpu" / "tiny-qwen2.5-vl" / method / "seed0"
+        assert (run / "hf_model" / ".eqpo_merged_from").read_text().endswith("global_step_2/actor")
+        dump = {
+            r["sample_id"]: r["output"]
+            for r in map(json.loads, (run / "verl" / "validation" / "2.jsonl").read_text().splitlines())
+        }
+        answers = HFGenerator(run / "hf_model", max_tokens=16, threads=1).generate(requests)
+        assert answers == [dump[sid] for sid in sample_ids]
+        predict_log = (workdir / "logs" / "verl_cpu" / "predict" / "tiny-qwen2.5-vl" / method / "seed0.log").read_text()
+        assert "on 6 test prompts with hf" in predict_log
+        predictions = pd.read_parquet(run / "predictions.parquet")
+        assert len(predictions) == 6 and predictions["response"].str.contains(r"\\boxed\{", regex=True).any()
