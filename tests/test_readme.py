@@ -10,7 +10,6 @@ a new kind of command needs a check here."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import shlex
 import subprocess
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from fake_conda import env_with_fake_conda
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -62,24 +63,6 @@ def run(argv: list[str], env: dict | None = None, timeout: int = 300) -> subproc
     return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-FAKE_CONDA = """#!/bin/sh
-case "$*" in
-  "--version") echo "conda 24.11.3";;
-  "info --json") echo '{"conda_version": "24.11.3", "platform": "linux-64", "conda_prefix": "/opt/conda"}';;
-  "config --get channel_priority --json") echo '{"get": {"channel_priority": "strict"}}';;
-  *) echo "fake conda cannot: $*" >&2; exit 1;;
-esac
-"""
-
-
-def conda_env(tmp_path: Path) -> dict:
-    """PATH with a stand-in conda that answers what a dry run with conda deployment asks, and nothing
-    else (building an environment fails)."""
-    (tmp_path / "conda").write_text(FAKE_CONDA)
-    (tmp_path / "conda").chmod(0o755)
-    return {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
 def check_snakemake(args: list[str], tmp_path: Path) -> None:
     written = overlays_in_readme()
     for i, arg in enumerate(args):
@@ -94,7 +77,7 @@ def check_snakemake(args: list[str], tmp_path: Path) -> None:
     if "--lint" in args:
         proc = run([sys.executable, "-m", "snakemake", *args])
     else:
-        proc = run([sys.executable, "-m", "snakemake", *args, "--dry-run"], env=conda_env(tmp_path))
+        proc = run([sys.executable, "-m", "snakemake", *args, "--dry-run"], env=env_with_fake_conda())
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     for target in (a for a in args if a.startswith("results/")):

@@ -3,18 +3,17 @@ SLURM: every training job of 7 methods x 3 base models, with its GPUs and partit
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
+
+from fake_conda import env_with_fake_conda
 
 REPO = Path(__file__).resolve().parents[3]
 PAPER = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -22,30 +21,9 @@ PROFILE = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())
 RULES = "".join((REPO / "workflow" / "rules" / f).read_text() for f in ("train.smk", "evaluate.smk"))
 
 
-# The profile deploys conda environments, and even a dry run asks conda about itself (`conda info
-# --json`, `--version`, the channel priority). This stand-in answers those three questions only, so the
-# dry run plans without conda installed; anything else (building an environment) fails loudly.
-FAKE_CONDA = """#!/bin/sh
-case "$*" in
-  "--version") echo "conda 24.11.3";;
-  "info --json") echo '{"conda_version": "24.11.3", "platform": "linux-64", "conda_prefix": "/opt/conda"}';;
-  "config --get channel_priority --json") echo '{"get": {"channel_priority": "strict"}}';;
-  *) echo "fake conda cannot: $*" >&2; exit 1;;
-esac
-"""
-
-
-@functools.cache
-def _fake_conda_dir() -> Path:
-    bin_dir = Path(tempfile.mkdtemp(prefix="fake-conda-"))
-    (bin_dir / "conda").write_text(FAKE_CONDA)
-    (bin_dir / "conda").chmod(0o755)
-    return bin_dir
-
-
 def dry_run(*extra: str) -> str:
     """`snakemake --profile slurm -n` from the repository root; returns its output (asserts exit 0)."""
-    env = {**os.environ, "PATH": f"{_fake_conda_dir()}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = env_with_fake_conda()
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--profile", "slurm", "-n", *extra],
         cwd=REPO,
