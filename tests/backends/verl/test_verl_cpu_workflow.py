@@ -53,11 +53,19 @@ def test_the_overlay_ends_with_table2_and_the_figures(workdir):
     config = yaml.safe_load(CONFIG.read_text())
     results = workdir / "results" / "verl_cpu"
     table = pd.read_csv(results / "tables" / "table2.csv")
-    assert sorted(table["method"]) == sorted(config["methods"]) and set(table["model"]) == {"tiny-qwen2.5-vl"}
-    for row in table.itertuples():
-        metrics = json.loads((results / row.model / row.method / "seed0" / "metrics.json").read_text())
-        for key, value in metrics["summary"].items():  # Table 2 holds exactly the runs' numbers
-            assert getattr(row, key) == pytest.approx(value, rel=1e-12, abs=1e-15, nan_ok=True), key
+    test_table = pd.read_csv(results / "tables" / "table2_test.csv")
+    for frame in (table, test_table):
+        assert sorted(frame["method"]) == sorted(config["methods"]) and set(frame["model"]) == {"tiny-qwen2.5-vl"}
+    for row, test_row in zip(table.itertuples(), test_table.itertuples(), strict=True):
+        run = results / row.model / row.method / "seed0"
+        metrics = json.loads((run / "metrics.json").read_text())
+        last_validation = json.loads((run / "dynamics.jsonl").read_text().splitlines()[-1])
+        assert last_validation["step"] == 2
+        for key, value in metrics["summary"].items():
+            # Table 2 holds each run's last validation (report.point's default), table2_test its
+            # final checkpoint scored on the test split, exactly
+            assert getattr(row, key) == pytest.approx(last_validation[key], rel=1e-12, abs=1e-15, nan_ok=True), key
+            assert getattr(test_row, key) == pytest.approx(value, rel=1e-12, abs=1e-15, nan_ok=True), key
     for figure in ("training_dynamics", "group_f1", "cluster_stability"):
         assert (workdir / "figures" / "verl_cpu" / f"{figure}.png").stat().st_size > 0
 

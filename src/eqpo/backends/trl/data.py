@@ -9,7 +9,7 @@ The trl backend reads the same parquet files as the verl backend (:func:`eqpo.da
   ``{"type": "image"}`` (TRL fills them with the row's images in order) and the text segments kept.
 - :func:`to_trl_dataset`: a ``datasets.Dataset`` with ``prompt``, ``images`` (decoded to PIL when a
   row is read), ``ground_truth``, ``dataset``, ``group``, ``true_group`` and ``sample_id``.
-- :func:`load_processor` / :func:`load_model`: a local model directory (no hub access).
+- :func:`load_processor` / :func:`load_model` (from :mod:`eqpo.runs.hf_models`): a local model directory.
 - :func:`generate_answers`: greedy answers with plain ``generate`` (or vLLM, :func:`vllm_answers`),
   and :func:`eqpo.data.export.predictions_from_outputs` (shared with the verl backend): answers ->
   the predictions table of the run-file contract.
@@ -27,6 +27,7 @@ import pandas as pd
 
 from eqpo.core.advantages import normalize_group
 from eqpo.data.export import image_paths, read_export
+from eqpo.runs.hf_models import image_only_video_processor, load_model, load_processor, tokenizer_of  # noqa: F401
 
 _PLACEHOLDER = re.compile(r"(<image>)")
 
@@ -107,69 +108,6 @@ def to_trl_dataset(source: str | Path | pd.DataFrame, check_files: bool = True):
     else:
         table = table.remove_columns("images")
     return table
-
-
-# ----------------------------------------------------------------------------------------------
-# Model and processor (local directories only)
-# ----------------------------------------------------------------------------------------------
-
-
-def image_only_video_processor():
-    """A stand-in video processor for environments without torchvision: every transformers video
-    processor needs it, and the Qwen-VL processors refuse to build without one. Images never touch
-    it; a video prompt fails with a clear error."""
-    import transformers
-    from transformers.utils import PushToHubMixin
-
-    class ImageOnly(transformers.BaseVideoProcessor, PushToHubMixin):
-        _auto_class = None
-
-        def __init__(self):  # BaseVideoProcessor.__init__ needs torchvision
-            pass
-
-        def __call__(self, *args, **kwargs):
-            raise RuntimeError("video inputs need torchvision, which is not installed (images work without it)")
-
-        def to_dict(self):
-            return {"video_processor_type": "none: torchvision is absent"}
-
-    return ImageOnly()
-
-
-def load_processor(path: str | Path):
-    """The model directory's processor (tokenizer-only models: the tokenizer). Without torchvision
-    the image processor falls back to transformers' PIL implementation and videos are refused."""
-    import importlib.util
-
-    from transformers import AutoProcessor
-    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
-
-    if importlib.util.find_spec("torchvision") is not None:
-        return AutoProcessor.from_pretrained(str(path))
-    original = AutoVideoProcessor.__dict__["from_pretrained"]
-    AutoVideoProcessor.from_pretrained = classmethod(lambda cls, *a, **kw: image_only_video_processor())
-    try:
-        return AutoProcessor.from_pretrained(str(path))
-    finally:
-        AutoVideoProcessor.from_pretrained = original
-
-
-def load_model(path: str | Path, dtype: str | None = None):
-    """The model directory's image-text-to-text model (causal LM for text-only models)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-
-    kwargs = {}
-    if dtype not in (None, "auto"):
-        kwargs["dtype"] = getattr(torch, dtype)
-    config = AutoConfig.from_pretrained(str(path))
-    if hasattr(config, "vision_config"):
-        return AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
-    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-
-
-def tokenizer_of(processor: Any) -> Any:
-    return getattr(processor, "tokenizer", processor)
 
 
 # ----------------------------------------------------------------------------------------------

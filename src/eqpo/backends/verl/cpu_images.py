@@ -53,6 +53,6 @@ def image_only_processors() -> None:
         return
     from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
-    from eqpo.backends.trl.data import image_only_video_processor
+    from eqpo.runs.hf_models import image_only_video_processor
 
     AutoVideoProcessor.from_pretrained = classmethod(lambda cls, *a, **kw: image_only_video_processor())

@@ -368,10 +368,7 @@ class HFGenerator:
         self._model = self._processor = None
 
     def _load(self) -> None:
-        from eqpo.backends.trl.data import (  # transformers' PIL processors when torchvision is absent
-            load_model,
-            load_processor,
-        )
+        from eqpo.runs.hf_models import load_model, load_processor  # PIL processors when torchvision is absent
 
         self._processor = load_processor(self.model_dir)
         self._model = load_model(self.model_dir).eval()

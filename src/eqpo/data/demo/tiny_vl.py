@@ -249,7 +249,7 @@ def build_qwen_vl(path: Path, warm_steps: int = 40, seed: int = 0) -> Path:
         warnings.simplefilter("ignore")
         model = transformers.Qwen2_5_VLForConditionalGeneration(tiny_qwen_config("qwen2_5_vl", tokenizer, 2048))
     if warm_steps:
-        from eqpo.backends.trl.data import load_processor
+        from eqpo.runs.hf_models import load_processor
 
         warm_start(model, load_processor(path), tokenizer, "<|im_end|>", warm_steps, seed)
     model.save_pretrained(path)
