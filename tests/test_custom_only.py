@@ -143,6 +143,7 @@ def test_custom_only_cohort_trains_end_to_end_on_the_cpu_backend(tmp_path, entri
     assert 0.0 <= metrics["summary"]["F1"] <= 1.0
 
 
+@pytest.mark.slow
 def test_custom_only_config_runs_through_snakemake(tmp_path, entries):
     """The workflow itself: data.datasets: [] with two custom datasets of different widths, one CPU
     model and method, through demo_cohort -> pretrain_cpu -> train_cpu -> predict_cpu -> score."""

@@ -89,6 +89,7 @@ def metrics_columns(run) -> list[str]:
     return list(json.loads((run / "metrics.json").read_text())["summary"])
 
 
+@pytest.mark.slow
 def test_tiny_config_end_to_end(tmp_path):
     snakemake(tmp_path, "--cores", "2", configs=(PAPER, TINY))
     results, figures = tmp_path / "results" / "tiny", tmp_path / "figures" / "tiny"

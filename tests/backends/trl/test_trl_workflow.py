@@ -51,6 +51,7 @@ def test_the_trl_overlay_resolves_to_one_gpu_job_per_run(tmp_path):
     assert profile["set-resources"]["train_trl"]["gpu"] == 1 and profile["set-resources"]["predict_trl"]["gpu"] == 1
 
 
+@pytest.mark.slow
 def test_a_tiny_vision_language_model_through_the_dag_to_table2(tmp_path, tiny_model, fixture_data, helpers):
     overlay = {
         "experiment": "trltiny",
