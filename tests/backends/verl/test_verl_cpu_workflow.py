@@ -98,6 +98,8 @@ def test_the_merged_checkpoint_answers_as_the_trained_policy_did_in_verls_last_v
         answers = HFGenerator(run / "hf_model", max_tokens=16, threads=1).generate(requests)
         assert answers == [dump[sid] for sid in sample_ids]
         predict_log = (workdir / "logs" / "verl_cpu" / "predict" / "tiny-qwen2.5-vl" / method / "seed0.log").read_text()
-        assert "on 6 test prompts with hf" in predict_log
+        # the export's test split: records with demographics only (data.records' default)
+        n_test = len(pd.read_parquet(workdir / "data" / "verl_cpu" / "verl" / "test.parquet"))
+        assert n_test > 0 and f"on {n_test} test prompts with hf" in predict_log
         predictions = pd.read_parquet(run / "predictions.parquet")
-        assert len(predictions) == 6 and predictions["response"].str.contains(r"\\boxed\{", regex=True).any()
+        assert len(predictions) == n_test and predictions["response"].str.contains(r"\\boxed\{", regex=True).any()
