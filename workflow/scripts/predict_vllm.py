@@ -2,11 +2,11 @@ from eqpo.workflow.pipeline import logged
 
 with logged(snakemake.log[0]):
     from eqpo.backends.verl.evaluate import run_evaluation
-    from eqpo.runs.settings import reproduction_options, train_settings
+    from eqpo.runs.settings import reproduction_options, train_length, train_settings
 
     # the run's own lengths (runs.<model>.<method> may change them), as in its training
     train = train_settings(snakemake.config, snakemake.wildcards.model, snakemake.wildcards.method)
-    max_tokens = int(train.get("max_response_length", 4096))
+    max_tokens = train_length(train, "max_response_length")
     prompt_tokens = train.get("max_prompt_length")
     run_evaluation(
         snakemake.input.checkpoint,

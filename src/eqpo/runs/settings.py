@@ -29,6 +29,14 @@ SOURCE_KEY = "source"
 ESTIMATOR_KEY = "estimator"
 REWARD_KEY = "reward"
 DEFAULT_TRAIN_SOURCE = "paper Table 3"
+# What a backend assumes for a `train` length key that a partial block leaves out (config.yaml sets
+# both: these are its values, for users calling the backends with their own settings).
+TRAIN_LENGTH_DEFAULTS = {"max_prompt_length": 4096, "max_response_length": 4096}
+
+
+def train_length(train: Mapping[str, Any], key: str) -> int:
+    """``train[key]`` for ``max_prompt_length`` / ``max_response_length`` (tokens), else config.yaml's value."""
+    return int(train.get(key) or TRAIN_LENGTH_DEFAULTS[key])
 
 
 def _overrides(config: Mapping[str, Any], model: str) -> Mapping[str, Any]:

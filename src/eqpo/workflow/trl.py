@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eqpo.runs.settings import ReproductionOptions
+from eqpo.runs.settings import ReproductionOptions, train_length
 
 
 def _register_custom(config: dict) -> None:
@@ -70,7 +70,7 @@ def predict_rule(snakemake: Any) -> None:
         snakemake.input.model,
         snakemake.output[0],
         options=ReproductionOptions.from_config(config),
-        max_new_tokens=int(snakemake.params.train.get("max_response_length", 2048)),
+        max_new_tokens=train_length(snakemake.params.train, "max_response_length"),
         max_samples=snakemake.params.max_samples,
         batch_size=int(block.get("eval_batch_size", 8)),
         use_vllm=block.get("predict_vllm", "auto"),

@@ -60,7 +60,7 @@ from eqpo.runs.files import (
     missing_estimator_state,
     step_record,
 )
-from eqpo.runs.settings import ReproductionOptions
+from eqpo.runs.settings import ReproductionOptions, train_length
 
 require_trl()
 
@@ -528,7 +528,7 @@ def trl_settings(train: Mapping[str, Any], trl: Mapping[str, Any] | None, n_trai
         micro_batch=micro,
         test_freq=int(train.get("test_freq", 10)),
         save_freq=int(train.get("save_freq", 50)),
-        max_response_length=int(train.get("max_response_length", 2048)),
+        max_response_length=train_length(train, "max_response_length"),
         restart_estimator_on_resume=bool(train.get("restart_estimator_on_resume", False)),
         record_rollouts=bool(train.get("rollout_data", False)),
         val_max_samples=trl.pop("val_max_samples", None),

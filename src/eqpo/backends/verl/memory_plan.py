@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eqpo.runs.settings import flatten_overrides, load_config
+from eqpo.runs.settings import flatten_overrides, load_config, train_length
 
 GIB = 2**30
 FP32 = 4
@@ -61,7 +61,7 @@ MAX_TOKENS = "actor_rollout_ref.actor.ppo_max_token_len_per_gpu"
 def max_token_len_per_gpu(train: Mapping[str, Any]) -> int:
     """verl's ``ppo_max_token_len_per_gpu`` as the launcher sets it: two of the run's longest
     sequences (prompt + response) per micro-batch."""
-    return 2 * (int(train.get("max_prompt_length", 4096)) + int(train.get("max_response_length", 4096)))
+    return 2 * (train_length(train, "max_prompt_length") + train_length(train, "max_response_length"))
 
 
 @dataclass(frozen=True)
