@@ -172,3 +172,12 @@ def test_a_command_with_the_target_after_the_configfile_is_caught(tmp_path):
 def test_the_overlays_the_readme_writes_are_valid_yaml():
     for path, body in overlays_in_readme().items():
         assert isinstance(yaml.safe_load(body), dict), path
+
+
+def test_the_readme_python_runs_as_written(tmp_path):
+    """The library example ("Use EQPO in your own code") runs as shown, in a fresh interpreter."""
+    blocks = fenced("python")
+    assert blocks, "the README shows no Python example"
+    for block in blocks:
+        proc = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
