@@ -48,7 +48,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[3]
 PROBE = Path(__file__).resolve().parent  # loop_probe.py
 SHADOWS = ["eqpo_nd", "eqpo_nodemo", "grpo_dro", "drpo"]
-SAME = {"eqpo_nd", "drpo"}  # one formula unless drpo's KL damping is on (see the shadow test)
 # 5 prompts x 3 rollouts = 15 responses a step in PPO mini-batches of 2 prompts (6 responses, 3 per FSDP
 # rank): verl pads each step's batch with 3 synthetic rows to 18, three mini-batches. Sampling at
 # temperature 0.5 from the barely warm-started models parses often enough for rewards to vary.
@@ -317,12 +316,11 @@ def test_every_estimator_through_its_verl_function_equals_the_library_on_the_loo
     expected = _replay(REGISTERED[name], {}, steps)
     for step, record in steps.items():
         np.testing.assert_allclose(record["shadows"][name], expected[step], rtol=0, atol=1e-6)
-    # the loop's batches (two datasets, explicit and implicit groups, mixed rewards) tell the estimators
-    # apart, so a dispatch to the wrong one would show; drpo without its KL damping (off by default, as
-    # in QoQ-Med's released code, and verl passes no KL to estimators) is eqpo_nd's formula
-    for other in sorted({"eqpo", *SHADOWS} - {name} - (SAME if name in SAME else set())):
-        wrong = _replay(REGISTERED[other], {}, steps)
-        assert max(np.abs(np.asarray(r["shadows"][name]) - wrong[s]).max() for s, r in steps.items()) > 1e-3, other
+    # Whether these batches also tell the estimators apart depends on the sampled rollouts, which are
+    # not reproducible on the CPU (Ray's request order): some runs give, e.g., eqpo and eqpo_nd equal
+    # advantages. That each name dispatches to its own estimator is checked on designed batches by
+    # tests/backends/verl/test_verl_extension.py::test_dispatch_through_verl_compute_advantage.
+    assert any(np.abs(np.asarray(r["shadows"][name])).max() > 0 for r in steps.values())
 
 
 # ----------------------------------------------------------------------------------------------
