@@ -3,8 +3,6 @@ sources, and custom datasets with different numbers of feature columns on the CP
 dataset has its own input width), trained end to end."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,8 @@ from eqpo.workflow.pipeline import (
     run_train_cpu,
     score_predictions,
 )
+
+from snakemake_run import run_snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,23 +170,7 @@ def test_custom_only_config_runs_through_snakemake(tmp_path, entries):
         )
     )
     target = "results/custom/demo-linear/eqpo/seed0/metrics.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        target,
-        "--cores",
-        "1",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(REPO / "config.yaml"),
-        str(overlay),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_snakemake(tmp_path, target, "--cores", "1", configs=[REPO / "config.yaml", overlay])
     metrics = json.loads((tmp_path / target).read_text())
     assert {d["dataset"] for d in metrics["by_dataset"]} >= {"Narrow", "Wide"}
     log = tmp_path / "logs" / "custom" / "pretrain" / "demo-linear.log"

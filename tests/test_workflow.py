@@ -2,12 +2,12 @@
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from snakemake_run import run_snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "config.yaml"
@@ -16,25 +16,7 @@ TINY = REPO / "config" / "tiny.yaml"
 
 
 def snakemake(workdir, *args, configs=(PAPER,), check=True):
-    # targets and flags first: --configfile takes every word after it
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        *args,
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        *map(str, configs),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
-    return result
+    return run_snakemake(workdir, *args, configs=configs, check=check)
 
 
 def job_counts(output: str) -> dict[str, int]:

@@ -29,6 +29,7 @@ from eqpo.data.prepare import get_source, get_sources, prepare
 from eqpo.data.sources import MissingDataError, RemoteFile, patient_split
 
 from dataset_fixtures import write_ct_ich_demographics
+from snakemake_run import run_snakemake
 
 # (patient, slice, No_Hemorrhage) rows of hemorrhage_diagnosis.csv; "" = blank
 DIAGNOSIS = [
@@ -284,31 +285,14 @@ def test_both_releases_give_the_same_images(tmp_path, no_login):
 
 
 def test_the_release_is_a_validated_config_key(tmp_path):
-    import subprocess
-    import sys
 
     repo = Path(__file__).resolve().parents[2]
 
     def dry_run(value: str):
         overlay = tmp_path / "release.yaml"
         overlay.write_text(f'data:\n  datasets: [Hemorrhage]\n  hemorrhage_release: "{value}"\n')
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "snakemake",
-                "-n",
-                "data/paper/Hemorrhage/table.parquet",
-                "--snakefile",
-                str(repo / "Snakefile"),
-                "--directory",
-                str(tmp_path),
-                "--configfile",
-                str(repo / "config.yaml"),
-                str(overlay),
-            ],
-            capture_output=True,
-            text=True,
+        return run_snakemake(
+            tmp_path, "-n", "data/paper/Hemorrhage/table.parquet", configs=[repo / "config.yaml", overlay], check=False
         )
 
     assert dry_run("1.3.1").returncode == 0

@@ -5,40 +5,21 @@ the config/trl.yaml overlay resolving to one GPU job per run."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from snakemake_run import run_snakemake
+
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _snakemake(workdir, *args, configs):
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        *args,
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        *map(str, configs),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise AssertionError(
-            f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-        )
-    return result
-
-
 def test_the_trl_overlay_resolves_to_one_gpu_job_per_run(tmp_path):
-    out = _snakemake(tmp_path, "-n", "--quiet", "rules", configs=(REPO / "config.yaml", REPO / "config" / "trl.yaml"))
+    out = run_snakemake(
+        tmp_path, "-n", "--quiet", "rules", configs=(REPO / "config.yaml", REPO / "config" / "trl.yaml")
+    )
     stats = out.stdout.split("Job stats:")[1]
     counts = {
         line.split()[0]: int(line.split()[1])
@@ -78,7 +59,7 @@ def test_a_tiny_vision_language_model_through_the_dag_to_table2(tmp_path, tiny_m
     config = tmp_path / "tiny_trl.yaml"
     config.write_text(yaml.safe_dump(overlay))
     results = tmp_path / "results" / "trltiny"
-    _snakemake(tmp_path, "--cores", "2", "results/trltiny/tables/table2.csv", configs=(REPO / "config.yaml", config))
+    run_snakemake(tmp_path, "--cores", "2", "results/trltiny/tables/table2.csv", configs=(REPO / "config.yaml", config))
 
     table = pd.read_csv(results / "tables" / "table2.csv")
     assert sorted(table["method"]) == ["eqpo", "grpo"] and set(table["model"]) == {"tiny-vl"}

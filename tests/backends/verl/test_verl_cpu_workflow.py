@@ -8,13 +8,13 @@ About 6 minutes on 2 shared cores (two verl trainings)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+
+from snakemake_run import run_snakemake
 
 pytest.importorskip("verl")
 pytest.importorskip("transfer_queue")
@@ -29,23 +29,7 @@ CONFIG = REPO / "config" / "verl_cpu.yaml"
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("verl_cpu_dag")
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        "2",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(CONFIG),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-    if result.returncode != 0:
-        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-4000:]}\n{logs[-12000:]}")
+    run_snakemake(workdir, "--cores", "2", configs=[CONFIG], timeout=3600)
     return workdir
 
 
