@@ -20,7 +20,7 @@ sys.path.insert(0, SRC)
 
 from eqpo.data.export import train_part
 from eqpo.core.methods import CLUSTERING, EMPHASISED
-from eqpo.runs.settings import cpu_train_config, reproduction_options, train_settings
+from eqpo.runs.settings import RunSettings, cpu_train_config, reproduction_options, train_settings
 from eqpo.runs.settings import estimator_options as run_estimator_options
 
 # Reproduction options (metrics, groups, reward), checked once with errors that name the key.
@@ -84,6 +84,12 @@ def model_config(wildcards):
 
 def run_dir(wildcards):
     return RUN.format(**wildcards)
+
+
+def run_settings(wildcards):
+    """The run's settings (eqpo.runs.settings.RunSettings), resolved once here, as plain values: the
+    one param a run rule hands its script (RunSettings.from_dict), so a change of any reruns the run."""
+    return RunSettings.from_config(config, wildcards.model, wildcards.method).as_dict()
 
 
 def cpu_train_settings(wildcards):

@@ -1,5 +1,9 @@
 """What one run is configured with: its training settings and the reproduction options.
 
+- :class:`RunSettings`: everything one (model, method) run trains and evaluates with, resolved once
+  from the config at the workflow boundary (:meth:`RunSettings.from_config`) and handed to the
+  backends, which read nothing else of the config. Its ``train`` is a typed :class:`TrainSettings`
+  whose defaults are config.yaml's ``train`` block (the pipeline's reproduction defaults).
 - :func:`train_settings`: the ``train`` block with the per-(model, method) overrides of
   ``runs.<model>.<method>`` (and ``runs.<model>.all``) on top. The verl launcher and the CPU
   backend both read a run's settings through this one function. :func:`estimator_options`: the
@@ -15,7 +19,7 @@ Kept free of heavy imports: the verl launcher imports it in the driver process.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +33,6 @@ SOURCE_KEY = "source"
 ESTIMATOR_KEY = "estimator"
 REWARD_KEY = "reward"
 DEFAULT_TRAIN_SOURCE = "paper Table 3"
-# What a backend assumes for a `train` length key that a partial block leaves out (config.yaml sets
-# both: these are its values, for users calling the backends with their own settings).
-TRAIN_LENGTH_DEFAULTS = {"max_prompt_length": 4096, "max_response_length": 4096}
-
-
-def train_length(train: Mapping[str, Any], key: str) -> int:
-    """``train[key]`` for ``max_prompt_length`` / ``max_response_length`` (tokens), else config.yaml's value."""
-    return int(train.get(key) or TRAIN_LENGTH_DEFAULTS[key])
 
 
 def _overrides(config: Mapping[str, Any], model: str) -> Mapping[str, Any]:
@@ -276,3 +272,194 @@ def load_config(configfiles: Sequence[str | Path], root: str | Path = ".") -> di
     for file in configfiles:
         config = merge_config(config, yaml.safe_load(Path(file).read_text()) or {})
     return config
+
+
+# ----------------------------------------------------------------------------------------------
+# Typed settings of one run
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """A run's ``train`` block, typed and checked. The defaults are config.yaml's ``train`` block
+    (paper Table 3 with the authors' step budget; a test holds the two equal), so a backend called
+    from a user's own code trains as the pipeline does.
+
+    steps: total RL steps (None: ``epochs`` passes over the training set). batch_prompts: prompts
+    per step (B). rollouts: samples per prompt (n, the group size). lr: actor learning rate.
+    ppo_mini_batch: prompts per PPO update. ppo_epochs: passes over a step's rollouts. clip: PPO
+    ratio clip. kl_coef: weight of the low-variance KL to the reference (0: off, as the paper).
+    temperature: rollout sampling temperature. test_freq / save_freq: steps between validations /
+    checkpoints. grad_clip: max gradient norm. max_prompt_length / max_response_length: tokens.
+    GPU path (verl) only: rollout_gpu_memory (vLLM's share of each GPU), tensor_parallel (vLLM),
+    gpus (per node), nnodes, device (``cuda``, or ``cpu`` for verl's loop without GPU),
+    max_ckpt_to_keep (None: every one), save_hf_model, rollout_data (dump every rollout), loggers
+    (experiment trackers), restart_estimator_on_resume.
+    """
+
+    steps: int | None = 90
+    epochs: int = 15
+    batch_prompts: int = 512
+    rollouts: int = 10
+    lr: float = 5e-7
+    ppo_mini_batch: int = 128
+    ppo_epochs: int = 1
+    clip: float = 0.2
+    kl_coef: float = 0.0
+    temperature: float = 1.0
+    test_freq: int = 5
+    save_freq: int = 20
+    grad_clip: float = 1.0
+    max_prompt_length: int = 4096
+    max_response_length: int = 4096
+    rollout_gpu_memory: float = 0.6
+    tensor_parallel: int = 2
+    gpus: int = 4
+    nnodes: int = 1
+    device: str = "cuda"
+    max_ckpt_to_keep: int | None = 1
+    save_hf_model: bool = False
+    rollout_data: bool = False
+    loggers: tuple[str, ...] = ()
+    restart_estimator_on_resume: bool = False
+
+    def __post_init__(self) -> None:
+        for name, (kind, bound) in _TRAIN_CHECKS.items():
+            _check_train_value(name, getattr(self, name), kind, bound)
+            if kind is float:  # an integer in YAML (lr: 1) is still a number
+                object.__setattr__(self, name, float(getattr(self, name)))
+        if self.device not in TRAIN_DEVICES:
+            raise ValueError(f"train.device must be one of {list(TRAIN_DEVICES)}, got {self.device!r}")
+        if not 0 < self.rollout_gpu_memory <= 1:
+            raise ValueError(f"train.rollout_gpu_memory must be in (0, 1], got {self.rollout_gpu_memory!r}")
+        if isinstance(self.loggers, str) or not all(isinstance(x, str) for x in self.loggers):
+            raise ValueError(f"train.loggers must be a list of tracker names, got {self.loggers!r}")
+        object.__setattr__(self, "loggers", tuple(dict.fromkeys(self.loggers)))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> TrainSettings:
+        """From a ``train`` block (keys not given keep their defaults); an unknown key is an error
+        naming the known ones."""
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"train: unknown key(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        if isinstance(values.get("loggers"), list):
+            values["loggers"] = tuple(values["loggers"])
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (``loggers`` a list), as in a config's ``train`` block."""
+        return {**asdict(self), "loggers": list(self.loggers)}
+
+
+TRAIN_DEVICES = ("cuda", "cpu")
+# field -> (type, bound): ints are >= bound, numbers > bound, except kl_coef (>= 0); the schema's
+# `train` block states the same bounds (a test holds the two equal).
+_TRAIN_CHECKS: dict[str, tuple[type, float | None]] = {
+    **dict.fromkeys(
+        ("steps", "epochs", "batch_prompts", "rollouts", "ppo_mini_batch", "ppo_epochs", "test_freq", "save_freq"),
+        (int, 1),
+    ),
+    **dict.fromkeys(("max_prompt_length", "max_response_length", "tensor_parallel", "gpus", "nnodes"), (int, 1)),
+    "max_ckpt_to_keep": (int, 1),
+    **dict.fromkeys(("lr", "clip", "temperature", "grad_clip", "rollout_gpu_memory"), (float, 0)),
+    "kl_coef": (float, None),
+    **dict.fromkeys(("save_hf_model", "rollout_data", "restart_estimator_on_resume"), (bool, None)),
+}
+_MAY_BE_NONE = ("steps", "max_ckpt_to_keep")
+
+
+def _check_train_value(name: str, value: Any, kind: type, bound: float | None) -> None:
+    if value is None and name in _MAY_BE_NONE:
+        return
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+        ok = False
+    elif kind is int:
+        ok = value >= bound
+    elif bound is None:  # kl_coef
+        ok = value >= 0
+    else:
+        ok = value > bound
+    if not ok:
+        what = {
+            bool: "true or false",
+            int: f"an integer >= {bound}",
+            float: f"a number > {bound}" if bound is not None else "a number >= 0",
+        }[kind]
+        raise ValueError(f"train.{name} must be {what}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one (model, method) run trains and evaluates with, resolved once from the config
+    (:meth:`from_config`): the backends (verl, trl, CPU) take this and read nothing else of it.
+
+    train: the ``train`` block with the run's ``runs.<model>.all`` / ``runs.<model>.<method>``
+    overrides. estimator: ``estimators.<method>`` with the run's ``estimator`` options (keyword
+    arguments of the method's estimator). options: the reproduction options, with ``reward`` the
+    run's own (a ``runs`` block may name one, e.g. the QoQ-Med3 scripts' ``qoq_med3``).
+    model_config: ``models.<model>`` (backend, weights path, verl overrides, ...). experiment: the
+    config's experiment name. max_samples: ``evaluation.max_samples`` (validation and test prompts
+    evaluated; None: all).
+    """
+
+    model: str
+    method: str
+    train: TrainSettings = TrainSettings()
+    estimator: Mapping[str, Any] = field(default_factory=dict)
+    options: ReproductionOptions = ReproductionOptions()
+    model_config: Mapping[str, Any] = field(default_factory=dict)
+    experiment: str = "run"
+    max_samples: int | None = None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], model: str, method: str) -> RunSettings:
+        """The run's settings from a (merged, validated) config; errors name the config key."""
+        models = config.get("models") or {}
+        if model not in models:
+            raise ValueError(f"model {model!r} is not defined under `models:` in the config; defined: {sorted(models)}")
+        options = replace(reproduction_options(config), reward=run_reward(config, model, method))
+        return cls(
+            model=model,
+            method=method,
+            train=TrainSettings.from_mapping(train_settings(config, model, method)),
+            estimator=estimator_options(config, model, method),
+            options=options,
+            model_config=dict(models[model]),
+            experiment=str(config.get("experiment", "run")),
+            max_samples=(config.get("evaluation") or {}).get("max_samples"),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (JSON- and YAML-able): a Snakemake rule's ``params`` (so that a change of any
+        of them reruns the run) and the scripts' :meth:`from_dict`."""
+        return {
+            "model": self.model,
+            "method": self.method,
+            "train": self.train.as_dict(),
+            "estimator": dict(self.estimator),
+            "options": self.options.as_dict(),
+            "model_config": dict(self.model_config),
+            "experiment": self.experiment,
+            "max_samples": self.max_samples,
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RunSettings:
+        """The inverse of :meth:`as_dict`."""
+        values = dict(values)
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"run settings: unknown key(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(
+            **{
+                **values,
+                "train": TrainSettings.from_mapping(values.get("train")),
+                "estimator": dict(values.get("estimator") or {}),
+                "options": ReproductionOptions(**(values.get("options") or {})),
+                "model_config": dict(values.get("model_config") or {}),
+            }
+        )
