@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from eqpo.analysis.paper_tables import table3
+from eqpo.analysis.report_point import ReportPoint
 from eqpo.analysis.uncertainty import bootstrap_summary, replicate_summaries
 from eqpo.backends.cpu.trainer import unparsed_item_shares
 from eqpo.core.advantages import make_estimator
@@ -120,11 +121,11 @@ def test_bootstrap_uses_the_same_class_set_as_the_metric(class_set):
 def test_score_predictions_follows_the_configured_class_set(tmp_path):
     preds = two_group_predictions()
     preds.to_parquet(tmp_path / "p.parquet", index=False)
-    default = score_predictions(tmp_path / "p.parquet", tmp_path / "m.json", options={})
+    default = score_predictions(tmp_path / "p.parquet", tmp_path / "m.json")
     assert default["summary"]["F1"] == pytest.approx(5 / 6)  # group_present: (2/3 + 1) / 2
     assert default["options"]["metrics.class_set"] == "group_present"
     paper = score_predictions(
-        tmp_path / "p.parquet", tmp_path / "m2.json", options={"metrics": {"class_set": "dataset"}}
+        tmp_path / "p.parquet", tmp_path / "m2.json", options=ReproductionOptions(class_set="dataset")
     )
     assert paper["summary"]["F1"] == pytest.approx(5 / 12)  # (1/3 + 1/2) / 2
     assert json.loads((tmp_path / "m2.json").read_text())["options"]["metrics.class_set"] == "dataset"
@@ -240,17 +241,17 @@ def test_table2_names_the_options_it_was_computed_with(tmp_path):
     preds.to_parquet(tmp_path / "p.parquet", index=False)
     run = tmp_path / "demo-linear" / "grpo" / "seed0"
     run.mkdir(parents=True)
-    score_predictions(
-        tmp_path / "p.parquet", run / "metrics.json", options={}, model="demo-linear", method="grpo", seed=0
-    )
+    score_predictions(tmp_path / "p.parquet", run / "metrics.json", model="demo-linear", method="grpo", seed=0)
     render_table2(
         [str(run / "metrics.json")],
         tmp_path / "table2",
-        options={"metrics": {"class_set": "dataset"}, "report": {"point": "final_test"}},
+        options=ReproductionOptions(class_set="dataset"),
+        point=ReportPoint(point="final_test"),
     )
     md = (tmp_path / "table2.md").read_text()
     assert "metrics.class_set = dataset" in md and "reward.function = authors_composite" in md
     assert "% Options: metrics.class_set = dataset" in (tmp_path / "table2.tex").read_text()
+    assert "Point: the final checkpoint" in md
 
 
 # ----------------------------------------------------------------------------------------------

@@ -119,3 +119,57 @@ def test_the_reader_sees_function_level_and_relative_imports():
     # the checks above are only as good as the import reader: two imports known to exist
     assert "eqpo.backends.cpu.trainer" in GRAPH["eqpo.analysis.paper_tables"]  # inside a function
     assert "eqpo.core.advantages" in GRAPH["eqpo"]
+
+
+# Settings are resolved once, at the workflow boundary: a rule hands its script plain values (for a
+# run, eqpo.runs.settings.RunSettings.as_dict()), and neither the scripts nor the rule adapters nor
+# the backends read the config object themselves.
+SCRIPTS = SRC.parent / "workflow" / "scripts"
+SETTINGS_READERS = ("train_settings", "estimator_options", "run_reward", "reproduction_options", "load_config")
+
+
+def _config_reads(path: Path) -> list[str]:
+    """``snakemake.config`` attribute reads in a file."""
+    tree = ast.parse(path.read_text())
+    return [
+        f"{path.name}:{node.lineno}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr == "config"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "snakemake"
+    ]
+
+
+def test_no_script_or_adapter_reads_the_snakemake_config():
+    files = [*sorted(SCRIPTS.glob("*.py")), *sorted((SRC / "eqpo" / "workflow").glob("*.py"))]
+    assert len(files) > 20
+    assert [hit for path in files for hit in _config_reads(path)] == []
+
+
+def _calls(path: Path, names: tuple[str, ...]) -> list[str]:
+    tree = ast.parse(path.read_text())
+    return [
+        f"{path.relative_to(SRC)}:{node.lineno} {node.func.id if isinstance(node.func, ast.Name) else node.func.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (getattr(node.func, "id", None) in names or getattr(node.func, "attr", None) in names)
+    ]
+
+
+def test_backends_resolve_no_settings_from_a_config():
+    """The backends are handed typed settings; only a command-line entry point (``main``) loads a
+    config, and it builds the settings there."""
+    backends = sorted((SRC / "eqpo" / "backends").rglob("*.py"))
+    found = [hit for path in backends for hit in _calls(path, SETTINGS_READERS) if not _in_main(path, hit)]
+    assert found == []
+
+
+def _in_main(path: Path, hit: str) -> bool:
+    """Whether the call of ``hit`` (file:line name) sits inside a function named ``main``."""
+    line = int(hit.split(":")[1].split()[0])
+    tree = ast.parse(path.read_text())
+    return any(
+        isinstance(node, ast.FunctionDef) and node.name == "main" and node.lineno <= line <= node.end_lineno
+        for node in ast.walk(tree)
+    )

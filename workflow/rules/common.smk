@@ -92,6 +92,11 @@ def run_settings(wildcards):
     return RunSettings.from_config(config, wildcards.model, wildcards.method).as_dict()
 
 
+def run_options(wildcards):
+    """The run's reproduction options (its own reward where `runs` names one), as plain values."""
+    return RunSettings.from_config(config, wildcards.model, wildcards.method).options.as_dict()
+
+
 def cpu_train_settings(wildcards):
     """The run's `train` block (with its `runs.<model>.<method>` overrides) for the CPU backend."""
     return cpu_train_config(train_settings(config, wildcards.model, wildcards.method), config["cpu"])

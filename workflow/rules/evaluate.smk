@@ -51,7 +51,7 @@ rule score:
     output:
         f"{RUN}/metrics.json",
     params:
-        reproduction=reproduction_options(config).as_dict(),  # rerun when an option changes
+        options=run_options,  # the run's reproduction options; rerun when one changes
     log:
         f"{LOGS}/score/{{model}}/{{method}}/seed{{seed}}.log",
     threads: 1

@@ -1,11 +1,9 @@
 from pathlib import Path
 
-from eqpo.runs.settings import reproduction_options
 from eqpo.workflow.pipeline import logged, run_export_verl
 
 p = snakemake.params
 with logged(snakemake.log[0]):
-    definition = reproduction_options(snakemake.config).group_definition
     # images are relative to the cohort's folder; the export goes where the rule's outputs are
     run_export_verl(
         snakemake.input.cohort,
@@ -13,7 +11,7 @@ with logged(snakemake.log[0]):
         Path(snakemake.output[0]).parent,
         p.seed,
         p.custom,
-        group_definition=definition,
+        group_definition=p.group_definition,
         records=p.records,
         covid_blues_options=p.covid_blues_options,
     )

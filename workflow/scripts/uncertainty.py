@@ -1,6 +1,5 @@
 from pathlib import Path
 
-from eqpo.runs.settings import reproduction_options
 from eqpo.workflow.pipeline import logged, render_uncertainty
 
 with logged(snakemake.log[0]):
@@ -10,5 +9,5 @@ with logged(snakemake.log[0]):
         Path(snakemake.output.tests).with_suffix(""),
         snakemake.params.n_boot,
         snakemake.params.level,
-        class_set=reproduction_options(snakemake.config).class_set,
+        class_set=snakemake.params.class_set,
     )

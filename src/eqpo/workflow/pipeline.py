@@ -20,8 +20,10 @@ from typing import Any
 
 import pandas as pd
 
+from eqpo.analysis.report_point import ReportPoint
 from eqpo.core.metrics import FairnessReport, unparseable_share
 from eqpo.data.cohort_table import read_cohort, write_cohort
+from eqpo.runs.settings import ReproductionOptions
 
 log = logging.getLogger("eqpo")
 
@@ -261,14 +263,15 @@ def run_predict_cpu(
     _say(f"{len(preds)} {split} predictions -> {out}")
 
 
-def score_predictions(predictions: str | Path, out: str | Path, options: dict | None = None, **run: Any) -> dict:
+def score_predictions(
+    predictions: str | Path, out: str | Path, options: ReproductionOptions | None = None, **run: Any
+) -> dict:
     """predictions.parquet -> metrics.json with the Table 2 summary and the per-group tables.
 
-    ``options``: the config (or its reproduction blocks); ``metrics.class_set`` picks the classes a
-    group's rates average over, and every reproduction option is recorded under ``options``."""
-    from eqpo.runs.settings import ReproductionOptions
-
-    opts = ReproductionOptions.from_config(options or {})
+    ``options``: the run's reproduction options (default: the reproduction defaults);
+    ``class_set`` picks the classes a group's rates average over, and every option is recorded
+    under ``options``."""
+    opts = options or ReproductionOptions()
     preds = pd.read_parquet(predictions)
     for col in ("labels", "prediction"):
         preds[col] = preds[col].map(list)
@@ -310,28 +313,28 @@ def render_dynamics(
     _say(f"{len(dynamics)} runs -> {out_dynamics}, {out_steps}, {out_timing}")
 
 
-def options_note(options: dict | None) -> str:
+def options_note(options: ReproductionOptions) -> str:
     """One line naming the reproduction options a table's numbers were produced with."""
-    from eqpo.runs.settings import ReproductionOptions
-
-    rows = ReproductionOptions.from_config(options or {}).config_rows()
-    return "Options: " + ", ".join(f"{k} = {v}" for k, v in rows.items()) + "."
+    return "Options: " + ", ".join(f"{k} = {v}" for k, v in options.config_rows().items()) + "."
 
 
 def render_table2(
     metrics: list,
     stem: str | Path,
-    options: dict | None = None,
+    options: ReproductionOptions | None = None,
+    point: ReportPoint | None = None,
     dynamics: list | None = None,
     test_stem: str | Path | None = None,
 ) -> None:
-    """Table 2 of the runs at the point ``report.point`` of ``options`` (the config) says
-    (:mod:`eqpo.analysis.report_point`; validation points read ``dynamics``), with the options and
-    the point named under the table; ``test_stem``: the final checkpoints' test scores too."""
+    """Table 2 of the runs at ``point`` (default: each run's last validation;
+    :mod:`eqpo.analysis.report_point`; validation points read ``dynamics``), with the reproduction
+    ``options`` and the point named under the table; ``test_stem``: the final checkpoints' test
+    scores too."""
     from eqpo.analysis.collect import read_dynamics, read_metrics
-    from eqpo.analysis.report_point import FINAL_TEST, ReportPoint, reported_rows
+    from eqpo.analysis.report_point import FINAL_TEST, reported_rows
 
-    point = ReportPoint.from_config(options)
+    options = options or ReproductionOptions()
+    point = point or ReportPoint()
     frame = read_metrics(metrics)
     rows = reported_rows(frame, read_dynamics(dynamics or []), point)
     _write_table2(rows, stem, options_note(options) + " " + point.describe())
