@@ -4,11 +4,12 @@
   from the config at the workflow boundary (:meth:`RunSettings.from_config`) and handed to the
   backends, which read nothing else of the config. Its ``train`` is a typed :class:`TrainSettings`
   whose defaults are config.yaml's ``train`` block (the pipeline's reproduction defaults).
-- :func:`train_settings`: the ``train`` block with the per-(model, method) overrides of
-  ``runs.<model>.<method>`` (and ``runs.<model>.all``) on top. The verl launcher and the CPU
-  backend both read a run's settings through this one function. :func:`estimator_options`: the
-  method's ``estimators`` entry with the run's ``estimator`` overrides; :func:`run_source`: where
-  a run's settings come from (the ``source`` of its ``runs`` blocks, else ``train_source``).
+- The pieces :meth:`RunSettings.from_config` is built from: :func:`train_settings` (the ``train``
+  block with the per-(model, method) overrides of ``runs.<model>.<method>`` and
+  ``runs.<model>.all`` on top), :func:`estimator_options` (the method's ``estimators`` entry with
+  the run's ``estimator`` overrides), :func:`run_reward`; and :func:`run_source`, where a run's
+  settings come from (the ``source`` of its ``runs`` blocks, else ``train_source``; documentation,
+  so not part of the settings a run is rerun for).
 - :class:`ReproductionOptions`: the choices where the paper text and the authors' released code
   differ (metric class set, answer extraction at evaluation, group definition, reward), read from
   the ``metrics``, ``groups`` and ``reward`` blocks of the config with a clear error for a bad value.
