@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from eqpo.runs.base_models import run_disk_bytes
-from eqpo.runs.settings import train_settings
+from eqpo.runs.settings import experiment_runs
 
 # Seconds per training step in the authors' runs, (model, method family) -> seconds; "eqpo" covers
 # the FairGRPO variants, "grpo" every other method.
@@ -52,11 +52,6 @@ def _family(method: str) -> str:
     return "eqpo" if method.startswith("eqpo") else "grpo"
 
 
-def _steps(train: Mapping[str, Any]) -> int | None:
-    steps = train.get("steps")
-    return None if steps is None else int(steps)
-
-
 def step_seconds(model: str, method: str, responses: int) -> tuple[float | None, str]:
     """(seconds per step, where the figure comes from) for ``responses`` (prompts x rollouts) per step."""
     measured = model if model in AUTHORS_STEP_SECONDS else STAND_INS.get(model)
@@ -72,52 +67,42 @@ def plan_rows(config: Mapping[str, Any]) -> pd.DataFrame:
     ``gpu_hours``; NaN where no step time or step count is known; CPU models take no GPU)."""
     rows = []
     seeds = len(config.get("seeds") or [0])
-    for model in config.get("base_models") or []:
-        entry = (config.get("models") or {}).get(model) or {}
-        for method in config.get("methods") or []:
-            train = train_settings(config, model, method)
-            steps = _steps(train)
-            responses = int(train.get("batch_prompts", 0)) * int(train.get("rollouts", 0))
-            gpus = int(train.get("gpus", 1)) * int(train.get("nnodes", 1))
-            if entry.get("backend") == "cpu":
-                seconds, basis, gpus = None, "CPU backend: no GPU", 0
-            else:
-                seconds, basis = step_seconds(model, method, responses)
-            if steps is None:
-                basis += "; train.steps unset (epochs): steps unknown before the data exist"
-            hours = (
-                (steps * seconds * gpus / 3600.0)
-                if (steps and seconds is not None)
-                else (0.0 if gpus == 0 else math.nan)
-            )
-            params = entry.get("params_billion")
-            saves = max(1, (steps or 1) // max(1, int(train.get("save_freq") or 1)))
-            disk = (
-                run_disk_bytes(
-                    int(float(params) * 1e9),
-                    train.get("max_ckpt_to_keep", 1),
-                    bool(train.get("save_hf_model")),
-                    saves=saves,
-                )
-                / 1e9
-                if params is not None and entry.get("backend") != "cpu"
-                else 0.0
-            )
-            rows.append(
-                {
-                    "model": model,
-                    "method": method,
-                    "seeds": seeds,
-                    "steps": steps,
-                    "responses_per_step": responses,
-                    "step_seconds": seconds,
-                    "gpus": gpus,
-                    "gpu_hours_per_run": hours,
-                    "gpu_hours": hours * seeds,
-                    "peak_disk_gb_per_run": disk,
-                    "basis": basis,
-                }
-            )
+    for run in experiment_runs(config):
+        model, method, train, entry = run.model, run.method, run.train, run.model_config
+        steps = train.steps
+        responses = train.batch_prompts * train.rollouts
+        gpus = train.gpus * train.nnodes
+        if entry.get("backend") == "cpu":
+            seconds, basis, gpus = None, "CPU backend: no GPU", 0
+        else:
+            seconds, basis = step_seconds(model, method, responses)
+        if steps is None:
+            basis += "; train.steps unset (epochs): steps unknown before the data exist"
+        hours = (
+            (steps * seconds * gpus / 3600.0) if (steps and seconds is not None) else (0.0 if gpus == 0 else math.nan)
+        )
+        params = entry.get("params_billion")
+        saves = max(1, (steps or 1) // train.save_freq)
+        disk = (
+            run_disk_bytes(int(float(params) * 1e9), train.max_ckpt_to_keep, train.save_hf_model, saves=saves) / 1e9
+            if params is not None and entry.get("backend") != "cpu"
+            else 0.0
+        )
+        rows.append(
+            {
+                "model": model,
+                "method": method,
+                "seeds": seeds,
+                "steps": steps,
+                "responses_per_step": responses,
+                "step_seconds": seconds,
+                "gpus": gpus,
+                "gpu_hours_per_run": hours,
+                "gpu_hours": hours * seeds,
+                "peak_disk_gb_per_run": disk,
+                "basis": basis,
+            }
+        )
     return pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
 
 

@@ -464,3 +464,13 @@ class RunSettings:
                 "model_config": dict(values.get("model_config") or {}),
             }
         )
+
+
+def experiment_runs(config: Mapping[str, Any]) -> list[RunSettings]:
+    """The settings of every (model, method) run the config asks for (``base_models`` x ``methods``,
+    in that order; each run is repeated over ``seeds``)."""
+    return [
+        RunSettings.from_config(config, model, method)
+        for model in config.get("base_models") or []
+        for method in config.get("methods") or []
+    ]
