@@ -5,8 +5,8 @@
   backends, which read nothing else of the config. Its ``train`` is a typed :class:`TrainSettings`
   whose defaults are config.yaml's ``train`` block (the pipeline's reproduction defaults).
 - :func:`train_settings`: the ``train`` block with the per-(model, method) overrides of
-  ``runs.<model>.<method>`` (and ``runs.<model>.all``) on top. The verl launcher and the CPU
-  backend both read a run's settings through this one function. :func:`estimator_options`: the
+  ``runs.<model>.<method>`` (and ``runs.<model>.all``) on top: :meth:`RunSettings.from_config`
+  reads a run's ``train`` through this one function. :func:`estimator_options`: the
   method's ``estimators`` entry with the run's ``estimator`` overrides; :func:`run_source`: where
   a run's settings come from (the ``source`` of its ``runs`` blocks, else ``train_source``).
 - :class:`ReproductionOptions`: the choices where the paper text and the authors' released code
@@ -132,7 +132,8 @@ def train_settings(config: Mapping[str, Any], model: str, method: str) -> dict[s
     return {**dict(config.get("train") or {}), **run_overrides(config, model, method)}
 
 
-# Keys of the shared `train` config block that only the GPU (verl) backend reads.
+# Keys of the shared `train` config block that only the GPU backends read: the CPU backend
+# (eqpo.backends.cpu.trainer.TrainConfig) carries them unread, and Table 3 prints "n/a" for them.
 GPU_ONLY_TRAIN_KEYS = (
     "max_prompt_length",
     "max_response_length",
@@ -147,11 +148,6 @@ GPU_ONLY_TRAIN_KEYS = (
     "restart_estimator_on_resume",
     "device",
 )
-
-
-def cpu_train_config(train: Mapping[str, Any], cpu: Mapping[str, Any]) -> dict[str, Any]:
-    """The CPU backend's settings: a run's `train` settings without the GPU-only keys, plus `cpu`."""
-    return {**{k: v for k, v in train.items() if k not in GPU_ONLY_TRAIN_KEYS}, **cpu}
 
 
 # The `train` keys a run may override (the schema's `runs` block lists the same): the training
