@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from eqpo.backends.cpu.policy import MultiTaskPolicy, PolicyConfig, action_labels, labels_to_target
-from eqpo.backends.cpu.trainer import Cohort, PretrainConfig, TrainConfig, pretrain, specs_for, split
+from eqpo.backends.cpu.trainer import CPU_KEYS, Cohort, PretrainConfig, TrainConfig, pretrain, specs_for, split
 from eqpo.core.groups import resampling_cells
 from eqpo.core.vocabularies import PAPER_DATASETS
 from eqpo.data.demo.cohort import CohortConfig, make_cohort
-from eqpo.runs.settings import ReproductionOptions, RunSettings, TrainSettings
+from eqpo.runs.settings import ReproductionOptions, RunSettings, TrainSettings, load_config
 from eqpo.workflow.pipeline import read_cohort, run_predict_cpu, run_pretrain, run_train_cpu, score_predictions
 
 TRAIN = {
@@ -103,6 +103,13 @@ def test_train_config_is_the_runs_train_settings_plus_the_cpu_block():
         "steps", "epochs", "batch_prompts", "rollouts", "lr", "ppo_mini_batch", "ppo_epochs", "clip",
         "kl_coef", "temperature", "test_freq", "save_freq", "probe_prompts", "grad_clip", "threads",
     }  # fmt: skip
+
+
+def test_the_cpu_defaults_are_config_yamls_cpu_block():
+    """TrainConfig's own defaults are config.yaml's `cpu` block, as TrainSettings' are its `train`."""
+    config = load_config([], Path(__file__).resolve().parents[3])
+    assert TrainConfig.from_settings(TrainSettings(), config["cpu"]) == TrainConfig()
+    assert set(config["cpu"]) == set(CPU_KEYS)
 
 
 def test_warm_start_learns_and_favours_the_majority(workspace):
