@@ -13,6 +13,7 @@ import torch
 from eqpo.backends.cpu.policy import MultiTaskPolicy, PolicyConfig
 from eqpo.backends.cpu.trainer import feature_widths
 from eqpo.core.vocabularies import DatasetSpec
+from eqpo.runs.settings import RunSettings, TrainSettings
 from eqpo.workflow.pipeline import (
     build_cohort,
     make_demo_cohort,
@@ -130,10 +131,15 @@ def test_custom_only_cohort_trains_end_to_end_on_the_cpu_backend(tmp_path, entri
         "ppo_mini_batch": 8,
         "test_freq": 3,
         "save_freq": 3,
-        "probe_prompts": 16,
     }
+    settings = RunSettings(
+        model="demo-mlp",
+        method="eqpo",
+        train=TrainSettings.from_mapping(train),
+        estimator={"scope": "history", "k_max": 3, "tau": 0.1},
+    )
     run_dir = tmp_path / "run"
-    run_train_cpu(cohort, tmp_path / "pre.pt", "eqpo", {"scope": "history", "k_max": 3, "tau": 0.1}, train, 0, run_dir)
+    run_train_cpu(cohort, tmp_path / "pre.pt", settings, 0, run_dir, {"probe_prompts": 16})
     assert len((run_dir / "steps.jsonl").read_text().splitlines()) == 6
     run_predict_cpu(cohort, run_dir / "final.pt", run_dir / "predictions.parquet")
     preds = pd.read_parquet(run_dir / "predictions.parquet")

@@ -622,7 +622,6 @@ def test_table3_reports_the_configured_hyperparameters(tmp_path):
         ("PPO mini-batch (prompts)", 128),
         ("clip ratio", 0.2),
         ("KL coefficient (0 = off)", 0.0),
-        ("epochs", 15),
         ("validation every (steps)", 5),
         ("checkpoint every (steps)", 20),
         ("rollout temperature", 1.0),
@@ -630,7 +629,10 @@ def test_table3_reports_the_configured_hyperparameters(tmp_path):
         assert t3.loc[name, "medgemma-4b"] == value and t3.loc[name, "demo-mlp"] == value
     assert t3.loc["max prompt length (tokens)", "demo-mlp"] == "n/a"
     assert t3.loc["max prompt length (tokens)", "medgemma-4b"] == 4096
-    assert t3.loc["PPO epochs per step", "demo-mlp"] == 1  # the CPU trainer's default
+    assert t3.loc["PPO epochs per step", "demo-mlp"] == 1  # TrainSettings' default
+    # `steps` not given: the verl default (epochs); the CPU trainer runs TrainSettings' 90 steps
+    assert t3.loc["epochs", "medgemma-4b"] == 15 and t3.loc["total steps", "demo-mlp"] == 90
+    assert t3.loc["epochs", "demo-mlp"] == "15 (not used: total steps set)"
     assert t3.loc["other verl overrides", "medgemma-4b"] == "trainer.val_before_train=False"
     assert t3.loc["total steps", "medgemma-4b"] == "from epochs"
     assert "k_max=3" in t3.loc["estimator: eqpo", "demo-mlp"]

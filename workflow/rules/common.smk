@@ -20,7 +20,7 @@ sys.path.insert(0, SRC)
 
 from eqpo.data.export import train_part
 from eqpo.core.methods import CLUSTERING, EMPHASISED
-from eqpo.runs.settings import RunSettings, cpu_train_config, reproduction_options, train_settings
+from eqpo.runs.settings import RunSettings, reproduction_options, train_settings
 from eqpo.runs.settings import estimator_options as run_estimator_options
 
 # Reproduction options (metrics, groups, reward), checked once with errors that name the key.
@@ -93,13 +93,8 @@ def run_settings(wildcards):
 
 
 def run_options(wildcards):
-    """The run's reproduction options (its own reward where `runs` names one), as plain values."""
-    return RunSettings.from_config(config, wildcards.model, wildcards.method).options.as_dict()
-
-
-def cpu_train_settings(wildcards):
-    """The run's `train` block (with its `runs.<model>.<method>` overrides) for the CPU backend."""
-    return cpu_train_config(train_settings(config, wildcards.model, wildcards.method), config["cpu"])
+    """The run's reproduction options (RunSettings.options, with the run's own reward), as plain values."""
+    return run_settings(wildcards)["options"]
 
 
 def verl_train_file(wildcards):

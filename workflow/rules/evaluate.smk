@@ -6,7 +6,7 @@ rule predict_cpu:
     output:
         f"{RUN}/predictions.parquet",
     params:
-        reproduction=reproduction_options(config).as_dict(),  # rerun when an option changes
+        options=run_options,  # the run's own reward scores the `reward` column
     log:
         f"{LOGS}/predict/{{model}}/{{method}}/seed{{seed}}.log",
     wildcard_constraints:

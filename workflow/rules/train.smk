@@ -32,10 +32,9 @@ rule train_cpu:
         steps=f"{RUN}/steps.jsonl",
         clusters=f"{RUN}/clusters.parquet",
     params:
-        estimator=estimator_options,
-        train=cpu_train_settings,
+        settings=run_settings,
+        cpu=config["cpu"],
         run_dir=run_dir,
-        reproduction=reproduction_options(config).as_dict(),  # rerun when an option changes
     log:
         f"{LOGS}/train/{{model}}/{{method}}/seed{{seed}}.log",
     benchmark:

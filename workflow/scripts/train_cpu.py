@@ -1,13 +1,12 @@
+from eqpo.runs.settings import RunSettings
 from eqpo.workflow.pipeline import logged, run_train_cpu
 
 with logged(snakemake.log[0]):
     run_train_cpu(
         snakemake.input.cohort,
         snakemake.input.pretrained,
-        snakemake.wildcards.method,
-        snakemake.params.estimator,
-        snakemake.params.train,
+        RunSettings.from_dict(snakemake.params.settings),
         int(snakemake.wildcards.seed),
         snakemake.params.run_dir,
-        options=snakemake.config,
+        cpu=snakemake.params.cpu,
     )

@@ -13,7 +13,6 @@ Every returned frame holds raw values (fractions); the ``write_*`` functions go 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ from eqpo.core.methods import EMPHASISED
 from eqpo.core.metrics import METRICS, PAPER_SCALE, TABLE2_SOURCE
 from eqpo.runs.settings import (
     GPU_ONLY_TRAIN_KEYS,
-    cpu_train_config,
+    TrainSettings,
     estimator_options,
     reproduction_options,
     run_overrides,
@@ -114,12 +113,9 @@ def _flatten(mapping: Mapping[str, Any] | None, prefix: str = "") -> dict[str, A
 
 
 def _cpu_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The CPU backend's effective TrainConfig: its defaults, then the config's values."""
-    from eqpo.backends.cpu.trainer import TrainConfig  # torch: only where a CPU model is described
-
-    given = cpu_train_config(dict(config.get("train") or {}), dict(config.get("cpu") or {}))
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    return {**defaults, **given}
+    """The `train` settings the CPU backend runs with: the config's `train` block over
+    :class:`eqpo.runs.settings.TrainSettings`' defaults (its TrainConfig adds only the `cpu` block)."""
+    return TrainSettings.from_mapping(config.get("train")).as_dict()
 
 
 def _verl_settings(config: Mapping[str, Any], entry: Mapping[str, Any]) -> tuple[dict, list[str]]:
@@ -166,10 +162,10 @@ def table3(config: Mapping[str, Any]) -> pd.DataFrame:
     ``groups.definition``, ``reward.function``, ``reward.matching``). Columns: the config's
     ``base_models`` (our ids), object dtype.
 
-    Values are what each backend runs with: for a CPU model the `train` block over the CPU
-    trainer's defaults (GPU-only keys "n/a"); for a verl model the `train` block with the model's
-    `overrides` applied on top ("verl default" where neither sets a key). ``steps`` unset means the
-    run length comes from ``epochs``.
+    Values are what each backend runs with: for a CPU model the `train` block over
+    :class:`eqpo.runs.settings.TrainSettings`' defaults (GPU-only keys "n/a"); for a verl model the
+    `train` block with the model's `overrides` applied on top ("verl default" where neither sets a
+    key). ``steps`` unset means the run length comes from ``epochs``.
     """
     options = reproduction_options(config).config_rows()
     models = list(config.get("base_models") or [])

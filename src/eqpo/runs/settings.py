@@ -133,7 +133,8 @@ def train_settings(config: Mapping[str, Any], model: str, method: str) -> dict[s
     return {**dict(config.get("train") or {}), **run_overrides(config, model, method)}
 
 
-# Keys of the shared `train` config block that only the GPU (verl) backend reads.
+# Keys of the shared `train` config block that only the GPU backends read: the CPU backend
+# (eqpo.backends.cpu.trainer.TrainConfig) carries them unread, and Table 3 prints "n/a" for them.
 GPU_ONLY_TRAIN_KEYS = (
     "max_prompt_length",
     "max_response_length",
@@ -148,11 +149,6 @@ GPU_ONLY_TRAIN_KEYS = (
     "restart_estimator_on_resume",
     "device",
 )
-
-
-def cpu_train_config(train: Mapping[str, Any], cpu: Mapping[str, Any]) -> dict[str, Any]:
-    """The CPU backend's settings: a run's `train` settings without the GPU-only keys, plus `cpu`."""
-    return {**{k: v for k, v in train.items() if k not in GPU_ONLY_TRAIN_KEYS}, **cpu}
 
 
 # The `train` keys a run may override (the schema's `runs` block lists the same): the training

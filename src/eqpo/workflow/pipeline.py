@@ -14,9 +14,9 @@ import json
 import logging
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -24,6 +24,9 @@ from eqpo.analysis.report_point import ReportPoint
 from eqpo.core.metrics import FairnessReport, unparseable_share
 from eqpo.data.cohort_table import read_cohort, write_cohort
 from eqpo.runs.settings import ReproductionOptions
+
+if TYPE_CHECKING:
+    from eqpo.runs.settings import ReproductionOptions, RunSettings
 
 log = logging.getLogger("eqpo")
 
@@ -211,47 +214,53 @@ def run_pretrain(cohort: str | Path, model: dict, settings: dict, seed: int, out
 def run_train_cpu(
     cohort: str | Path,
     pretrained: str | Path,
-    method: str,
-    estimator_options: dict,
-    train: dict,
+    settings: RunSettings,
     seed: int,
     run_dir: str | Path,
+    cpu: Mapping[str, Any] | None = None,
     stop_after: int | None = None,
-    options: dict | None = None,
 ) -> None:
-    """``options``: the config (or its ``metrics``/``groups``/``reward`` blocks), read by
-    :class:`eqpo.runs.settings.ReproductionOptions`."""
+    """One RL run of the CPU backend: ``settings`` (:meth:`eqpo.runs.settings.RunSettings.from_config`)
+    gives the method, its estimator options, the `train` settings and the reproduction options (the
+    run's own reward); ``cpu`` is the config's ``cpu`` block (probe_prompts, threads). The
+    ``models.<m>`` entry is read at the warm start (:func:`run_pretrain`), not here."""
     from eqpo.backends.cpu.trainer import RLTrainer, TrainConfig
-    from eqpo.runs.settings import ReproductionOptions
 
     trainer = RLTrainer(
         read_cohort(cohort),
         pretrained,
-        method,
-        estimator_options,
-        TrainConfig.from_dict(train),
+        settings.method,
+        dict(settings.estimator),
+        TrainConfig.from_settings(settings.train, cpu),
         seed,
         run_dir,
         log=_say,
-        options=ReproductionOptions.from_config(options or {}),
+        options=settings.options,
     )
     _say(
-        f"{method} seed {seed}: {trainer.total_steps} steps of {trainer.config.batch_prompts} prompts x "
+        f"{settings.method} seed {seed}: {trainer.total_steps} steps of {trainer.config.batch_prompts} prompts x "
         f"{trainer.config.rollouts} rollouts on {len(trainer.train)} training prompts"
     )
     trainer.fit(stop_after=stop_after)
 
 
 def run_predict_cpu(
-    cohort: str | Path, policy_path: str | Path, out: str | Path, split: str = "test", options: dict | None = None
+    cohort: str | Path,
+    policy_path: str | Path,
+    out: str | Path,
+    split: str = "test",
+    options: ReproductionOptions | None = None,
 ) -> None:
+    """Greedy answers of a CPU policy on one split -> predictions parquet. ``options``: the run's
+    reproduction options (its reward and matching score the ``reward`` column; ``extraction`` reads
+    the answer); default :class:`eqpo.runs.settings.ReproductionOptions`."""
     from eqpo.backends.cpu.trainer import Cohort, Scorer, load_policy, predict, specs_for
     from eqpo.backends.cpu.trainer import split as split_of
     from eqpo.runs.settings import ReproductionOptions
 
     table = read_cohort(cohort)
     specs = specs_for(table)
-    opts = ReproductionOptions.from_config(options or {})
+    opts = options or ReproductionOptions()
     preds = predict(
         load_policy(policy_path),
         Cohort(split_of(table, split), specs),

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from eqpo.backends.cpu.policy import MultiTaskPolicy, PolicyConfig, action_labels, labels_to_target
-from eqpo.backends.cpu.trainer import Cohort, PretrainConfig, TrainConfig, pretrain, specs_for, split
+from eqpo.backends.cpu.trainer import CPU_KEYS, Cohort, PretrainConfig, TrainConfig, pretrain, specs_for, split
 from eqpo.core.groups import resampling_cells
 from eqpo.core.vocabularies import PAPER_DATASETS
 from eqpo.data.demo.cohort import CohortConfig, make_cohort
+from eqpo.runs.settings import ReproductionOptions, RunSettings, TrainSettings, load_config
 from eqpo.workflow.pipeline import read_cohort, run_predict_cpu, run_pretrain, run_train_cpu, score_predictions
 
 TRAIN = {
@@ -28,8 +29,18 @@ TRAIN = {
     "ppo_mini_batch": 16,
     "test_freq": 3,
     "save_freq": 4,
-    "probe_prompts": 48,
 }
+CPU = {"probe_prompts": 48}
+
+
+def settings(method: str, options: ReproductionOptions | None = None, **train) -> RunSettings:
+    """A CPU run's settings: TRAIN with ``train`` on top (other keys: TrainSettings' defaults)."""
+    return RunSettings(
+        model="demo-mlp",
+        method=method,
+        train=TrainSettings.from_mapping({**TRAIN, **train}),
+        options=options or ReproductionOptions(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +80,36 @@ def test_policy_heads_and_action_rendering():
 
 
 def test_config_rejects_unknown_settings():
-    with pytest.raises(ValueError, match=r"unknown CPU training setting\(s\) \['step'\]"):
-        TrainConfig.from_dict({"step": 3})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['step'\]"):
+        TrainConfig.from_mapping({"step": 3})
+    with pytest.raises(ValueError, match=r"cpu: unknown key\(s\) \['probe'\]"):
+        TrainConfig.from_settings(TrainSettings(), {"probe": 3})
+    with pytest.raises(ValueError, match=r"cpu.threads must be an integer >= 1, got 0"):
+        TrainConfig.from_settings(TrainSettings(), {"threads": 0})
+    with pytest.raises(ValueError, match=r"cpu.probe_prompts must be an integer >= 0, got -1"):
+        TrainConfig.from_settings(TrainSettings(), {"probe_prompts": -1})
     with pytest.raises(ValueError, match="pretraining"):
         PretrainConfig.from_dict({"epoch": 3})
+
+
+def test_train_config_is_the_runs_train_settings_plus_the_cpu_block():
+    config = TrainConfig.from_settings(TrainSettings(lr=3e-3, steps=12, gpus=2), {"probe_prompts": 48})
+    assert (config.lr, config.steps, config.probe_prompts, config.threads) == (3e-3, 12, 48, 1)
+    assert config.batch_prompts == 512 and config.test_freq == 5  # config.yaml's `train` (TrainSettings' defaults)
+    assert isinstance(config, TrainSettings) and config.gpus == 2  # carried, not read
+    # What a checkpoint is tied to: the settings the trainer reads, the same keys as before the
+    # CPU backend took TrainSettings (so a run killed before that change still resumes).
+    assert set(config.read()) == {
+        "steps", "epochs", "batch_prompts", "rollouts", "lr", "ppo_mini_batch", "ppo_epochs", "clip",
+        "kl_coef", "temperature", "test_freq", "save_freq", "probe_prompts", "grad_clip", "threads",
+    }  # fmt: skip
+
+
+def test_the_cpu_defaults_are_config_yamls_cpu_block():
+    """TrainConfig's own defaults are config.yaml's `cpu` block, as TrainSettings' are its `train`."""
+    config = load_config([], Path(__file__).resolve().parents[3])
+    assert TrainConfig.from_settings(TrainSettings(), config["cpu"]) == TrainConfig()
+    assert set(config["cpu"]) == set(CPU_KEYS)
 
 
 def test_warm_start_learns_and_favours_the_majority(workspace):
@@ -89,7 +126,7 @@ def test_warm_start_learns_and_favours_the_majority(workspace):
 
 def test_training_writes_the_run_contract(workspace):
     run = workspace / "run_eqpo"
-    run_train_cpu(workspace / "cohort.parquet", workspace / "pretrained.pt", "eqpo", {}, TRAIN, 0, run)
+    run_train_cpu(workspace / "cohort.parquet", workspace / "pretrained.pt", settings("eqpo"), 0, run, CPU)
     dynamics = [json.loads(line) for line in (run / "dynamics.jsonl").read_text().splitlines()]
     assert [d["step"] for d in dynamics] == [0, 3, 6, 9, 12]
     assert {"F1", "delta_F1", "Acc", "wall_time_s"} <= set(dynamics[0])
@@ -123,7 +160,7 @@ def test_grpo_rs_trains_on_the_oversampled_set(workspace, capsys):
         workspace / "pretrained.pt",
         "grpo_rs",
         {},
-        TrainConfig.from_dict(TRAIN),
+        TrainConfig.from_settings(TrainSettings.from_mapping(TRAIN), CPU),
         0,
         workspace / "rs",
         log=messages.append,
@@ -160,15 +197,15 @@ def assert_resumed_at_the_checkpoint(run: Path, interrupted: dict[int, str], che
 @pytest.mark.parametrize("method", ["eqpo", "grpo_dro"])
 def test_resume_after_interruption_gives_the_same_run(workspace, method, caplog):
     straight, resumed = workspace / f"straight_{method}", workspace / f"resumed_{method}"
-    args = (workspace / "cohort.parquet", workspace / "pretrained.pt", method, {}, TRAIN, 1)
-    run_train_cpu(*args, straight)
-    run_train_cpu(*args, resumed, stop_after=10)  # last checkpoint at step 8; steps 9-10 are redone
+    args = (workspace / "cohort.parquet", workspace / "pretrained.pt", settings(method), 1)
+    run_train_cpu(*args, straight, CPU)
+    run_train_cpu(*args, resumed, CPU, stop_after=10)  # last checkpoint at step 8; steps 9-10 are redone
     assert not (resumed / "final.pt").exists()
     assert _checkpoint_step(resumed) == 8
     interrupted = _step_lines(resumed / "ckpt" / "steps.jsonl")
     assert sorted(interrupted) == list(range(1, 11))
     with caplog.at_level("INFO"):
-        run_train_cpu(*args, resumed)
+        run_train_cpu(*args, resumed, CPU)
     assert f"resumed from {resumed / 'ckpt' / 'last.pt'} at step 8" in caplog.text
     assert_resumed_at_the_checkpoint(resumed, interrupted, 8)
     for name in ("dynamics.jsonl", "steps.jsonl"):
@@ -182,17 +219,17 @@ def test_resume_after_interruption_gives_the_same_run(workspace, method, caplog)
 
 
 def test_a_rerun_after_completion_or_with_other_settings_starts_afresh(workspace):
-    args = (workspace / "cohort.parquet", workspace / "pretrained.pt", "eqpo", {})
+    args = (workspace / "cohort.parquet", workspace / "pretrained.pt")
     run = workspace / "rerun"
-    run_train_cpu(*args, TRAIN, 4, run)
+    run_train_cpu(*args, settings("eqpo"), 4, run, CPU)
     first = _strip_times(run / "dynamics.jsonl")
     assert not (run / "ckpt").exists()  # work directory dropped on completion
     for name in ("dynamics.jsonl", "steps.jsonl", "final.pt"):  # what Snakemake removes before a forced rerun
         (run / name).unlink()
-    run_train_cpu(*args, TRAIN, 4, run)
+    run_train_cpu(*args, settings("eqpo"), 4, run, CPU)
     assert _strip_times(run / "dynamics.jsonl") == first
     # an interrupted run with other settings does not leak into a new one
-    run_train_cpu(*args, {**TRAIN, "lr": 1e-2}, 4, run, stop_after=9)
+    run_train_cpu(*args, settings("eqpo", lr=1e-2), 4, run, CPU, stop_after=9)
     messages = []
     from eqpo.backends.cpu.trainer import RLTrainer
 
@@ -201,7 +238,7 @@ def test_a_rerun_after_completion_or_with_other_settings_starts_afresh(workspace
         workspace / "pretrained.pt",
         "eqpo",
         {},
-        TrainConfig.from_dict(TRAIN),
+        TrainConfig.from_settings(TrainSettings.from_mapping(TRAIN), CPU),
         4,
         run,
         log=messages.append,
@@ -211,14 +248,47 @@ def test_a_rerun_after_completion_or_with_other_settings_starts_afresh(workspace
     assert _strip_times(run / "dynamics.jsonl") == first
 
 
+def test_a_change_of_a_gpu_only_setting_still_resumes(workspace, caplog):
+    """The workflow reruns train_cpu when any of the run's settings changes (they are its params); a
+    killed run resumes when only `train` keys the CPU trainer does not read have changed."""
+    args = (workspace / "cohort.parquet", workspace / "pretrained.pt")
+    run = workspace / "gpu_only_change"
+    run_train_cpu(*args, settings("eqpo"), 3, run, CPU, stop_after=9)  # last checkpoint at step 8
+    changed = settings("eqpo", max_response_length=16, gpus=1, loggers=["wandb"], save_hf_model=True)
+    with caplog.at_level("INFO"):
+        run_train_cpu(*args, changed, 3, run, CPU, stop_after=9)
+    assert f"resumed from {run / 'ckpt' / 'last.pt'} at step 8" in caplog.text
+
+
+def test_the_runs_own_reward_and_the_cpu_block_reach_the_backend(workspace):
+    args = (workspace / "cohort.parquet", workspace / "pretrained.pt")
+    exact = ReproductionOptions(reward="exact")
+    run = workspace / "exact"
+    run_train_cpu(*args, settings("eqpo", options=exact), 0, run, {"probe_prompts": 5}, stop_after=4)
+    fingerprint = json.loads(torch.load(run / "ckpt" / "last.pt", weights_only=False)["fingerprint"])
+    assert fingerprint["options"]["reward"] == "exact"
+    assert (fingerprint["config"]["probe_prompts"], fingerprint["config"]["threads"]) == (5, 1)
+    # every rollout scores 0 or 1, so a step's mean over its 32 x 4 rollouts is a multiple of 1/128
+    steps = [json.loads(line) for line in (run / "ckpt" / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 4 and all((s["reward_mean"] * 128).is_integer() for s in steps)
+    probed = {json.loads(line)["sample_id"] for line in (run / "ckpt" / "clusters.jsonl").read_text().splitlines()}
+    assert 1 <= len(probed) <= 5
+    # prediction scores with the options it is handed: exact is 1 where the label set is right
+    out = workspace / "exact_predictions.parquet"
+    run_predict_cpu(args[0], args[1], out, options=exact)
+    preds = pd.read_parquet(out)
+    right = [float(set(p) == set(t)) for p, t in zip(preds["prediction"], preds["labels"], strict=True)]
+    assert preds["reward"].tolist() == right and 0 < sum(right) < len(right)
+
+
 def test_killed_process_resumes(workspace):
     """A real SIGKILL in the middle of training, then a rerun of the same command."""
     run = workspace / "killed"
-    train = {**TRAIN, "steps": 40, "save_freq": 5}
+    run_settings = settings("eqpo_nd", steps=40, save_freq=5)
     code = (
-        "import sys; from eqpo.workflow.pipeline import run_train_cpu; "
+        "from eqpo.runs.settings import RunSettings; from eqpo.workflow.pipeline import run_train_cpu; "
         f"run_train_cpu({str(workspace / 'cohort.parquet')!r}, {str(workspace / 'pretrained.pt')!r}, "
-        f"'eqpo_nd', {{}}, {train!r}, 2, {str(run)!r})"
+        f"RunSettings.from_dict({run_settings.as_dict()!r}), 2, {str(run)!r}, {CPU!r})"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -232,15 +302,15 @@ def test_killed_process_resumes(workspace):
     subprocess.run([sys.executable, "-c", code], check=True, stderr=subprocess.DEVNULL)
     assert_resumed_at_the_checkpoint(run, interrupted, checkpoint_step)
     reference = workspace / "killed_reference"
-    run_train_cpu(workspace / "cohort.parquet", workspace / "pretrained.pt", "eqpo_nd", {}, train, 2, reference)
+    run_train_cpu(workspace / "cohort.parquet", workspace / "pretrained.pt", run_settings, 2, reference, CPU)
     assert _strip_times(run / "dynamics.jsonl") == _strip_times(reference / "dynamics.jsonl")
 
 
 def test_same_seed_same_results_different_seed_differs(workspace):
-    args = (workspace / "cohort.parquet", workspace / "pretrained.pt", "eqpo_nd", {}, TRAIN)
-    run_train_cpu(*args, 5, workspace / "det_a")
-    run_train_cpu(*args, 5, workspace / "det_b")
-    run_train_cpu(*args, 6, workspace / "det_c")
+    args = (workspace / "cohort.parquet", workspace / "pretrained.pt", settings("eqpo_nd"))
+    run_train_cpu(*args, 5, workspace / "det_a", CPU)
+    run_train_cpu(*args, 5, workspace / "det_b", CPU)
+    run_train_cpu(*args, 6, workspace / "det_c", CPU)
     a, b, c = (_strip_times(workspace / d / "dynamics.jsonl") for d in ("det_a", "det_b", "det_c"))
     assert a == b
     assert a != c
@@ -277,9 +347,7 @@ def test_a_custom_dataset_trains_end_to_end_on_the_cpu_backend(tmp_path):
     run_pretrain(
         tmp_path / "cohort.parquet", {"backend": "cpu", "arch": "linear"}, {"epochs": 2}, 0, tmp_path / "pre.pt"
     )
-    run_train_cpu(
-        tmp_path / "cohort.parquet", tmp_path / "pre.pt", "eqpo", {}, {**TRAIN, "steps": 4}, 0, tmp_path / "run"
-    )
+    run_train_cpu(tmp_path / "cohort.parquet", tmp_path / "pre.pt", settings("eqpo", steps=4), 0, tmp_path / "run", CPU)
     run_predict_cpu(tmp_path / "cohort.parquet", tmp_path / "run" / "final.pt", tmp_path / "preds.parquet")
     metrics = score_predictions(tmp_path / "preds.parquet", tmp_path / "metrics.json", model="m", method="eqpo", seed=0)
     assert {d["dataset"] for d in metrics["by_dataset"]} == {"HAM10000", "MyDerm"}

@@ -23,7 +23,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from eqpo.runs.files import (
     cluster_rows,
     step_record,
 )
-from eqpo.runs.settings import ReproductionOptions
+from eqpo.runs.settings import GPU_ONLY_TRAIN_KEYS, ReproductionOptions, TrainSettings
 
 
 def _from_dict(cls, values: dict, what: str):
@@ -61,38 +61,45 @@ def _from_dict(cls, values: dict, what: str):
     return cls(**values)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """RL settings of the CPU backend (paper Table 3 names where they exist).
+# The config's `cpu` block: settings only the CPU backend has (TrainConfig's fields beyond TrainSettings).
+CPU_KEYS = ("probe_prompts", "threads")
 
-    steps: total RL steps; None means ``epochs`` passes over the training set (last partial batch
-    dropped). batch_prompts: prompts per step (B). rollouts: samples per prompt (n). lr: Adam step
-    size. ppo_mini_batch: prompts per PPO update. ppo_epochs: passes over the step's rollouts.
-    clip: PPO ratio clip. kl_coef: weight of the k3 KL to the warm-started policy (0 = off, as in
-    the paper). temperature: sampling temperature. test_freq / save_freq: steps between validations
-    / checkpoints. probe_prompts: training prompts whose implicit group is tracked for the
-    cluster-stability analysis. grad_clip: max gradient norm. threads: torch CPU threads.
+
+@dataclass(frozen=True)
+class TrainConfig(TrainSettings):
+    """A run's training settings as the CPU backend reads them: the run's :class:`TrainSettings`
+    (the `train` block with its ``runs`` overrides; defaults config.yaml's, paper Table 3 names)
+    plus the config's ``cpu`` block (:meth:`from_settings`).
+
+    probe_prompts: training prompts whose implicit group is tracked for the cluster-stability
+    analysis (0: none). threads: torch CPU threads. The GPU-only `train` keys
+    (:data:`eqpo.runs.settings.GPU_ONLY_TRAIN_KEYS`) are carried along and not read.
     """
 
-    steps: int | None = None
-    epochs: int = 15
-    batch_prompts: int = 64
-    rollouts: int = 8
-    lr: float = 1e-3
-    ppo_mini_batch: int = 16
-    ppo_epochs: int = 1
-    clip: float = 0.2
-    kl_coef: float = 0.0
-    temperature: float = 1.0
-    test_freq: int = 10
-    save_freq: int = 50
     probe_prompts: int = 256
-    grad_clip: float = 1.0
     threads: int = 1
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, least in (("probe_prompts", 0), ("threads", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"cpu.{name} must be an integer >= {least}, got {value!r}")
+
     @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        return _from_dict(cls, values, "CPU training")
+    def from_settings(cls, train: TrainSettings, cpu: Mapping[str, Any] | None = None) -> TrainConfig:
+        """``train`` (a run's :attr:`eqpo.runs.settings.RunSettings.train`) with the ``cpu`` block's
+        keys (:data:`CPU_KEYS`; absent ones keep their defaults); an unknown ``cpu`` key is an error."""
+        cpu = dict(cpu or {})
+        unknown = sorted(set(cpu) - set(CPU_KEYS))
+        if unknown:
+            raise ValueError(f"cpu: unknown key(s) {unknown}; known: {list(CPU_KEYS)}")
+        return cls(**{f.name: getattr(train, f.name) for f in fields(TrainSettings)}, **cpu)
+
+    def read(self) -> dict[str, Any]:
+        """The settings the CPU trainer reads (every field but the GPU-only `train` keys): what a
+        checkpoint must have been written with to be resumed."""
+        return {k: v for k, v in asdict(self).items() if k not in GPU_ONLY_TRAIN_KEYS}
 
 
 @dataclass(frozen=True)
@@ -360,9 +367,12 @@ class _Rollouts:
 class RLTrainer:
     """One RL run of one method on one warm-started policy; ``fit()`` resumes from ``run_dir/ckpt``.
 
-    ``options``: the reproduction options (reward, matching, group definition, metric class set,
-    answer extraction at validation); default :class:`eqpo.runs.settings.ReproductionOptions`. The
-    cohort's ``group`` column is rebuilt from age and sex by ``options.group_definition``.
+    ``estimator_options``: keyword arguments of the method's estimator; ``config``: the run's
+    training settings (:meth:`TrainConfig.from_settings`). ``options``: the reproduction options
+    (reward, matching, group definition, metric class set, answer extraction at validation); default
+    :class:`eqpo.runs.settings.ReproductionOptions`. The cohort's ``group`` column is rebuilt from
+    age and sex by ``options.group_definition``. :func:`eqpo.workflow.pipeline.run_train_cpu` builds
+    all of these from a :class:`eqpo.runs.settings.RunSettings`.
     """
 
     def __init__(
@@ -418,7 +428,7 @@ class RLTrainer:
                 "method": method,
                 "seed": seed,
                 "estimator": estimator_options,
-                "config": asdict(config),
+                "config": config.read(),
                 "options": self.options.as_dict(),
                 "init_policy": hashlib.sha256(Path(init_policy).read_bytes()).hexdigest(),
                 "train": hashlib.sha256("|".join(map(str, self.train.sample_id)).encode()).hexdigest(),
