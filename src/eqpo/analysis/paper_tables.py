@@ -29,11 +29,10 @@ from eqpo.core.methods import EMPHASISED
 from eqpo.core.metrics import METRICS, PAPER_SCALE, TABLE2_SOURCE
 from eqpo.runs.settings import (
     GPU_ONLY_TRAIN_KEYS,
+    RunSettings,
     TrainSettings,
-    estimator_options,
     reproduction_options,
     run_overrides,
-    run_reward,
     run_source,
 )
 
@@ -194,17 +193,16 @@ def table3(config: Mapping[str, Any]) -> pd.DataFrame:
                 value = f"{value} (not used: total steps set)"
             col[name] = value
         col["other verl overrides"] = "; ".join(other) if other else (_NOT_APPLICABLE if backend == "cpu" else "none")
-        for method in order_methods(config.get("methods") or []):
-            col[f"estimator: {method}"] = _options_text(
-                estimator_settings(method, estimator_options(config, model, method))
-            )
-        for method in order_methods(config.get("methods") or []):
+        methods = order_methods(config.get("methods") or [])
+        runs = {method: RunSettings.from_config(config, model, method) for method in methods}
+        for method in methods:
+            col[f"estimator: {method}"] = _options_text(estimator_settings(method, runs[method].estimator))
+        for method in methods:
             changed = run_overrides(config, model, method)
-            reward = run_reward(config, model, method)
-            if reward != options["reward.function"]:
-                changed["reward"] = reward
+            if runs[method].options.reward != options["reward.function"]:
+                changed["reward"] = runs[method].options.reward
             col[f"run: {method}"] = _options_text(changed) if changed else "as above"
-        for method in order_methods(config.get("methods") or []):
+        for method in methods:
             col[f"source: {method}"] = run_source(config, model, method)
         col.update(options)
         columns[model] = col
