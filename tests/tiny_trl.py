@@ -52,24 +52,34 @@ def export_fixture(root: Path) -> dict:
     return {"entry": entry, "root": root, "verl": root / "verl"}
 
 
+def run_settings(model: Path, method: str, estimator_options=None, train=None):
+    """The RunSettings of a test run of ``method`` from ``model``: TRAIN with ``train`` on top (the
+    other `train` keys keep TrainSettings' defaults) and the REPRODUCTION options."""
+    from eqpo.runs.settings import ReproductionOptions, RunSettings, TrainSettings
+
+    return RunSettings(
+        model="tiny-vl",
+        method=method,
+        train=TrainSettings.from_mapping({**TRAIN, **(train or {})}),
+        estimator=dict(estimator_options or {}),
+        options=ReproductionOptions.from_config(REPRODUCTION),
+        model_config={"backend": "trl", "path": str(model)},
+    )
+
+
 def train_run(
     model: Path, data: dict, method: str, run_dir: Path, estimator_options=None, stop_after=None, train=None, trl=None
 ):
     """One eqpo.backends.trl run of ``method`` on the fixture export; ``train`` / ``trl`` change TRAIN / TRL."""
     from eqpo.backends.trl.trainer import run_training
-    from eqpo.runs.settings import ReproductionOptions
 
     return run_training(
         data["verl"] / "train.parquet",
         data["verl"] / "val.parquet",
-        model,
-        method,
-        estimator_options or {},
-        {**TRAIN, **(train or {})},
+        run_settings(model, method, estimator_options, train),
         {**TRL, **(trl or {})},
         0,
         run_dir,
-        options=ReproductionOptions.from_config(REPRODUCTION),
         stop_after=stop_after,
         log=lambda message: None,
     )

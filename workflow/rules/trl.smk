@@ -15,11 +15,9 @@ rule train_trl:
         steps=f"{RUN}/steps.jsonl",
         clusters=f"{RUN}/clusters.parquet",
     params:
-        model=model_config,
-        estimator=estimator_options,
-        train=lambda w: train_settings(config, w.model, w.method),
+        settings=run_settings,
         trl=config["trl"],
-        max_samples=config["evaluation"]["max_samples"],
+        custom=config["data"]["custom"],
         run_dir=run_dir,
     log:
         f"{LOGS}/train/{{model}}/{{method}}/seed{{seed}}.log",
@@ -45,9 +43,9 @@ rule predict_trl:
     output:
         f"{RUN}/predictions.parquet",
     params:
+        settings=run_settings,
         trl=config["trl"],
-        train=lambda w: train_settings(config, w.model, w.method),
-        max_samples=config["evaluation"]["max_samples"],
+        custom=config["data"]["custom"],
     log:
         f"{LOGS}/predict/{{model}}/{{method}}/seed{{seed}}.log",
     wildcard_constraints:

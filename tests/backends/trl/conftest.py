@@ -22,6 +22,7 @@ from tiny_trl import (  # noqa: E402
     custom_dataset,
     export_fixture,
     one_torch_thread,
+    run_settings,
     train_run,
 )
 
@@ -67,6 +68,7 @@ def helpers():
 
     return types.SimpleNamespace(
         train_run=train_run,
+        run_settings=run_settings,
         build_model=build_model,
         custom_dataset=custom_dataset,
         LABELS=LABELS,

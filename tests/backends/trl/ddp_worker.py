@@ -1,7 +1,7 @@
 """One process of a two-process (torch.distributed.run, CPU/gloo) trl run, for
 test_trl_backend.test_two_processes_compute_advantages_on_the_gathered_batch. Argument: a JSON object
-with the data.custom entry, the export's train/val files, the model directory, the run directory and
-the `train` settings."""
+with the data.custom entry, the export's train/val files, the run's settings (RunSettings.as_dict),
+the `trl` block and the run directory."""
 
 import json
 import sys
@@ -11,7 +11,7 @@ import torch
 from eqpo.backends.trl.trainer import run_training
 from eqpo.core.vocabularies import register_dataset
 from eqpo.data.custom import spec_from_entry
-from eqpo.runs.settings import ReproductionOptions
+from eqpo.runs.settings import RunSettings
 
 torch.set_num_threads(1)
 args = json.loads(sys.argv[1])
@@ -19,13 +19,9 @@ register_dataset(spec_from_entry(args["entry"]))
 run_training(
     args["train"],
     args["val"],
-    args["model"],
-    args["method"],
-    {},
-    args["settings"],
+    RunSettings.from_dict(args["settings"]),
     args["trl"],
     0,
     args["run"],
-    options=ReproductionOptions.from_config(args["reproduction"]),
     log=lambda message: None,
 )

@@ -212,12 +212,9 @@ def test_two_processes_compute_advantages_on_the_gathered_batch(tiny_model, fixt
         "entry": fixture_data["entry"],
         "train": str(fixture_data["verl"] / "train.parquet"),
         "val": str(fixture_data["verl"] / "val.parquet"),
-        "model": str(tiny_model),
         "run": str(run),
-        "method": "eqpo",
-        "settings": {**helpers.TRAIN, "steps": 2},
+        "settings": helpers.run_settings(tiny_model, "eqpo", train={"steps": 2}).as_dict(),
         "trl": {**helpers.TRL, "micro_batch": 4},
-        "reproduction": helpers.REPRODUCTION,
     }
     worker = Path(__file__).with_name("ddp_worker.py")
     result = subprocess.run(

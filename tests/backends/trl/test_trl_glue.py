@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ import pytest
 import yaml
 
 from eqpo.backends.trl import TRL_VERSION, require_trl
-from eqpo.backends.trl.trainer import compute_advantages, grpo_config, trl_settings
+from eqpo.backends.trl.trainer import compute_advantages, grpo_config, run_fingerprint, trl_settings
 from eqpo.core.advantages import ESTIMATORS, make_estimator
+from eqpo.runs.settings import ReproductionOptions, RunSettings, TrainSettings
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -103,7 +105,7 @@ def test_settings_map_the_train_block_onto_trls_config(tmp_path):
         "ppo_epochs": 2,
         "grad_clip": 0.5,
     }
-    settings = trl_settings(train, {"micro_batch": 3, "loss_type": "grpo"}, n_train=100)
+    settings = trl_settings(TrainSettings.from_mapping(train), {"micro_batch": 3, "loss_type": "grpo"}, n_train=100)
     config = grpo_config(settings, tmp_path, seed=3)
     assert (config.max_steps, config.num_generations, config.per_device_train_batch_size) == (5, 6, 3)
     assert config.gradient_accumulation_steps == config.steps_per_generation == 4 * 6 // 3
@@ -111,7 +113,25 @@ def test_settings_map_the_train_block_onto_trls_config(tmp_path):
     assert (config.learning_rate, config.epsilon, config.beta, config.temperature) == (2e-6, 0.28, 0.01, 0.9)
     assert (config.num_iterations, config.max_grad_norm, config.save_steps, config.seed) == (2, 0.5, 3, 3)
     assert (config.max_completion_length, config.loss_type) == (64, "grpo")
-    assert trl_settings({"batch_prompts": 4, "epochs": 2}, {}, n_train=10).max_steps == 2 * (10 // 4)
+    epochs = TrainSettings.from_mapping({"batch_prompts": 4, "epochs": 2, "steps": None})
+    assert trl_settings(epochs, {}, n_train=10).max_steps == 2 * (10 // 4)
+
+
+def test_train_keys_not_given_are_config_yamls_defaults(tmp_path):
+    """A partial `train` block keeps config.yaml's values for the rest (TrainSettings' defaults):
+    the step budget (90 steps, not epochs x prompts), the group size, lr, frequencies, lengths."""
+    train = CONFIG["train"]
+    settings = trl_settings(TrainSettings.from_mapping({"batch_prompts": 4}), {}, n_train=10)
+    assert (settings.max_steps, settings.batch_prompts, settings.rollouts) == (90, 4, 10)
+    assert settings.max_steps == train["steps"] and settings.rollouts == train["rollouts"]
+    assert settings.micro_batch == 10  # trl.micro_batch not given: one group per forward/backward
+    assert (settings.test_freq, settings.save_freq) == (train["test_freq"], train["save_freq"]) == (5, 20)
+    assert settings.max_response_length == train["max_response_length"] == 4096
+    assert (settings.record_rollouts, settings.restart_estimator_on_resume) == (False, False)
+    config = grpo_config(settings, tmp_path, seed=0)
+    assert (config.learning_rate, config.epsilon, config.beta, config.temperature) == (5e-7, 0.2, 0.0, 1.0)
+    assert (config.num_iterations, config.max_grad_norm) == (1, 1.0)  # ppo_epochs, grad_clip
+    assert (config.max_steps, config.save_steps, config.max_completion_length) == (90, 20, 4096)
 
 
 @pytest.mark.parametrize(
@@ -124,7 +144,54 @@ def test_settings_map_the_train_block_onto_trls_config(tmp_path):
 )
 def test_bad_trl_settings_are_clear_errors(trl, message):
     with pytest.raises(ValueError, match=message):
-        trl_settings({"batch_prompts": 2, "rollouts": 4}, trl, n_train=10)
+        trl_settings(TrainSettings.from_mapping({"batch_prompts": 2, "rollouts": 4}), trl, n_train=10)
+
+
+def test_train_settings_trl_cannot_run_are_clear_errors():
+    with pytest.raises(ValueError, match="rollouts >= 2"):
+        trl_settings(TrainSettings.from_mapping({"rollouts": 1}), {}, n_train=10)
+    with pytest.raises(ValueError, match="batch_prompts=16 exceeds the 10 training prompts"):
+        trl_settings(TrainSettings.from_mapping({"batch_prompts": 16, "steps": None}), {}, n_train=10)
+
+
+def test_a_rerun_resumes_only_with_the_same_training_settings(tmp_path):
+    """The fingerprint of run_dir/ckpt: unchanged settings (or changes to what no training step
+    reads) keep it, so a rerun resumes; any training setting, the run's reward, the estimator or the
+    training file changes it, so the rerun starts afresh."""
+    data = tmp_path / "train.parquet"
+    data.write_bytes(b"rows")
+    base = RunSettings(
+        model="tiny",
+        method="eqpo",
+        train=TrainSettings.from_mapping({"steps": 4, "batch_prompts": 2, "rollouts": 4}),
+        estimator={"k_max": 3},
+        model_config={"backend": "trl", "path": "org/model"},
+        max_samples=8,
+    )
+    trl = {"micro_batch": 4, "eval_batch_size": 6}
+
+    def fingerprint(settings=base, block=trl, seed=0, train_parquet=data):
+        return run_fingerprint(settings, trl_settings(settings.train, block, n_train=10), seed, train_parquet)
+
+    def changed(**train):
+        return replace(base, train=replace(base.train, **train))
+
+    same = fingerprint()
+    assert fingerprint(RunSettings.from_dict(base.as_dict())) == same  # the workflow's round trip
+    assert fingerprint(replace(base, max_samples=2)) == same
+    assert fingerprint(block={**trl, "eval_batch_size": 2, "val_max_samples": 3, "threads": 1}) == same
+    assert fingerprint(changed(gpus=8, ppo_mini_batch=4, max_prompt_length=64)) == same  # verl's keys
+    assert fingerprint(changed(lr=1e-3)) != same
+    assert fingerprint(changed(max_response_length=16)) != same
+    assert fingerprint(changed(rollout_data=True)) != same
+    assert fingerprint(replace(base, options=ReproductionOptions(reward="f1"))) != same
+    assert fingerprint(replace(base, estimator={"k_max": 4})) != same
+    assert fingerprint(replace(base, model_config={"backend": "trl", "path": "org/other"})) != same
+    assert fingerprint(block={**trl, "micro_batch": 2}) != same
+    assert fingerprint(seed=1) != same
+    other = tmp_path / "other.parquet"
+    other.write_bytes(b"other rows")
+    assert fingerprint(train_parquet=other) != same
 
 
 def test_the_trl_version_is_pinned_in_one_place_everywhere():

@@ -22,7 +22,8 @@ assignments of the batch's prompts are appended to ``clusters.jsonl``. The estim
 written as ``eqpo_estimator.json`` into every TRL checkpoint folder and restored when training
 resumes from one; a checkpoint without it stops the run unless ``restart_estimator_on_resume``.
 
-:func:`run_training` drives one run of the workflow (run-file contract of :mod:`eqpo.runs.files`).
+:func:`run_training` drives one run of the workflow (run-file contract of :mod:`eqpo.runs.files`),
+given the run's :class:`eqpo.runs.settings.RunSettings` and the config's ``trl`` block.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from eqpo.runs.files import (
     missing_estimator_state,
     step_record,
 )
-from eqpo.runs.settings import ReproductionOptions, train_length
+from eqpo.runs.settings import ReproductionOptions, RunSettings, TrainSettings
 
 require_trl()
 
@@ -432,7 +433,7 @@ class EqpoGRPOTrainer(GRPOTrainer):
 # Settings
 # ----------------------------------------------------------------------------------------------
 
-#: `train` keys (config.yaml) that the trl backend reads; the GPU-cluster keys are ignored.
+#: The :class:`TrainSettings` fields that the trl backend reads; the GPU-cluster ones are ignored.
 TRAIN_KEYS = (
     "steps",
     "epochs",
@@ -452,12 +453,16 @@ TRAIN_KEYS = (
 )
 #: keys of the config's `trl` block that are ours, not GRPOConfig's.
 OWN_KEYS = ("micro_batch", "dtype", "val_max_samples", "eval_batch_size", "format_weight", "threads", "predict_vllm")
+#: prompts per greedy ``generate`` call in validation and test prediction (``trl.eval_batch_size``;
+#: the schema's default too).
+EVAL_BATCH_SIZE = 8
 
 
 @dataclass(frozen=True)
 class TrlSettings:
-    """What one trl run trains with: the `train` block (:data:`TRAIN_KEYS`) and the `trl` block
-    (:data:`OWN_KEYS` plus any ``GRPOConfig`` field, e.g. ``loss_type``, ``use_vllm``, ``bf16``)."""
+    """What one trl run trains with: the run's :class:`TrainSettings` (:data:`TRAIN_KEYS`) and the
+    `trl` block (:data:`OWN_KEYS` plus any ``GRPOConfig`` field, e.g. ``loss_type``, ``use_vllm``,
+    ``bf16``). ``max_response_length``: tokens; ``micro_batch``: completions per forward/backward."""
 
     max_steps: int
     batch_prompts: int
@@ -478,8 +483,9 @@ class TrlSettings:
         return {k: v for k, v in self.__dict__.items() if k not in ("val_max_samples", "eval_batch_size")}
 
 
-def trl_settings(train: Mapping[str, Any], trl: Mapping[str, Any] | None, n_train: int) -> TrlSettings:
-    """:class:`TrlSettings` from the run's `train` block and the config's `trl` block."""
+def trl_settings(train: TrainSettings, trl: Mapping[str, Any] | None, n_train: int) -> TrlSettings:
+    """:class:`TrlSettings` from the run's training settings, the config's `trl` block and the number
+    of training prompts (``n_train``: the step budget when ``train.steps`` is None)."""
     trl = dict(trl or {})
     known = {f for f in GRPOConfig.__dataclass_fields__}
     unknown = sorted(k for k in trl if k not in OWN_KEYS and k not in known)
@@ -487,14 +493,14 @@ def trl_settings(train: Mapping[str, Any], trl: Mapping[str, Any] | None, n_trai
         raise ValueError(
             f"trl: unknown key(s) {unknown}; valid: {sorted(OWN_KEYS)} and the fields of trl.GRPOConfig {TRL_VERSION}"
         )
-    batch, n = int(train.get("batch_prompts", 64)), int(train.get("rollouts", 8))
-    if batch < 1 or n < 2:
-        raise ValueError(f"need batch_prompts >= 1 and rollouts >= 2 (GRPO needs a group), got {batch}, {n}")
-    steps = train.get("steps")
+    batch, n = train.batch_prompts, train.rollouts
+    if n < 2:
+        raise ValueError(f"need rollouts >= 2 (GRPO needs a group), got {n}")
+    steps = train.steps
     if steps is None:
         if n_train < batch:
             raise ValueError(f"batch_prompts={batch} exceeds the {n_train} training prompts")
-        steps = int(train.get("epochs", 15)) * (n_train // batch)
+        steps = train.epochs * (n_train // batch)
     trl.pop("threads", None), trl.pop("predict_vllm", None)  # read by eqpo.workflow.trl
     micro = int(trl.pop("micro_batch", n))
     if (batch * n) % micro:
@@ -526,22 +532,22 @@ def trl_settings(train: Mapping[str, Any], trl: Mapping[str, Any] | None, n_trai
         batch_prompts=batch,
         rollouts=n,
         micro_batch=micro,
-        test_freq=int(train.get("test_freq", 10)),
-        save_freq=int(train.get("save_freq", 50)),
-        max_response_length=train_length(train, "max_response_length"),
-        restart_estimator_on_resume=bool(train.get("restart_estimator_on_resume", False)),
-        record_rollouts=bool(train.get("rollout_data", False)),
+        test_freq=train.test_freq,
+        save_freq=train.save_freq,
+        max_response_length=train.max_response_length,
+        restart_estimator_on_resume=train.restart_estimator_on_resume,
+        record_rollouts=train.rollout_data,
         val_max_samples=trl.pop("val_max_samples", None),
-        eval_batch_size=int(trl.pop("eval_batch_size", 8)),
+        eval_batch_size=int(trl.pop("eval_batch_size", EVAL_BATCH_SIZE)),
         format_weight=float(trl.pop("format_weight", 0.0)),
         dtype=trl.pop("dtype", None),
         grpo={
-            "learning_rate": float(train.get("lr", 1e-6)),
-            "epsilon": float(train.get("clip", 0.2)),
-            "beta": float(train.get("kl_coef", 0.0)),
-            "temperature": float(train.get("temperature", 1.0)),
-            "num_iterations": int(train.get("ppo_epochs", 1)),
-            "max_grad_norm": float(train.get("grad_clip", 1.0)),
+            "learning_rate": train.lr,
+            "epsilon": train.clip,
+            "beta": train.kl_coef,
+            "temperature": train.temperature,
+            "num_iterations": train.ppo_epochs,
+            "max_grad_norm": train.grad_clip,
             **trl,
         },
     )
@@ -661,24 +667,54 @@ def _hash_file(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def model_path(settings: RunSettings) -> str:
+    """The run's base model: ``models.<model>.path`` (a hub id or a local directory)."""
+    path = settings.model_config.get("path")
+    if not path:
+        raise ValueError(f"models.{settings.model} has no `path` (a hub id or local directory of the weights)")
+    return str(path)
+
+
+def run_fingerprint(settings: RunSettings, trl_run: TrlSettings, seed: int, train_parquet: str | Path) -> str:
+    """What a run's work in progress (``run_dir/ckpt``) belongs to, as JSON: a rerun resumes from its
+    checkpoints only while this is unchanged. The method, seed, estimator options, reproduction
+    options (the run's reward among them), base model, training file (its SHA-256), TRL version and
+    the TRL settings except the validation's sample size and batch (which change no training step);
+    `train` keys the trl backend does not read (:data:`TRAIN_KEYS`) are not part of it."""
+    model_dir = model_path(settings)
+    return json.dumps(
+        {
+            "method": settings.method,
+            "seed": seed,
+            "estimator": dict(settings.estimator),
+            "settings": trl_run.fingerprint(),
+            "options": settings.options.as_dict(),
+            "model": str(Path(model_dir).resolve()) if Path(model_dir).is_dir() else model_dir,
+            "train": _hash_file(train_parquet),
+            "trl": TRL_VERSION,
+        },
+        sort_keys=True,
+        default=str,
+    )
+
+
 def run_training(
     train_parquet: str | Path,
     val_parquet: str | Path,
-    model_dir: str | Path,
-    method: str,
-    estimator_options: Mapping | None,
-    train: Mapping[str, Any],
+    settings: RunSettings,
     trl: Mapping[str, Any] | None,
     seed: int,
     run_dir: str | Path,
-    options: ReproductionOptions | None = None,
     stop_after: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Train ``method`` on the export with TRL and write the run files into ``run_dir``:
-    ``model/`` (the trained model and processor), ``dynamics.jsonl``, ``steps.jsonl``,
+    """Train ``settings.method`` (estimator options ``settings.estimator``) from the base model
+    ``settings.model_config['path']`` on the export with TRL, with ``settings.train``, the `trl` block
+    ``trl`` and the reward ``settings.options.reward`` (the run's own), and write the run files into
+    ``run_dir``: ``model/`` (the trained model and processor), ``dynamics.jsonl``, ``steps.jsonl``,
     ``clusters.parquet``, ``estimator.json`` (the estimator's final state), and with
-    ``train.rollout_data`` ``rollouts.jsonl`` / ``loss_inputs.jsonl``.
+    ``train.rollout_data`` ``rollouts.jsonl`` / ``loss_inputs.jsonl``. Validation answers
+    ``trl.val_max_samples`` prompts, else ``settings.max_samples`` (None: all).
 
     Work in progress lives in ``run_dir/ckpt`` (TRL checkpoints with the estimator state, the logs);
     a rerun after a kill resumes from the latest checkpoint when it belongs to this exact run (same
@@ -688,29 +724,17 @@ def run_training(
     from eqpo.core.metrics import fairness_summary
     from eqpo.data.export import predictions_from_outputs, read_export, subsample
 
-    options = options or ReproductionOptions()
+    method, estimator_options, options = settings.method, dict(settings.estimator), settings.options
+    model_dir = model_path(settings)
     run_dir = Path(run_dir)
     work = run_dir / "ckpt"
     out_dir = work / "trainer"
     torch.manual_seed(seed)
     dataset = to_trl_dataset(train_parquet)
-    settings = trl_settings(train, trl, len(dataset))
-    val_rows = subsample(read_export(val_parquet), settings.val_max_samples, seed)
+    trl_run = trl_settings(settings.train, {"val_max_samples": settings.max_samples, **(trl or {})}, len(dataset))
+    val_rows = subsample(read_export(val_parquet), trl_run.val_max_samples, seed)
     val_recs = records(val_rows)
-    fingerprint = json.dumps(
-        {
-            "method": method,
-            "seed": seed,
-            "estimator": dict(estimator_options or {}),
-            "settings": settings.fingerprint(),
-            "options": options.as_dict(),
-            "model": str(Path(model_dir).resolve()) if Path(model_dir).is_dir() else str(model_dir),
-            "train": _hash_file(train_parquet),
-            "trl": TRL_VERSION,
-        },
-        sort_keys=True,
-        default=str,
-    )
+    fingerprint = run_fingerprint(settings, trl_run, seed, train_parquet)
     marker = work / "fingerprint.json"
     if work.exists() and (not marker.exists() or marker.read_text() != fingerprint):
         log(f"{work} belongs to a run with other settings or inputs: starting afresh")
@@ -723,9 +747,9 @@ def run_training(
             jsonl.Log(work / name).reset()
 
     processor = load_processor(model_dir)
-    model = load_model(model_dir, settings.dtype)
-    reward = EqpoReward(options, settings.format_weight)
-    config = grpo_config(settings, out_dir, seed, int(os.environ.get("WORLD_SIZE", "1")))
+    model = load_model(model_dir, trl_run.dtype)
+    reward = EqpoReward(options, trl_run.format_weight)
+    config = grpo_config(trl_run, out_dir, seed, int(os.environ.get("WORLD_SIZE", "1")))
     holder: dict[str, EqpoGRPOTrainer] = {}
 
     def validate(step: int) -> dict:
@@ -734,7 +758,7 @@ def run_training(
         if trainer.accelerator.is_main_process:
             model_ = trainer.accelerator.unwrap_model(trainer.model)
             answers = generate_answers(
-                model_, processor, val_recs, settings.max_response_length, settings.eval_batch_size
+                model_, processor, val_recs, trl_run.max_response_length, trl_run.eval_batch_size
             )
             preds = predictions_from_outputs(val_rows, answers, options)
             wall = sum(r["time_step_s"] for r in jsonl.Log(work / STEPS_FILE).records() if r["step"] <= step)
@@ -755,7 +779,7 @@ def run_training(
         trainer.accelerator.wait_for_everyone()
         return record
 
-    callback = RunCallback(lambda: holder["trainer"], work, validate, settings.test_freq, stop_after)
+    callback = RunCallback(lambda: holder["trainer"], work, validate, trl_run.test_freq, stop_after)
     trainer = EqpoGRPOTrainer(
         model=model,
         reward_funcs=[reward],
@@ -766,8 +790,8 @@ def run_training(
         method=method,
         estimator_options=estimator_options,
         log_dir=work,
-        record_rollouts=settings.record_rollouts,
-        restart_estimator_on_resume=settings.restart_estimator_on_resume,
+        record_rollouts=trl_run.record_rollouts,
+        restart_estimator_on_resume=trl_run.restart_estimator_on_resume,
     )
     holder["trainer"] = trainer
     if resume:
@@ -776,7 +800,7 @@ def run_training(
     if callback.killed:
         return {"stopped_at": trainer.state.global_step}
     if trainer.accelerator.is_main_process:
-        _finish(trainer, model_dir, processor, work, run_dir, settings.record_rollouts)
+        _finish(trainer, model_dir, processor, work, run_dir, trl_run.record_rollouts)
     trainer.accelerator.wait_for_everyone()
     return {"steps": trainer.state.global_step}
 
@@ -839,14 +863,17 @@ def run_prediction(
     model_dir: str | Path,
     out_parquet: str | Path,
     options: ReproductionOptions | None = None,
-    max_new_tokens: int = 2048,
+    max_new_tokens: int = TrainSettings.max_response_length,
     max_samples: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = EVAL_BATCH_SIZE,
     use_vllm: str | bool = "auto",
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
-    """Greedy answers of the trained model on the test export -> the predictions table.
+    """Greedy answers of the trained model on the test export -> the predictions table, scored with
+    ``options`` (the run's reproduction options, its own reward). ``max_new_tokens``: tokens per
+    answer (the workflow passes the run's ``train.max_response_length``); ``max_samples``: a seeded
+    subset of the test prompts (None: all); ``batch_size``: prompts per ``generate`` call.
     ``use_vllm``: True, False or "auto" (vLLM when it is installed and a GPU is present)."""
     from eqpo.backends.trl.data import (
         generate_answers,
@@ -888,6 +915,8 @@ __all__ = [
     "TrlSettings",
     "compute_advantages",
     "grpo_config",
+    "model_path",
+    "run_fingerprint",
     "run_prediction",
     "run_training",
     "trl_settings",
