@@ -20,7 +20,7 @@ from eqpo.backends.verl.reward import compute_score
 from eqpo.core.groups import age_bin, explicit_group, regroup, resample_for_rs, resampling_cells
 from eqpo.core.metrics import TABLE2_COLUMNS
 from eqpo.data.export import FORMAT_INSTRUCTION, export_verl, select_records, to_verl
-from eqpo.runs.settings import ReproductionOptions
+from eqpo.runs.settings import ReproductionOptions, RunSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -355,8 +355,8 @@ def test_the_verl_command_of_a_qoq_med3_run_names_its_reward_and_k_max(tmp_path)
 
     config = load_config()
     paths = RunPaths.for_run(tmp_path / "run")
-    qoq = build_overrides(config, "qoq-med3-vl-8b", "eqpo", 0, paths, tmp_path)
-    gemma = build_overrides(config, "medgemma-4b", "eqpo", 0, paths, tmp_path)
+    qoq = build_overrides(RunSettings.from_config(config, "qoq-med3-vl-8b", "eqpo"), 0, paths, tmp_path)
+    gemma = build_overrides(RunSettings.from_config(config, "medgemma-4b", "eqpo"), 0, paths, tmp_path)
     assert "+reward.custom_reward_function.reward_kwargs.function=qoq_med3" in qoq
     assert "+algorithm.eqpo.k_max=20" in qoq
     assert "+reward.custom_reward_function.reward_kwargs.function=authors_composite" in gemma

@@ -23,7 +23,7 @@ from eqpo.core.metrics import FairnessReport, fairness_summary
 from eqpo.core.rewards import LabelParser, bbox_format_score, extract_answer, extract_first_box, score_response
 from eqpo.core.vocabularies import CHEXPERT_LABELS, SKIN_LABELS, DatasetSpec
 from eqpo.runs import settings as run_settings
-from eqpo.runs.settings import ReproductionOptions, reproduction_options, run_source, train_settings
+from eqpo.runs.settings import ReproductionOptions, RunSettings, reproduction_options, run_source, train_settings
 from eqpo.workflow.pipeline import render_table2, score_predictions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,8 +208,8 @@ def test_verl_launcher_renders_the_runs_settings(tmp_path):
 
     config = load_config()
     paths = RunPaths.for_run(tmp_path / "run")
-    grpo = build_overrides(config, "medgemma-4b", "grpo", 0, paths, tmp_path)
-    eqpo = build_overrides(config, "medgemma-4b", "eqpo", 0, paths, tmp_path)
+    grpo = build_overrides(RunSettings.from_config(config, "medgemma-4b", "grpo"), 0, paths, tmp_path)
+    eqpo = build_overrides(RunSettings.from_config(config, "medgemma-4b", "eqpo"), 0, paths, tmp_path)
     assert "actor_rollout_ref.actor.optim.lr=1e-06" in grpo and "actor_rollout_ref.rollout.n=5" in grpo
     assert "actor_rollout_ref.actor.optim.lr=5e-07" in eqpo and "actor_rollout_ref.rollout.n=10" in eqpo
 

@@ -29,7 +29,8 @@ rule predict_vllm:
     output:
         f"{RUN}/predictions.parquet",
     params:
-        model=model_config,
+        settings=run_settings,  # rerun when any of the run's settings changes
+        engine=config["evaluation"]["engine"],
     log:
         f"{LOGS}/predict/{{model}}/{{method}}/seed{{seed}}.log",
     wildcard_constraints:

@@ -62,10 +62,7 @@ rule train_verl:
         steps=f"{RUN}/steps.jsonl",
         clusters=f"{RUN}/clusters.parquet",
     params:
-        model=model_config,
-        estimator=estimator_options,
-        train=lambda w: train_settings(config, w.model, w.method),
-        reproduction=reproduction_options(config).as_dict(),  # rerun when an option changes
+        settings=run_settings,  # rerun when any of the run's settings changes
     log:
         f"{LOGS}/train/{{model}}/{{method}}/seed{{seed}}.log",
     wildcard_constraints:

@@ -1,22 +1,22 @@
+"""Snakemake script of rule predict_vllm: a verl run's test answers (eqpo.backends.verl.evaluate)."""
+
 from eqpo.workflow.pipeline import logged
 
 with logged(snakemake.log[0]):
     from eqpo.backends.verl.evaluate import run_evaluation
-    from eqpo.runs.settings import reproduction_options, train_length, train_settings
+    from eqpo.runs.settings import RunSettings
 
-    # the run's own lengths (runs.<model>.<method> may change them), as in its training
-    train = train_settings(snakemake.config, snakemake.wildcards.model, snakemake.wildcards.method)
-    max_tokens = train_length(train, "max_response_length")
-    prompt_tokens = train.get("max_prompt_length")
+    settings = RunSettings.from_dict(snakemake.params.settings)
+    train = settings.train  # the run's own lengths (runs.<model>.<method> may change them), as in its training
     run_evaluation(
         snakemake.input.checkpoint,
         snakemake.input.test,
         snakemake.output[0],
-        snakemake.params.model,
-        max_tokens=max_tokens,
-        max_model_len=int(prompt_tokens) + max_tokens if prompt_tokens else None,
+        dict(settings.model_config),
+        max_tokens=train.max_response_length,
+        max_model_len=train.max_prompt_length + train.max_response_length,
         tensor_parallel=int(getattr(snakemake.resources, "gpu", 1)),
-        options=reproduction_options(snakemake.config),
-        max_samples=(snakemake.config.get("evaluation") or {}).get("max_samples"),
-        engine=(snakemake.config.get("evaluation") or {}).get("engine", "vllm"),
+        options=settings.options,
+        max_samples=settings.max_samples,
+        engine=snakemake.params.engine,
     )

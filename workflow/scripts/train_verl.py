@@ -9,11 +9,10 @@ with logged(snakemake.log[0]):
         from eqpo.backends.verl.launch import run_training
     except ImportError as err:  # eqpo.backends.verl needs verl: say which environment is missing it
         raise SystemExit(f"GPU training needs verl[vllm]==0.9.1 in this environment (envs/gpu.yaml): {err}") from err
+    from eqpo.runs.settings import RunSettings
 
     run_training(
-        snakemake.config,
-        snakemake.wildcards.model,
-        snakemake.wildcards.method,
+        RunSettings.from_dict(snakemake.params.settings),
         int(snakemake.wildcards.seed),
         run_dir=Path(snakemake.output.dynamics).parent,
         data_dir=Path(snakemake.input.val).parent,

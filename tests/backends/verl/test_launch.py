@@ -24,7 +24,7 @@ from eqpo.backends.verl.estimators import METHOD_TO_VERL, REWARD_NAME, REWARD_PA
 from eqpo.backends.verl.launch import RunPaths, TrainingEnvironmentError, build_command, build_overrides, format_value
 from eqpo.core.rewards import render_answer
 from eqpo.data.export import to_verl
-from eqpo.runs.settings import estimator_options, run_reward, train_settings
+from eqpo.runs.settings import RunSettings, estimator_options, run_reward, train_settings
 
 REPO = Path(__file__).resolve().parents[3]
 PAPER = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -38,7 +38,7 @@ def cfg_job(tmp_path_factory):
     that it runs while the in-process tests do (it imports verl and our extension: ~20 s)."""
     cwd = tmp_path_factory.mktemp("cfg_job")
     paths = RunPaths.for_run(cwd / "results" / "run")
-    argv, env = build_command(PAPER, "qwen2.5-vl-7b", "eqpo", 0, paths, cwd / "data")
+    argv, env = build_command(RunSettings.from_config(PAPER, "qwen2.5-vl-7b", "eqpo"), 0, paths, cwd / "data")
     proc = subprocess.Popen(
         [*argv, "--cfg", "job"], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -75,7 +75,7 @@ def composed(tmp_path_factory):
     out = {}
     for run in RUNS:
         paths = RunPaths.for_run(root / "/".join(map(str, run)))
-        overrides = build_overrides(PAPER, *run, paths, root / "data")
+        overrides = build_overrides(RunSettings.from_config(PAPER, run[0], run[1]), run[2], paths, root / "data")
         out[run] = (apply_overrides(base, overrides), paths, root / "data", overrides)
     return out
 
@@ -248,7 +248,9 @@ def test_model_overrides_replace_defaults_and_compose(tmp_path):
         "data": {"train_batch_size": 64},
     }
     config["train"].update(kl_coef=0.01, steps=7, nnodes=2)
-    overrides = build_overrides(config, "medgemma-4b", "grpo_dro", 1, RunPaths.for_run(tmp_path), tmp_path)
+    overrides = build_overrides(
+        RunSettings.from_config(config, "medgemma-4b", "grpo_dro"), 1, RunPaths.for_run(tmp_path), tmp_path
+    )
     assert sum(o.startswith("data.train_batch_size=") for o in overrides) == 1
     cfg = compose_overrides(overrides)
     assert cfg.data.train_batch_size == 64 and cfg.actor_rollout_ref.model.use_remove_padding is False
@@ -261,9 +263,7 @@ def test_model_overrides_replace_defaults_and_compose(tmp_path):
 def test_environment_loads_the_extension_everywhere(tmp_path):
     paths = RunPaths.for_run(tmp_path / "run")
     _, env = build_command(
-        PAPER,
-        "medgemma-4b",
-        "grpo",
+        RunSettings.from_config(PAPER, "medgemma-4b", "grpo"),
         0,
         paths,
         tmp_path,
@@ -277,18 +277,18 @@ def test_environment_loads_the_extension_everywhere(tmp_path):
 def test_bad_runs_are_named(tmp_path):
     paths = RunPaths.for_run(tmp_path)
     with pytest.raises(ValueError, match="unknown method 'nope'"):
-        build_overrides(PAPER, "medgemma-4b", "nope", 0, paths, tmp_path)
+        build_overrides(RunSettings.from_config(PAPER, "medgemma-4b", "nope"), 0, paths, tmp_path)
     with pytest.raises(ValueError, match=r"models\.demo-mlp\.backend"):
-        build_overrides(PAPER, "demo-mlp", "grpo", 0, paths, tmp_path)
+        build_overrides(RunSettings.from_config(PAPER, "demo-mlp", "grpo"), 0, paths, tmp_path)
     with pytest.raises(ValueError, match="not defined under `models:`"):
-        build_overrides(PAPER, "gpt-9", "grpo", 0, paths, tmp_path)
+        build_overrides(RunSettings.from_config(PAPER, "gpt-9", "grpo"), 0, paths, tmp_path)
 
 
 def test_options_for_a_verl_builtin_estimator_are_refused(tmp_path):
     config = copy.deepcopy(PAPER)
     config["estimators"]["grpo"] = {"eps": 1e-4}  # verl's grpo would silently ignore them
     with pytest.raises(ValueError, match="takes no algorithm.eqpo options"):
-        build_overrides(config, "medgemma-4b", "grpo", 0, RunPaths.for_run(tmp_path), tmp_path)
+        build_overrides(RunSettings.from_config(config, "medgemma-4b", "grpo"), 0, RunPaths.for_run(tmp_path), tmp_path)
 
 
 def test_model_path_checks(tmp_path):
@@ -309,7 +309,9 @@ def test_model_path_checks(tmp_path):
 
 
 def composed_run(config, model="qwen2.5-vl-7b", method="eqpo", tmp_path=Path("/tmp/eqpo-run"), **kwargs):
-    overrides = build_overrides(config, model, method, 0, RunPaths.for_run(tmp_path), tmp_path, **kwargs)
+    overrides = build_overrides(
+        RunSettings.from_config(config, model, method), 0, RunPaths.for_run(tmp_path), tmp_path, **kwargs
+    )
     return compose_overrides(overrides), overrides
 
 
@@ -395,9 +397,7 @@ def test_too_few_ray_cpus_for_transfer_queue_are_refused(tmp_path):
     two_nodes = copy.deepcopy(PAPER)
     two_nodes["train"]["nnodes"] = 2
     build_overrides(
-        two_nodes,
-        "qwen2.5-vl-7b",
-        "eqpo",
+        RunSettings.from_config(two_nodes, "qwen2.5-vl-7b", "eqpo"),
         0,
         RunPaths.for_run(tmp_path),
         tmp_path,
@@ -408,12 +408,16 @@ def test_too_few_ray_cpus_for_transfer_queue_are_refused(tmp_path):
 
 def test_trackers_write_next_to_the_run_unless_told_otherwise(tmp_path):
     paths = RunPaths.for_run(tmp_path / "run")
-    _, env = build_command(PAPER, "medgemma-4b", "grpo", 0, paths, tmp_path, base_env={})
+    _, env = build_command(RunSettings.from_config(PAPER, "medgemma-4b", "grpo"), 0, paths, tmp_path, base_env={})
     assert env["TENSORBOARD_DIR"] == str(paths.work_dir / "tensorboard")
     assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{paths.work_dir / 'mlruns.db'}"
     assert env["WANDB_DIR"] == str(paths.work_dir)
     _, env = build_command(
-        PAPER, "medgemma-4b", "grpo", 0, paths, tmp_path, base_env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+        RunSettings.from_config(PAPER, "medgemma-4b", "grpo"),
+        0,
+        paths,
+        tmp_path,
+        base_env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"},
     )
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
@@ -608,7 +612,9 @@ def test_run_training_writes_the_run_files(tmp_path):
         tmp_path / "results" / "paper" / "qwen2.5-vl-7b" / "eqpo" / "seed0",
     )
     fake = FakeVerl()
-    paths = launch.run_training(PAPER, "qwen2.5-vl-7b", "eqpo", 0, run, data, runner=fake, check_env=False)
+    paths = launch.run_training(
+        RunSettings.from_config(PAPER, "qwen2.5-vl-7b", "eqpo"), 0, run, data, runner=fake, check_env=False
+    )
     assert fake.calls[0][1:3] == ["-m", "verl.trainer.main_ppo"]
     dynamics = [json.loads(line) for line in paths.dynamics.read_text().splitlines()]
     assert [d["step"] for d in dynamics] == [0, 2]
@@ -658,8 +664,12 @@ def test_a_failed_attempt_resumes_and_keeps_its_log(tmp_path):
     data, run = export(tmp_path / "data"), tmp_path / "run"
     fake = FakeVerl(fail_after=1)
     with pytest.raises(RuntimeError, match="verl exited with status 1"):
-        launch.run_training(PAPER, "medgemma-4b", "grpo", 0, run, data, runner=fake, check_env=False)
-    paths = launch.run_training(PAPER, "medgemma-4b", "grpo", 0, run, data, runner=fake, check_env=False)
+        launch.run_training(
+            RunSettings.from_config(PAPER, "medgemma-4b", "grpo"), 0, run, data, runner=fake, check_env=False
+        )
+    paths = launch.run_training(
+        RunSettings.from_config(PAPER, "medgemma-4b", "grpo"), 0, run, data, runner=fake, check_env=False
+    )
     assert fake.calls[0] == fake.calls[1]
     assert (paths.work_dir / "metrics.1.jsonl").exists()  # verl's file logger truncates: the first is kept
     assert [json.loads(line)["step"] for line in paths.steps.read_text().splitlines()] == [1, 2]
@@ -671,7 +681,14 @@ def failed_run_with_a_checkpoint(tmp_path):
     """A MedGemma GRPO run that saved global_step_1 and was then killed (verl exited with status 1)."""
     data, run = export(tmp_path / "data"), tmp_path / "run"
     with pytest.raises(RuntimeError, match="verl exited with status 1"):
-        launch.run_training(PAPER, "medgemma-4b", "grpo", 0, run, data, runner=FakeVerl(fail_after=1), check_env=False)
+        launch.run_training(
+            RunSettings.from_config(PAPER, "medgemma-4b", "grpo"),
+            0,
+            run,
+            data,
+            runner=FakeVerl(fail_after=1),
+            check_env=False,
+        )
     paths = RunPaths.for_run(run)
     assert (paths.checkpoints / "global_step_1").is_dir()
     return data, paths
@@ -681,7 +698,7 @@ def test_a_changed_trajectory_setting_starts_afresh_and_moves_the_old_run_aside(
     data, paths = failed_run_with_a_checkpoint(tmp_path)
     other = copy.deepcopy(PAPER)
     other["runs"]["medgemma-4b"]["grpo"]["lr"] = 2e-6  # the authors' script ran 1e-6
-    argv, _ = build_command(other, "medgemma-4b", "grpo", 0, paths, data)
+    argv, _ = build_command(RunSettings.from_config(other, "medgemma-4b", "grpo"), 0, paths, data)
     assert launch.prepare_work_dir(paths, argv[3:]) is False
     assert not paths.checkpoints.exists() and not list(paths.work_dir.glob("metrics*.jsonl"))
     aside = paths.work_dir.with_name("verl.1")  # nothing deleted: checkpoint and log moved aside
@@ -706,7 +723,9 @@ def test_settings_outside_the_trajectory_resume_the_checkpoint(tmp_path, setting
     config["train"].update(setting)
     config["evaluation"] = {**(config.get("evaluation") or {}), "max_samples": 7}
     fake = FakeVerl()
-    launch.run_training(config, "medgemma-4b", "grpo", 0, paths.run_dir, data, runner=fake, check_env=False)
+    launch.run_training(
+        RunSettings.from_config(config, "medgemma-4b", "grpo"), 0, paths.run_dir, data, runner=fake, check_env=False
+    )
     assert (paths.work_dir / "metrics.1.jsonl").exists() and not paths.work_dir.with_name("verl.1").exists()
     # the estimator flag reaches verl on the resumed run
     if setting.get("restart_estimator_on_resume"):
@@ -715,7 +734,7 @@ def test_settings_outside_the_trajectory_resume_the_checkpoint(tmp_path, setting
 
 def test_resume_key_keeps_every_trajectory_setting(tmp_path):
     paths = RunPaths.for_run(tmp_path / "run")
-    argv, _ = build_command(PAPER, "qwen2.5-vl-7b", "eqpo", 0, paths, tmp_path)
+    argv, _ = build_command(RunSettings.from_config(PAPER, "qwen2.5-vl-7b", "eqpo"), 0, paths, tmp_path)
     kept = launch.resume_key(argv[3:])
     dropped = [o.partition("=")[0].lstrip("+") for o in argv[3:] if o not in kept]
     assert sorted(dropped) == sorted(
@@ -746,7 +765,13 @@ def test_no_gpu_is_a_clear_error_before_anything_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     fake = FakeVerl()
     with pytest.raises(TrainingEnvironmentError, match=r"GPUs: 0 visible, 4 needed"):
-        launch.run_training(PAPER, "medgemma-4b", "grpo", 0, tmp_path / "run", export(tmp_path / "d"), runner=fake)
+        launch.run_training(
+            RunSettings.from_config(PAPER, "medgemma-4b", "grpo"),
+            0,
+            tmp_path / "run",
+            export(tmp_path / "d"),
+            runner=fake,
+        )
     assert fake.calls == [] and not (tmp_path / "run").exists()
 
 
@@ -769,7 +794,12 @@ def test_missing_verl_or_flash_attn_is_a_clear_error_before_anything_runs(tmp_pa
     fake = FakeVerl()
     with pytest.raises(TrainingEnvironmentError) as err:
         launch.run_training(
-            config, "qwen2.5-vl-7b", "grpo", 0, tmp_path / "run", export(tmp_path / "d"), runner=fake, probe=probe
+            RunSettings.from_config(config, "qwen2.5-vl-7b", "grpo"),
+            0,
+            tmp_path / "run",
+            export(tmp_path / "d"),
+            runner=fake,
+            probe=probe,
         )
     lines = str(err.value).splitlines()
     assert "2 problem(s)" in lines[0]
@@ -782,9 +812,13 @@ def test_missing_local_model_and_data_are_named(tmp_path):
     config = copy.deepcopy(PAPER)
     config["models"]["medgemma-4b"]["path"] = str(tmp_path / "no-weights")
     with pytest.raises(FileNotFoundError, match=r"models\.medgemma-4b\.path"):
-        launch.run_training(config, "medgemma-4b", "grpo", 0, tmp_path / "run", tmp_path, check_env=False)
+        launch.run_training(
+            RunSettings.from_config(config, "medgemma-4b", "grpo"), 0, tmp_path / "run", tmp_path, check_env=False
+        )
     with pytest.raises(FileNotFoundError, match="train_rs.parquet"):
-        launch.run_training(PAPER, "medgemma-4b", "grpo_rs", 0, tmp_path / "run", tmp_path, check_env=False)
+        launch.run_training(
+            RunSettings.from_config(PAPER, "medgemma-4b", "grpo_rs"), 0, tmp_path / "run", tmp_path, check_env=False
+        )
 
 
 def test_a_reward_without_sample_id_is_refused_up_front(tmp_path):
@@ -863,23 +897,26 @@ def test_cluster_log_types_and_duplicates(tmp_path):
 
 
 def test_the_snakemake_script_hands_the_rule_to_run_training(tmp_path, monkeypatch):
+    """train_verl.py builds the run's settings from the rule's one `settings` param (no snakemake.config:
+    the rule object here has none)."""
     import runpy
     from types import SimpleNamespace
 
     calls = []
     monkeypatch.setattr(launch, "run_training", lambda *a, **k: calls.append((a, k)))
+    settings = RunSettings.from_config(PAPER, "medgemma-4b", "grpo_rs")
     rule = SimpleNamespace(
-        config=PAPER,
         wildcards=SimpleNamespace(model="medgemma-4b", method="grpo_rs", seed="3"),
         input=SimpleNamespace(train="data/paper/verl/train_rs.parquet", val="data/paper/verl/val.parquet"),
         output=SimpleNamespace(dynamics="results/paper/medgemma-4b/grpo_rs/seed3/dynamics.jsonl"),
+        params=SimpleNamespace(settings=settings.as_dict()),
         log=[str(tmp_path / "train.log")],
         threads=24,
     )
     runpy.run_path(str(REPO / "workflow" / "scripts" / "train_verl.py"), init_globals={"snakemake": rule})
     assert calls == [
         (
-            (PAPER, "medgemma-4b", "grpo_rs", 3),
+            (settings, 3),
             {
                 "run_dir": Path("results/paper/medgemma-4b/grpo_rs/seed3"),
                 "data_dir": Path("data/paper/verl"),
@@ -887,6 +924,7 @@ def test_the_snakemake_script_hands_the_rule_to_run_training(tmp_path, monkeypat
             },
         )
     ]
+    assert calls[0][0][0].train.batch_prompts == PAPER["train"]["batch_prompts"]
 
 
 def test_stream_subprocess_copies_output_and_returns_status(capsys):
@@ -897,29 +935,37 @@ def test_stream_subprocess_copies_output_and_returns_status(capsys):
     assert status == 3 and "out" in captured and "err" in captured
 
 
-def test_the_predict_script_reads_the_runs_own_lengths(tmp_path, monkeypatch):
-    """predict_vllm answers with the lengths the run trained with (runs.<model>.<method> overrides)."""
+def test_the_predict_script_reads_the_runs_own_lengths_and_reward(tmp_path, monkeypatch):
+    """predict_vllm answers with the lengths the run trained with and scores with its reward
+    (runs.<model>.<method> overrides), all from the rule's `settings` param (no snakemake.config)."""
     import runpy
     from types import SimpleNamespace
 
     from eqpo.backends.verl import evaluate
 
     config = copy.deepcopy(PAPER)
-    config["runs"] = {"medgemma-4b": {"eqpo": {"max_response_length": 1024, "max_prompt_length": 2048}}}
+    config["runs"] = {
+        "medgemma-4b": {"eqpo": {"max_response_length": 1024, "max_prompt_length": 2048, "reward": "exact"}}
+    }
+    config["evaluation"] = {"max_samples": 7}
     calls = []
-    monkeypatch.setattr(evaluate, "run_evaluation", lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(evaluate, "run_evaluation", lambda *a, **k: calls.append((a, k)))
     for method in ("eqpo", "grpo"):
         rule = SimpleNamespace(
-            config=config,
             wildcards=SimpleNamespace(model="medgemma-4b", method=method, seed="0"),
             input=SimpleNamespace(checkpoint="c", test="t.parquet"),
             output=["p.parquet"],
-            params=SimpleNamespace(model=config["models"]["medgemma-4b"]),
+            params=SimpleNamespace(
+                settings=RunSettings.from_config(config, "medgemma-4b", method).as_dict(), engine="hf"
+            ),
             resources=SimpleNamespace(gpu=1),
             log=[str(tmp_path / f"{method}.log")],
         )
         runpy.run_path(str(REPO / "workflow" / "scripts" / "predict_vllm.py"), init_globals={"snakemake": rule})
-    assert [(k["max_tokens"], k["max_model_len"]) for k in calls] == [(1024, 2048 + 1024), (4096, 4096 + 4096)]
+    assert [(k["max_tokens"], k["max_model_len"]) for _, k in calls] == [(1024, 2048 + 1024), (4096, 4096 + 4096)]
+    assert [k["options"].reward for _, k in calls] == ["exact", PAPER["reward"]["function"]]
+    assert all(k["max_samples"] == 7 and k["engine"] == "hf" for _, k in calls)
+    assert calls[0][0] == ("c", "t.parquet", "p.parquet", PAPER["models"]["medgemma-4b"])
 
 
 VERL_DATASET_LINES = [
@@ -962,7 +1008,11 @@ def test_a_training_run_reports_the_filter_from_verls_output(tmp_path, capsys, m
     monkeypatch.setattr(launch, "stream_subprocess", fake_stream)
     with pytest.raises(RuntimeError, match="verl exited with status 3"):
         launch.run_training(
-            PAPER, "medgemma-4b", "grpo", 0, tmp_path / "run", export(tmp_path / "data"), check_env=False
+            RunSettings.from_config(PAPER, "medgemma-4b", "grpo"),
+            0,
+            tmp_path / "run",
+            export(tmp_path / "data"),
+            check_env=False,
         )
     assert "WARNING: verl's long-prompt filter dropped 3 of 120 rows of the training dataset" in capsys.readouterr().out
 
@@ -983,7 +1033,7 @@ def test_the_smoke_run_composes_and_passes_verls_validation_on_two_gpus(tmp_path
 
     smoke = load_config([REPO / "config" / "smoke.yaml"], REPO)
     paths = RunPaths.for_run(tmp_path / "run")
-    cfg = compose_overrides(build_overrides(smoke, "medgemma-4b", method, 0, paths, tmp_path))
+    cfg = compose_overrides(build_overrides(RunSettings.from_config(smoke, "medgemma-4b", method), 0, paths, tmp_path))
     validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
     assert cfg.trainer.n_gpus_per_node == 2 and cfg.actor_rollout_ref.rollout.tensor_model_parallel_size == 1
     assert cfg.actor_rollout_ref.actor.ppo_max_token_len_per_gpu == 2 * (4096 + 1024)

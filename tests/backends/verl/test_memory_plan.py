@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from eqpo.backends.verl import memory_plan as mp
 from eqpo.backends.verl import preflight as pf
-from eqpo.runs.settings import load_config
+from eqpo.runs.settings import RunSettings, load_config
 
 REPO = Path(__file__).resolve().parents[3]
 PAPER = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -87,12 +87,9 @@ def test_more_gpus_never_need_more_memory_per_gpu(n, gpus, tokens, share, offloa
 
 
 def shape_of(config, model="medgemma-4b", method="grpo"):
-    from eqpo.runs.settings import train_settings
-
-    entry = config["models"][model]
-    return mp.run_shape(
-        entry, train_settings(config, model, method), int(entry["params_billion"] * 1e9), entry["model_type"]
-    )
+    settings = RunSettings.from_config(config, model, method)
+    entry = settings.model_config
+    return mp.run_shape(entry, settings.train, int(entry["params_billion"] * 1e9), entry["model_type"])
 
 
 def test_the_smoke_run_fits_an_80_gb_gpu_and_would_not_on_one():
@@ -123,8 +120,9 @@ def test_offload_settings_and_token_budget_come_from_the_model_overrides():
     assert shape.plan(GIB_80).update["fp32 parameters"] == 0
 
 
-def test_the_readme_table_is_the_plan():
-    table = mp.plan_table(PAPER)
+def test_the_readme_table_is_the_plan(capsys):
+    table = mp.plan_table([RunSettings.from_config(PAPER, m, PAPER["methods"][0]) for m in PAPER["base_models"]])
+    assert mp.main(["--root", str(REPO)]) == 0 and capsys.readouterr().out == table + "\n"  # the command line's
     assert "| medgemma-4b | 1 | 107 | 97 | no | yes |" in table
     assert "| qwen2.5-vl-7b | 4 | 57 | 72 | yes | yes |" in table
     readme = (REPO / "README.md").read_text()
@@ -150,14 +148,18 @@ def gpu_node(gib: float, count: int) -> pf.Probe:
     )
 
 
+def runs(config, *methods, model="medgemma-4b"):
+    return [RunSettings.from_config(config, model, method) for method in methods]
+
+
 def test_preflight_stops_a_run_that_does_not_fit_with_the_fix(tmp_path):
     one_gpu = copy.deepcopy(SMOKE)
     one_gpu["train"]["gpus"] = 1
-    checks = pf.run_checks(one_gpu, ["medgemma-4b"], ["grpo", "eqpo"], tmp_path, tmp_path, gpu_node(79.2, 1))
+    checks = pf.run_checks(runs(one_gpu, "grpo", "eqpo"), tmp_path, tmp_path, gpu_node(79.2, 1))
     (memory,) = [c for c in checks if c.name.startswith("memory")]
     assert not memory.ok and "plan 92 of 79 GiB" in memory.detail
     assert memory.fix.startswith("set train.gpus: 2")
-    fits = pf.run_checks(SMOKE, ["medgemma-4b"], ["grpo", "eqpo"], tmp_path, tmp_path, gpu_node(79.2, 2))
+    fits = pf.run_checks(runs(SMOKE, "grpo", "eqpo"), tmp_path, tmp_path, gpu_node(79.2, 2))
     assert [c.ok for c in fits if c.name.startswith("memory")] == [True]
-    h200 = pf.run_checks(one_gpu, ["medgemma-4b"], ["grpo"], tmp_path, tmp_path, gpu_node(139.8, 1))
+    h200 = pf.run_checks(runs(one_gpu, "grpo"), tmp_path, tmp_path, gpu_node(139.8, 1))
     assert [c.ok for c in h200 if c.name.startswith("memory")] == [True]

@@ -4,6 +4,7 @@ count, disk), on a faked GPU node: every probe of the machine is replaced."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from safetensors.torch import save_file
 
 from eqpo.backends.verl import preflight as pf
 from eqpo.runs import base_models as bm
+from eqpo.runs.settings import RunSettings
 
 REPO = Path(__file__).resolve().parents[3]
 PAPER = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -125,8 +127,13 @@ def test_attention_choices():
 # ----------------------------------------------------------------------------------------------
 
 
+def settings(config, models, methods):
+    return [RunSettings.from_config(config, model, method) for model in models for method in methods]
+
+
 def run(tmp_path, probe, config=PAPER, models=("medgemma-4b",), methods=("grpo", "eqpo"), **kwargs):
-    return pf.run_checks(config, list(models), list(methods), exported(tmp_path), tmp_path / "results", probe, **kwargs)
+    runs = settings(config, models, methods)
+    return pf.run_checks(runs, exported(tmp_path), tmp_path / "results", probe, **kwargs)
 
 
 def test_a_healthy_node_passes_and_prints_one_table(tmp_path):
@@ -152,6 +159,9 @@ def test_a_healthy_node_passes_and_prints_one_table(tmp_path):
     assert detail["attention medgemma-4b"] == "sdpa (gemma3)"
     # 4.3e9 parameters: (1 + 1) x 12 bytes + 2 bytes merged = 26 bytes/param = 111.8 GB per run
     assert "one run needs up to 112 GB, all 2 runs 224 GB" in detail["disk"]
+    # three seeds of each: 6 runs of 111.8 GB
+    three = {c.name: c.detail for c in run(tmp_path, node(), seeds=3)}
+    assert "one run needs up to 112 GB, all 6 runs 671 GB" in three["disk"]
 
 
 def test_gpus_driver_and_torch_build(tmp_path):
@@ -198,13 +208,18 @@ def test_attention_package_and_trackers(tmp_path):
     assert set(failed(run(tmp_path, node(), config, models=["qwen2.5-vl-7b"]))) == {"logger mlflow"}
     config["models"]["medgemma-4b"]["attention"] = "flash_attention_2"
     assert "sdpa only" in failed(run(tmp_path, node(), config))["attention medgemma-4b"]
+    # each run's own settings are checked: a tracker only the second run asks for
+    grpo, eqpo = settings(PAPER, ["medgemma-4b"], ["grpo", "eqpo"])
+    eqpo = dataclasses.replace(eqpo, train=dataclasses.replace(eqpo.train, loggers=("mlflow",)))
+    checks = pf.run_checks([grpo, eqpo], exported(tmp_path), tmp_path, node())
+    assert set(failed(checks)) == {"logger mlflow"}
 
 
 def test_data_files_per_method(tmp_path):
     data = exported(tmp_path, parts=("train", "val"))
-    checks = pf.run_checks(PAPER, ["medgemma-4b"], ["grpo", "grpo_rs"], data, tmp_path, node())
+    checks = pf.run_checks(settings(PAPER, ["medgemma-4b"], ["grpo", "grpo_rs"]), data, tmp_path, node())
     assert failed(checks)["data"] == f"{data}: missing test.parquet, train_rs.parquet"
-    checks = pf.run_checks(PAPER, ["medgemma-4b"], ["grpo"], data, tmp_path, node(), evaluation=False)
+    checks = pf.run_checks(settings(PAPER, ["medgemma-4b"], ["grpo"]), data, tmp_path, node(), evaluation=False)
     assert failed(checks) == {}
 
 

@@ -256,11 +256,14 @@ def test_paper_overrides_with_the_local_checkpoint_compose_with_verls_config(che
     from verl.utils.config import validate_config
 
     from eqpo.backends.verl.launch import RunPaths, build_overrides
+    from eqpo.runs.settings import RunSettings
 
     model_key = FAMILIES[checkpoint.family][0]
     config = copy.deepcopy(PAPER)
     config["models"][model_key]["path"] = str(checkpoint.path)
-    overrides = build_overrides(config, model_key, "eqpo", 0, RunPaths.for_run(tmp_path / "run"), tmp_path / "data")
+    overrides = build_overrides(
+        RunSettings.from_config(config, model_key, "eqpo"), 0, RunPaths.for_run(tmp_path / "run"), tmp_path / "data"
+    )
     cfg = _compose(overrides)
     assert cfg.actor_rollout_ref.model.path == str(checkpoint.path)
     assert cfg.data.image_key == "images" and cfg.actor_rollout_ref.rollout.name == "vllm"

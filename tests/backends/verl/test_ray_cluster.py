@@ -17,6 +17,7 @@ import pytest
 from eqpo.backends.verl import launch
 from eqpo.backends.verl.launch import RunPaths, build_overrides
 from eqpo.backends.verl.ray_cluster import RayClusterError, count_nodes, head_first, start_ray_cluster, stop_ray_cluster
+from eqpo.runs.settings import RunSettings
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -246,18 +247,28 @@ def nodes_config(nnodes):
 
 def test_the_address_is_added_only_for_multi_node_runs_and_composes_with_verls_config(tmp_path):
     paths = RunPaths.for_run(tmp_path)
-    single = build_overrides(nodes_config(1), "medgemma-4b", "eqpo", 0, paths, tmp_path, num_cpus=32)
+    single = build_overrides(
+        RunSettings.from_config(nodes_config(1), "medgemma-4b", "eqpo"), 0, paths, tmp_path, num_cpus=32
+    )
     assert [o for o in single if "ray_kwargs" in o] == [
         "+ray_kwargs.ray_init.address=local",
         "+ray_kwargs.ray_init.include_dashboard=false",
         "ray_kwargs.ray_init.num_cpus=32",
     ]
     with pytest.raises(ValueError, match="only for multi-node runs"):
-        build_overrides(nodes_config(1), "medgemma-4b", "eqpo", 0, paths, tmp_path, ray_address="10.0.0.1:6379")
+        build_overrides(
+            RunSettings.from_config(nodes_config(1), "medgemma-4b", "eqpo"),
+            0,
+            paths,
+            tmp_path,
+            ray_address="10.0.0.1:6379",
+        )
     with pytest.raises(ValueError, match="train.nnodes must be an integer >= 1"):
-        build_overrides(nodes_config(0), "medgemma-4b", "eqpo", 0, paths, tmp_path)
+        build_overrides(RunSettings.from_config(nodes_config(0), "medgemma-4b", "eqpo"), 0, paths, tmp_path)
 
-    multi = build_overrides(nodes_config(2), "medgemma-4b", "eqpo", 0, paths, tmp_path, ray_address="10.0.0.1:6379")
+    multi = build_overrides(
+        RunSettings.from_config(nodes_config(2), "medgemma-4b", "eqpo"), 0, paths, tmp_path, ray_address="10.0.0.1:6379"
+    )
     assert "+ray_kwargs.ray_init.address='10.0.0.1:6379'" in multi
     cfg = test_launch.compose_overrides(multi)
     assert cfg.ray_kwargs.ray_init.address == "10.0.0.1:6379" and cfg.trainer.nnodes == 2
@@ -275,9 +286,7 @@ def test_run_training_joins_the_cluster_and_stops_it_even_when_verl_fails(tmp_pa
     verl = test_launch.FakeVerl(fail_after=1)
     with pytest.raises(RuntimeError, match="verl exited with status 1"):
         launch.run_training(
-            config,
-            "qwen2.5-vl-7b",
-            "eqpo",
+            RunSettings.from_config(config, "qwen2.5-vl-7b", "eqpo"),
             0,
             tmp_path / "run",
             data,
@@ -299,7 +308,13 @@ def test_run_training_joins_the_cluster_and_stops_it_even_when_verl_fails(tmp_pa
     # The next allocation (another address) resumes from the checkpoint of the first.
     runner = FakeRunner(["gpu07", host], joined=[2])
     launch.run_training(
-        config, "qwen2.5-vl-7b", "eqpo", 0, tmp_path / "run", data, runner=verl, check_env=False, ray_runner=runner
+        RunSettings.from_config(config, "qwen2.5-vl-7b", "eqpo"),
+        0,
+        tmp_path / "run",
+        data,
+        runner=verl,
+        check_env=False,
+        ray_runner=runner,
     )
     assert len(verl.calls) == 2 and (tmp_path / "run" / "checkpoint" / "global_step_2").is_dir()
     assert [p.signals for p in runner.procs] == [[signal.SIGTERM]] * 2
@@ -309,9 +324,7 @@ def test_a_single_node_run_starts_no_cluster(tmp_path):
     data = test_launch.export(tmp_path / "data")
     runner, verl = FakeRunner([], [1]), test_launch.FakeVerl()
     launch.run_training(
-        nodes_config(1),
-        "qwen2.5-vl-7b",
-        "eqpo",
+        RunSettings.from_config(nodes_config(1), "qwen2.5-vl-7b", "eqpo"),
         0,
         tmp_path / "run",
         data,

@@ -19,6 +19,7 @@ pytest.importorskip("verl")
 pytest.importorskip("transfer_queue")
 
 from eqpo.backends.verl import compat, cpu, launch  # noqa: E402
+from eqpo.runs.settings import RunSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 SRC = REPO / "src"
@@ -95,7 +96,9 @@ def _tiny_config(tmp_path: Path, device: str | None) -> dict:
 
 def _command(config: dict, tmp_path: Path, num_cpus: int | None = 2):
     paths = launch.RunPaths.for_run(tmp_path / "run")
-    argv, env = launch.build_command(config, "tiny", "eqpo", 0, paths, tmp_path / "data", num_cpus=num_cpus)
+    argv, env = launch.build_command(
+        RunSettings.from_config(config, "tiny", "eqpo"), 0, paths, tmp_path / "data", num_cpus=num_cpus
+    )
     return dict(o.split("=", 1) for o in argv[3:]), env
 
 
@@ -118,11 +121,11 @@ def test_a_gpu_run_gets_nothing_of_the_cpu_path(tmp_path):
         assert "VERL_PLATFORM" not in env and "VERL_ENGINE_DEVICE" not in env
 
 
-def test_train_device_is_validated_by_the_schema_and_the_launcher(tmp_path):
+def test_train_device_is_validated_by_the_schema_and_the_run_settings(tmp_path):
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     device = schema["properties"]["train"]["properties"]["device"]
     assert device["enum"] == ["cuda", "cpu"] and device["default"] == "cuda"
-    with pytest.raises(ValueError, match="train.device must be 'cuda' or 'cpu', got 'tpu'"):
+    with pytest.raises(ValueError, match=r"train.device must be one of \['cuda', 'cpu'\], got 'tpu'"):
         _command(_tiny_config(tmp_path, "tpu"), tmp_path)
 
 

@@ -40,6 +40,7 @@ pytest.importorskip("trl")  # the fixture's processor loader; TRL beside verl is
 from eqpo.backends.verl import launch  # noqa: E402
 from eqpo.backends.verl.estimators import REGISTERED  # noqa: E402
 from eqpo.core.advantages import make_estimator  # noqa: E402
+from eqpo.runs.settings import RunSettings  # noqa: E402
 
 from tiny_vl import build_gemma3, build_qwen_vl, custom_dataset  # noqa: E402
 
@@ -166,9 +167,17 @@ def qwen_run(data, tmp_path_factory):
     config, probe, log, run_dir = _config(model, "qwen2_5_vl", gpus=2), root / "probe", root / "verl.log", root / "run"
     probe.mkdir()
     with pytest.raises(RuntimeError, match="verl exited with status -9"):
-        launch.run_training(config, "tiny", "eqpo", 0, run_dir, data, runner=_runner(log, probe, 1, SHADOWS, kill_at=2))
+        launch.run_training(
+            RunSettings.from_config(config, "tiny", "eqpo"),
+            0,
+            run_dir,
+            data,
+            runner=_runner(log, probe, 1, SHADOWS, kill_at=2),
+        )
     killed_checkpoints = sorted(p.name for p in (run_dir / "verl" / "checkpoints").glob("global_step_*"))
-    paths = launch.run_training(config, "tiny", "eqpo", 0, run_dir, data, runner=_runner(log, probe, 2, SHADOWS))
+    paths = launch.run_training(
+        RunSettings.from_config(config, "tiny", "eqpo"), 0, run_dir, data, runner=_runner(log, probe, 2, SHADOWS)
+    )
     return {"paths": paths, "probe": probe, "log": log, "config": config, "killed_checkpoints": killed_checkpoints}
 
 
@@ -179,7 +188,9 @@ def gemma_run(data, tmp_path_factory):
     model = build_gemma3(root / "model", warm_steps=100)
     config, probe, log = _config(model, "gemma3", gpus=1), root / "probe", root / "verl.log"
     probe.mkdir()
-    paths = launch.run_training(config, "tiny", "grpo_dro", 0, root / "run", data, runner=_runner(log, probe, 1))
+    paths = launch.run_training(
+        RunSettings.from_config(config, "tiny", "grpo_dro"), 0, root / "run", data, runner=_runner(log, probe, 1)
+    )
     return {"paths": paths, "probe": probe, "log": log, "config": config}
 
 

@@ -1,8 +1,9 @@
-"""Render and run one verl 0.9.1 training run (``python -m verl.trainer.main_ppo``) from our config.
+"""Render and run one verl 0.9.1 training run (``python -m verl.trainer.main_ppo``) from a run's settings.
 
-The workflow's ``train_verl`` rule calls :func:`run_training`. It builds the Hydra overrides from
-``config.yaml`` (``models.<m>.path``/``overrides``, the ``train`` block = paper Table 3, the
-method's ``estimators`` options), runs verl as a subprocess whose output is streamed into the rule
+The workflow's ``train_verl`` rule calls :func:`run_training` with the run's
+:class:`~eqpo.runs.settings.RunSettings` (resolved once from the config by the workflow). It builds the
+Hydra overrides from them (the model's ``path``/``overrides``, the ``train`` settings = paper Table 3,
+the method's estimator options, the reward), runs verl as a subprocess whose output is streamed into the rule
 log, and converts verl's outputs into the run-file contract of :mod:`eqpo.runs.files` with
 :mod:`eqpo.backends.verl.logs`.
 
@@ -36,7 +37,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ from eqpo.data.export import train_part
 # module verl imports in every process; launch.py keeps no copy of them.
 from eqpo.runs import base_models
 from eqpo.runs.files import CLUSTER_LOG_FILE, CLUSTERS_FILE, DYNAMICS_FILE, STEPS_FILE
-from eqpo.runs.settings import estimator_options, flatten_overrides, reproduction_options, run_reward, train_settings
+from eqpo.runs.settings import RunSettings, TrainSettings, flatten_overrides
 
 ENTRYPOINT = "verl.trainer.main_ppo"
 # Where verl's driver finds its Ray cluster: main_ppo passes ray_kwargs.ray_init to ray.init; `address`
@@ -73,7 +74,7 @@ TQ_DEFAULT_STORAGE_UNITS = 8
 # Set by train.restart_estimator_on_resume: read by eqpo.backends.verl.trainer on resume.
 RESTART_ESTIMATOR_KEY = "+trainer.eqpo_restart_estimator"
 
-# `train` block key -> verl key (values copied as they are).
+# TrainSettings field -> verl key (values copied as they are).
 TRAIN_KEYS: dict[str, tuple[str, ...]] = {
     "batch_prompts": ("data.train_batch_size",),
     "rollouts": ("actor_rollout_ref.rollout.n",),
@@ -224,12 +225,9 @@ def val_file(data_dir: str | Path) -> Path:
     return Path(data_dir).expanduser().resolve() / "val.parquet"
 
 
-def model_entry(config: Mapping[str, Any], model: str) -> Mapping[str, Any]:
-    """``config["models"][model]``, checked to be a verl model with a path."""
-    models = config.get("models") or {}
-    if model not in models:
-        raise ValueError(f"model {model!r} is not defined under `models:` in the config; defined: {sorted(models)}")
-    entry = models[model]
+def model_entry(settings: RunSettings) -> Mapping[str, Any]:
+    """The run's ``models.<m>`` entry (``settings.model_config``), checked to be a verl model with a path."""
+    model, entry = settings.model, settings.model_config
     if entry.get("backend") != "verl":
         raise ValueError(f"models.{model}.backend is {entry.get('backend')!r}; GPU training needs backend: verl")
     if not entry.get("path"):
@@ -247,49 +245,38 @@ def resolve_model_path(path: str, model: str) -> str:
     return str(weights.directory) if weights.where == "local" else path
 
 
-def _experiment_names(config: Mapping[str, Any], model: str, method: str, seed: int) -> tuple[str, str]:
-    return f"eqpo_{config.get('experiment', 'run')}", f"{model}_{method}_seed{seed}"
-
-
-def train_nnodes(train: Mapping[str, Any]) -> int:
-    """``train.nnodes`` (default 1), checked to be a positive integer."""
-    nnodes = train.get("nnodes", 1)
-    if isinstance(nnodes, bool) or not isinstance(nnodes, int) or nnodes < 1:
-        raise ValueError(f"train.nnodes must be an integer >= 1, got {nnodes!r}")
-    return nnodes
+def _experiment_names(settings: RunSettings, seed: int) -> tuple[str, str]:
+    return f"eqpo_{settings.experiment}", f"{settings.model}_{settings.method}_seed{seed}"
 
 
 def build_overrides(
-    config: Mapping[str, Any],
-    model: str,
-    method: str,
+    settings: RunSettings,
     seed: int,
     paths: RunPaths,
-    data_dir: str | Path | None = None,
+    data_dir: str | Path,
     ray_address: str | None = None,
     num_cpus: int | None = None,
 ) -> list[str]:
     """Hydra overrides for ``python -m verl.trainer.main_ppo`` of one (model, method, seed) run.
 
-    ``data_dir`` holds the verl export (train/val/train_rs.parquet); default
-    ``<data.root>/<experiment>/verl``. Per-model ``models.<m>.overrides`` come last and replace any
-    default of the same key. ``ray_address`` (``host:port`` of the Ray cluster over the SLURM nodes,
-    multi-node runs only) becomes ``+ray_kwargs.ray_init.address``; a single-node run starts its own
-    local Ray instead, with ``num_cpus`` CPUs (the job's threads; verl asks for a fixed number under
-    SLURM; on a multi-node run each node's ``ray start`` gets them). Too few CPUs for verl's
-    TransferQueue is an error. The attention implementation and its companions come from :mod:`eqpo.runs.base_models`.
+    ``settings``: the run's settings (``train``, estimator options, reward, model entry, experiment,
+    validation subset). ``data_dir`` holds the verl export (train/val/train_rs.parquet). Per-model
+    ``models.<m>.overrides`` come last and replace any default of the same key. ``ray_address``
+    (``host:port`` of the Ray cluster over the SLURM nodes, multi-node runs only) becomes
+    ``+ray_kwargs.ray_init.address``; a single-node run starts its own local Ray instead, with
+    ``num_cpus`` CPUs (the job's threads; verl asks for a fixed number under SLURM; on a multi-node
+    run each node's ``ray start`` gets them). Too few CPUs for verl's TransferQueue is an error. The
+    attention implementation and its companions come from :mod:`eqpo.runs.base_models`.
     """
-    entry = model_entry(config, model)
+    model, method, train = settings.model, settings.method, settings.train
+    entry = model_entry(settings)
     kind = base_models.model_type(entry, model, _weights_if_resolvable(entry))
     attention = base_models.attention(entry, model, kind)
     estimator = method_to_verl(method)
-    if data_dir is None:
-        data_dir = Path(config.get("data", {}).get("root", "data")) / str(config.get("experiment", "")) / "verl"
-    train = train_settings(config, model, method)
-    nnodes = train_nnodes(train)
+    nnodes = train.nnodes
     if ray_address is not None and nnodes == 1:
         raise ValueError(f"a Ray address ({ray_address!r}) is only for multi-node runs, but train.nnodes = 1")
-    project, experiment = _experiment_names(config, model, method, seed)
+    project, experiment = _experiment_names(settings, seed)
     out = _Overrides()
 
     out.update(
@@ -314,7 +301,7 @@ def build_overrides(
                 "model",
                 "optimizer",
                 "extra",
-                *(["hf_model"] if train.get("save_hf_model") else []),
+                *(["hf_model"] if train.save_hf_model else []),
             ],
             "actor_rollout_ref.rollout.name": "vllm",
             "actor_rollout_ref.rollout.seed": seed,
@@ -322,12 +309,11 @@ def build_overrides(
         }
     )
     for key, targets in TRAIN_KEYS.items():
-        if train.get(key) is not None:
-            for target in targets:
-                out.set(target, train[key])
-    if train.get("steps") is not None:
-        out.set("trainer.total_training_steps", train["steps"])
-    out.update(_kl_overrides(float(train.get("kl_coef") or 0.0)))
+        for target in targets:
+            out.set(target, getattr(train, key))
+    if train.steps is not None:
+        out.set("trainer.total_training_steps", train.steps)
+    out.update(_kl_overrides(train.kl_coef))
     out.update(_batching_overrides(train))
     out.update(
         {
@@ -339,30 +325,28 @@ def build_overrides(
             "trainer.resume_mode": "auto",
             "trainer.default_local_dir": paths.checkpoints,
             # verl deletes the oldest checkpoint after writing a new one (null would keep every save).
-            "trainer.max_actor_ckpt_to_keep": train.get("max_ckpt_to_keep", 1),
-            "trainer.max_critic_ckpt_to_keep": train.get("max_ckpt_to_keep", 1),
+            "trainer.max_actor_ckpt_to_keep": train.max_ckpt_to_keep,
+            "trainer.max_critic_ckpt_to_keep": train.max_ckpt_to_keep,
             "trainer.validation_data_dir": paths.validation_dir,
         }
     )
     out.update(base_models.attention_overrides(attention, kind))
-    max_samples = (config.get("evaluation") or {}).get("max_samples")
-    if max_samples is not None:  # a seeded random subset of the validation split (verl's RLHFDataset)
-        out.set("data.val_max_samples", int(max_samples))
-    if train.get("rollout_data"):  # every rollout of every step (~80 MB a step at paper scale); opt-in
+    if settings.max_samples is not None:  # a seeded random subset of the validation split (verl's RLHFDataset)
+        out.set("data.val_max_samples", int(settings.max_samples))
+    if train.rollout_data:  # every rollout of every step (~80 MB a step at paper scale); opt-in
         out.set("trainer.rollout_data_dir", paths.rollout_dir)
-    if train.get("restart_estimator_on_resume"):
+    if train.restart_estimator_on_resume:
         out.set(RESTART_ESTIMATOR_KEY, True)
-    # adv_estimator, trainer mode, external_lib, reward function, +algorithm.eqpo.<option>, cluster log
-    options = estimator_options(config, model, method)  # estimators.<method> with the run's `estimator`
-    # reward.function / matching / extraction of the config; the run's own reward where `runs` names one
-    reward = {**reproduction_options(config).reward_kwargs(), "function": run_reward(config, model, method)}
-    for override in verl_overrides(method, options, cluster_log=str(paths.cluster_log), reward=reward):
+    # adv_estimator, trainer mode, external_lib, reward function (the run's own: settings.options.reward),
+    # +algorithm.eqpo.<option> (estimators.<method> with the run's `estimator`), cluster log
+    reward = settings.options.reward_kwargs()
+    for override in verl_overrides(method, settings.estimator, cluster_log=str(paths.cluster_log), reward=reward):
         out.set_rendered(override)
     if ray_address is not None:
         out.set(RAY_ADDRESS_KEY, ray_address)
     else:
         out.update(_local_ray_overrides(num_cpus))
-    if train_device(train) == "cpu":
+    if train.device == "cpu":
         num_cpus = _cpu_run_overrides(out, train, num_cpus)
     model_overrides = flatten_overrides(entry.get("overrides"))
     out.update(model_overrides)
@@ -388,15 +372,7 @@ def _check_ray_cpus(total: int, model_overrides: Mapping[str, Any]) -> None:
         )
 
 
-def train_device(train: Mapping[str, Any]) -> str:
-    """``train.device``: ``cuda`` (default) or ``cpu`` (verl's loop without GPU, eqpo.backends.verl.cpu)."""
-    device = train.get("device", "cuda")
-    if device not in ("cuda", "cpu"):
-        raise ValueError(f"train.device must be 'cuda' or 'cpu', got {device!r}")
-    return device
-
-
-def _cpu_run_overrides(out: _Overrides, train: Mapping[str, Any], num_cpus: int | None) -> int | None:
+def _cpu_run_overrides(out: _Overrides, train: TrainSettings, num_cpus: int | None) -> int | None:
     """A ``train.device: cpu`` run: the CPU platform's settings (:data:`eqpo.backends.verl.cpu.CPU_OVERRIDES`),
     Ray's logical GPUs (one per FSDP rank, ``train.gpus``) and, for a single-node run, at least
     :data:`~eqpo.backends.verl.cpu.RAY_CPUS` logical Ray CPUs (verl's processes share the machine's cores,
@@ -404,7 +380,7 @@ def _cpu_run_overrides(out: _Overrides, train: Mapping[str, Any], num_cpus: int 
     from eqpo.backends.verl.cpu import CPU_OVERRIDES, RAY_CPUS, RAY_GPUS_KEY
 
     out.update(CPU_OVERRIDES)
-    out.set(RAY_GPUS_KEY, int(train.get("gpus", 1)))
+    out.set(RAY_GPUS_KEY, train.gpus)
     if out.get(RAY_ADDRESS_KEY) == RAY_LOCAL:
         num_cpus = max(int(num_cpus or 0), RAY_CPUS)
         out.set("ray_kwargs.ray_init.num_cpus", num_cpus)
@@ -423,13 +399,12 @@ def _local_ray_overrides(num_cpus: int | None) -> dict[str, Any]:
     return out
 
 
-def trackers(train: Mapping[str, Any]) -> list[str]:
+def trackers(train: TrainSettings) -> list[str]:
     """``train.loggers``: experiment trackers added to verl's console and file loggers."""
-    chosen = list(train.get("loggers") or [])
-    unknown = [name for name in chosen if name not in TRACKERS]
+    unknown = [name for name in train.loggers if name not in TRACKERS]
     if unknown:
         raise ValueError(f"train.loggers {unknown} are not trackers verl supports here; choose from {list(TRACKERS)}")
-    return list(dict.fromkeys(chosen))
+    return list(train.loggers)  # TrainSettings keeps each name once
 
 
 def _weights_if_resolvable(entry: Mapping[str, Any]) -> base_models.Weights | None:
@@ -451,7 +426,7 @@ def _kl_overrides(kl_coef: float) -> dict[str, Any]:
     }
 
 
-def _batching_overrides(train: Mapping[str, Any]) -> dict[str, Any]:
+def _batching_overrides(train: TrainSettings) -> dict[str, Any]:
     """Token-budget micro-batching (no per-GPU micro-batch sizes to tune). The log-prob passes of
     rollout and reference inherit both settings from the actor."""
     return {
@@ -492,12 +467,10 @@ def build_environment(paths: RunPaths, base: Mapping[str, str] | None = None) ->
 
 
 def build_command(
-    config: Mapping[str, Any],
-    model: str,
-    method: str,
+    settings: RunSettings,
     seed: int,
     paths: RunPaths,
-    data_dir: str | Path | None = None,
+    data_dir: str | Path,
     python: str | None = None,
     base_env: Mapping[str, str] | None = None,
     ray_address: str | None = None,
@@ -505,26 +478,24 @@ def build_command(
 ) -> tuple[list[str], dict[str, str]]:
     """``(argv, env)`` of the verl run: ``python -m verl.trainer.main_ppo <overrides>``, with
     Hydra's own run directory inside the work directory."""
-    overrides = build_overrides(config, model, method, seed, paths, data_dir, ray_address, num_cpus)
+    overrides = build_overrides(settings, seed, paths, data_dir, ray_address, num_cpus)
     argv = [python or sys.executable, "-m", ENTRYPOINT, *overrides, f"hydra.run.dir={format_value(paths.hydra_dir)}"]
     env = build_environment(paths, base_env)
-    if data_dir is not None:
-        env[DATA_DIR_ENV] = str(Path(data_dir).expanduser().resolve())
-    if train_device(train_settings(config, model, method)) == "cpu":
+    env[DATA_DIR_ENV] = str(Path(data_dir).expanduser().resolve())
+    if settings.train.device == "cpu":
         from eqpo.backends.verl.cpu import cpu_environment
 
         env = cpu_environment(env)
     return argv, env
 
 
-def check_environment(
-    config: Mapping[str, Any], model: str, method: str, data_dir: str | Path, run_dir: str | Path, probe: Any = None
-) -> None:
+def check_environment(settings: RunSettings, data_dir: str | Path, run_dir: str | Path, probe: Any = None) -> None:
     """The preflight (:mod:`eqpo.backends.verl.preflight`) of one run on this node, printed into the log; raise
     :class:`TrainingEnvironmentError` with one line per problem before Ray or verl start."""
     from eqpo.backends.verl import preflight
 
-    checks = preflight.run_checks(config, [model], [method], data_dir, run_dir, probe, evaluation=False)
+    model, method = settings.model, settings.method
+    checks = preflight.run_checks([settings], data_dir, run_dir, probe, evaluation=False)
     _say("preflight\n" + preflight.report(checks))
     found = preflight.problems(checks)
     if found:
@@ -746,9 +717,7 @@ def _say(message: str) -> None:
 
 
 def run_training(
-    config: Mapping[str, Any],
-    model: str,
-    method: str,
+    settings: RunSettings,
     seed: int,
     run_dir: str | Path,
     data_dir: str | Path,
@@ -762,7 +731,8 @@ def run_training(
 ) -> RunPaths:
     """Train one (model, method, seed) with verl and write the run files.
 
-    Checks the model path, the data files, that the reward function (``compute_score``, default
+    ``settings``: the run's settings (:meth:`RunSettings.from_config` of the workflow's config). Checks
+    the model path, the data files, that the reward function (``compute_score``, default
     ours) identifies validation answers, and (``check_env``) runs the node's preflight
     (:mod:`eqpo.backends.verl.preflight`: GPUs, driver, verl/vLLM, attention, weights, disk); runs verl
     (``runner(argv, env) -> exit status``; default: a streamed subprocess), then writes
@@ -775,38 +745,36 @@ def run_training(
     """
     from eqpo.backends.verl import logs
 
-    entry = model_entry(config, model)
+    model, method, train = settings.model, settings.method, settings.train
+    entry = model_entry(settings)
     method_to_verl(method)
     model_path = resolve_model_path(str(entry["path"]), model)
-    config = {**config, "models": {**config["models"], model: {**entry, "path": model_path}}}
+    settings = replace(settings, model_config={**entry, "path": model_path})
     for path in (train_file(data_dir, method), val_file(data_dir)):
         if not path.exists():
             raise FileNotFoundError(f"verl data file {path} is missing; the export_verl rule writes it")
     logs.register_custom_specs(data_dir)  # your own datasets' labels, for the reward check below
     check_reward_ids(val_file(data_dir), compute_score)
-    train = train_settings(config, model, method)
-    if train_device(train) == "cpu":  # no GPU node to check; the CPU support is written for one verl
+    if train.device == "cpu":  # no GPU node to check; the CPU support is written for one verl
         from eqpo.backends.verl.cpu import check_version
 
         check_version()
     elif check_env:
-        check_environment(config, model, method, data_dir, run_dir, probe)
+        check_environment(settings, data_dir, run_dir, probe)
     paths = RunPaths.for_run(run_dir)
-    nnodes = train_nnodes(train)
+    nnodes = train.nnodes
     cluster = None
     if nnodes > 1:
         from eqpo.backends.verl.ray_cluster import start_ray_cluster
 
         _say(f"starting a Ray cluster over {nnodes} SLURM nodes")
         cluster = start_ray_cluster(
-            nnodes, int(train.get("gpus", 1)), build_environment(paths), ray_runner or subprocess, num_cpus=num_cpus
+            nnodes, train.gpus, build_environment(paths), ray_runner or subprocess, num_cpus=num_cpus
         )
         _say(f"Ray cluster up at {cluster.address}: {', '.join(cluster.nodes)}")
     try:
         argv, env = build_command(
-            config,
-            model,
-            method,
+            settings,
             seed,
             paths,
             data_dir,
@@ -827,7 +795,7 @@ def run_training(
             f"verl exited with status {status} ({model}/{method}/seed{seed}); its output is "
             f"above in this log, its work files in {paths.work_dir}"
         )
-    logs.convert_run(paths, val_file(data_dir), reproduction_options(config))
-    finish_checkpoints(paths, train.get("max_ckpt_to_keep", 1))
+    logs.convert_run(paths, val_file(data_dir), settings.options)
+    finish_checkpoints(paths, train.max_ckpt_to_keep)
     _say(f"run files written to {paths.run_dir}")
     return paths

@@ -35,12 +35,12 @@ to say what fits instead; it is not a measurement.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eqpo.runs.settings import flatten_overrides, load_config, train_length
+from eqpo.runs.settings import RunSettings, TrainSettings, flatten_overrides, load_config
 
 GIB = 2**30
 FP32 = 4
@@ -58,10 +58,10 @@ STRATEGY = "actor_rollout_ref.actor.strategy"
 MAX_TOKENS = "actor_rollout_ref.actor.ppo_max_token_len_per_gpu"
 
 
-def max_token_len_per_gpu(train: Mapping[str, Any]) -> int:
-    """verl's ``ppo_max_token_len_per_gpu`` as the launcher sets it: two of the run's longest
+def max_token_len_per_gpu(train: TrainSettings) -> int:
+    """verl's ``ppo_max_token_len_per_gpu`` (tokens) as the launcher sets it: two of the run's longest
     sequences (prompt + response) per micro-batch."""
-    return 2 * (train_length(train, "max_prompt_length") + train_length(train, "max_response_length"))
+    return 2 * (train.max_prompt_length + train.max_response_length)
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def vocab_size(entry: Mapping[str, Any], kind: str | None, directory: Path | Non
 
 @dataclass(frozen=True)
 class RunShape:
-    """What the plan of one run depends on, read from the config."""
+    """What the plan of one run depends on, read from its settings."""
 
     n_params: int
     gpus: int
@@ -195,15 +195,15 @@ class RunShape:
 
 
 def run_shape(
-    entry: Mapping[str, Any], train: Mapping[str, Any], n_params: int, kind: str | None, directory: Path | None = None
+    entry: Mapping[str, Any], train: TrainSettings, n_params: int, kind: str | None, directory: Path | None = None
 ) -> RunShape:
     """The shape of a run of model ``entry`` (``models.<m>``) with the run's ``train`` settings."""
     overrides = {k.lstrip("+"): v for k, v in flatten_overrides(entry.get("overrides")).items()}
     fsdp2 = overrides.get(STRATEGY) == "fsdp2"
     return RunShape(
         n_params=n_params,
-        gpus=int(train.get("gpus", 1)) * int(train.get("nnodes", 1)),
-        rollout_share=float(train.get("rollout_gpu_memory", 0.6)),
+        gpus=train.gpus * train.nnodes,
+        rollout_share=train.rollout_gpu_memory,
         tokens_per_gpu=int(overrides.get(MAX_TOKENS) or max_token_len_per_gpu(train)),
         vocab_size=vocab_size(entry, kind, directory),
         param_offload=bool(overrides.get(OFFLOAD_PARAM, False)),
@@ -242,23 +242,22 @@ def fix_for(shape: RunShape, gpu_gib: float, max_gpus: int = 8) -> str:
 GPU_SIZES_GIB = {"80 GB": 79.2, "141 GB": 139.8}
 
 
-def plan_table(config: Mapping[str, Any], gpu_counts: tuple[int, ...] = (1, 2, 4, 8)) -> str:
-    """A markdown table: per verl model of ``config`` (with its first method's settings) and GPU
-    count, the update and rollout peaks in GiB per GPU on 80 GB GPUs, and whether the run fits 80 GB
-    and 141 GB GPUs (vLLM's share scales with the GPU)."""
+def plan_table(runs: Sequence[RunSettings], gpu_counts: tuple[int, ...] = (1, 2, 4, 8)) -> str:
+    """A markdown table: per run of ``runs`` with a verl model and a known parameter count, and per
+    GPU count, the update and rollout peaks in GiB per GPU on 80 GB GPUs, and whether the run fits
+    80 GB and 141 GB GPUs (vLLM's share scales with the GPU)."""
     from eqpo.runs import base_models
-    from eqpo.runs.settings import train_settings
 
     rows = [
         "| model | GPUs | update (GiB/GPU) | rollout (GiB/GPU) | fits 80 GB | fits 141 GB |",
         "|---|---|---|---|---|---|",
     ]
-    for model in config["base_models"]:
-        entry = config["models"][model]
+    for settings in runs:
+        model, entry = settings.model, settings.model_config
         n_params = base_models.parameters_of(entry, None)
         if entry.get("backend") != "verl" or n_params is None:
             continue
-        shape = run_shape(entry, train_settings(config, model, config["methods"][0]), n_params, entry.get("model_type"))
+        shape = run_shape(entry, settings.train, n_params, entry.get("model_type"))
         for gpus in gpu_counts:
             small, large = (shape.plan(gib, gpus=gpus) for gib in GPU_SIZES_GIB.values())
             fits = [
@@ -276,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configfile", nargs="*", default=[], help="overlays, as given to snakemake")
     parser.add_argument("--root", default=".", help="the repository root (holds config.yaml)")
     args = parser.parse_args(argv)
-    print(plan_table(load_config(args.configfile, Path(args.root))))
+    config = load_config(args.configfile, Path(args.root))
+    # each base model with the first method's settings (the table's rows)
+    print(plan_table([RunSettings.from_config(config, model, config["methods"][0]) for model in config["base_models"]]))
     return 0
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from eqpo.backends.verl import memory_plan
 from eqpo.data.export import train_part
 from eqpo.runs import base_models
-from eqpo.runs.settings import load_config, train_settings
+from eqpo.runs.settings import RunSettings, load_config
 
 VERL_VERSION = "0.9.1"
 # Oldest NVIDIA driver branch that supports a CUDA major version (NVIDIA's CUDA toolkit release notes,
@@ -227,9 +227,9 @@ def check_packages(probe: Probe, predict: bool = True) -> list[Check]:
     return out
 
 
-def check_model(probe: Probe, config: Mapping[str, Any], model: str) -> tuple[list[Check], int | None]:
-    """Weights, model type, attention of one model; returns the checks and its parameter count."""
-    entry = (config.get("models") or {}).get(model) or {}
+def check_model(probe: Probe, model: str, entry: Mapping[str, Any]) -> tuple[list[Check], int | None]:
+    """Weights, model type, attention of one model (``entry``: its ``models.<m>`` block); returns the
+    checks and its parameter count."""
     out: list[Check] = []
     path = str(entry.get("path", ""))
     try:
@@ -276,16 +276,15 @@ def check_model(probe: Probe, config: Mapping[str, Any], model: str) -> tuple[li
     return out, base_models.parameters_of(entry, weights)
 
 
-def check_memory(
-    probe: Probe, config: Mapping[str, Any], model: str, methods: Sequence[str], n_params: int | None
-) -> list[Check]:
-    """The run's GPU memory plan (:mod:`eqpo.backends.verl.memory_plan`) against the smallest visible GPU, once per
-    distinct setting among ``methods``; a plan that does not fit is a problem whose fix says what fits."""
+def check_memory(probe: Probe, runs: Sequence[RunSettings], n_params: int | None) -> list[Check]:
+    """The GPU memory plan (:mod:`eqpo.backends.verl.memory_plan`) of ``runs`` (the runs of one model)
+    against the smallest visible GPU, once per distinct setting among them; a plan that does not fit is
+    a problem whose fix says what fits."""
+    model, entry = runs[0].model, runs[0].model_config
     sizes = probe.gpu_memory()
     if n_params is None or not sizes:
         why = "no GPU visible" if not sizes else f"no parameter count (set models.{model}.params_billion)"
         return [Check(f"memory {model}", True, f"{why}; not checked")]
-    entry = (config.get("models") or {}).get(model) or {}
     try:
         weights = base_models.resolve_weights(str(entry.get("path", "")), probe.env)
     except FileNotFoundError:
@@ -294,13 +293,13 @@ def check_memory(
     kind = entry.get("model_type") or base_models.read_model_type(directory)
     gpu_gib = min(sizes) / memory_plan.GIB
     out, seen = [], set()
-    for method in methods:
-        shape = memory_plan.run_shape(entry, train_settings(config, model, method), n_params, kind, directory)
+    for settings in runs:
+        shape = memory_plan.run_shape(entry, settings.train, n_params, kind, directory)
         if shape in seen:
             continue
         seen.add(shape)
         plan = shape.plan(gpu_gib)
-        name = f"memory {model}" + (f"/{method}" if len(methods) > 1 and len(seen) > 1 else "")
+        name = f"memory {model}" + (f"/{settings.method}" if len(runs) > 1 and len(seen) > 1 else "")
         detail = f"plan {plan.peak_gib:.0f} of {gpu_gib:.0f} GiB per GPU: {plan.describe()}"
         out.append(
             Check(name, True, detail)
@@ -353,25 +352,24 @@ def _gb(n: int) -> str:
 
 
 def check_disk(
-    probe: Probe, config: Mapping[str, Any], params: Mapping[str, int | None], methods: Sequence[str], results: Path
+    probe: Probe, runs: Sequence[RunSettings], params: Mapping[str, int | None], seeds: int, results: Path
 ) -> Check:
     """Free disk under ``results`` against the largest run's peak (verl keeps max_ckpt_to_keep + 1
-    checkpoints while it saves) and the total the planned runs keep."""
+    checkpoints while it saves) and the total the planned runs keep (each of ``runs`` once per seed;
+    ``params``: parameter count per model, None where unknown)."""
     need: list[int] = []
-    for model, n in params.items():
-        for method in methods:
-            if n is None:
-                continue
-            train = train_settings(config, model, method)
-            keep = train.get("max_ckpt_to_keep", 1)
-            if keep is None:
-                return Check("disk", True, "train.max_ckpt_to_keep is null: verl keeps every checkpoint; not bounded")
-            need.append(base_models.run_disk_bytes(n, keep, bool(train.get("save_hf_model"))))
+    for settings in runs:
+        n = params.get(settings.model)
+        if n is None:
+            continue
+        keep = settings.train.max_ckpt_to_keep
+        if keep is None:
+            return Check("disk", True, "train.max_ckpt_to_keep is null: verl keeps every checkpoint; not bounded")
+        need.append(base_models.run_disk_bytes(n, keep, settings.train.save_hf_model))
     if not need:
         return Check("disk", True, "no parameter count known (set models.<m>.params_billion); not checked")
     free = probe.disk_free(results)
     largest = max(need)
-    seeds = len(config.get("seeds") or [0])
     detail = (
         f"{_gb(free)} free under {results}; one run needs up to {_gb(largest)}, "
         f"all {len(need) * seeds} runs {_gb(sum(need) * seeds)}"
@@ -388,32 +386,35 @@ def check_disk(
 
 
 def run_checks(
-    config: Mapping[str, Any],
-    models: Sequence[str],
-    methods: Sequence[str],
+    runs: Sequence[RunSettings],
     data_dir: str | Path,
     results: str | Path,
     probe: Probe | None = None,
     gpus: int | None = None,
     evaluation: bool = True,
+    seeds: int = 1,
 ) -> list[Check]:
-    """Every check for training ``models`` x ``methods`` of ``config`` on this node (and, with
-    ``evaluation``, evaluating them: the test split)."""
+    """Every check for training ``runs`` (the settings of each (model, method) run, each run ``seeds``
+    times) on this node, from the verl export in ``data_dir`` into ``results`` (and, with
+    ``evaluation``, evaluating them: the test split). ``gpus``: the GPUs one run needs (default the
+    largest ``train.gpus`` of the runs)."""
+    if not runs:
+        raise ValueError("preflight: no run to check")
     probe = probe or Probe()
-    train = dict(config.get("train") or {})
-    checks = check_gpus(probe, int(gpus if gpus is not None else train.get("gpus", 1)))
+    checks = check_gpus(probe, gpus if gpus is not None else max(r.train.gpus for r in runs))
     checks += check_packages(probe)
     params: dict[str, int | None] = {}
-    loggers: list[str] = []
-    for model in models:
-        rows, params[model] = check_model(probe, config, model)
+    by_model: dict[str, list[RunSettings]] = {}
+    for settings in runs:
+        by_model.setdefault(settings.model, []).append(settings)
+    for model, model_runs in by_model.items():
+        rows, params[model] = check_model(probe, model, model_runs[0].model_config)
         checks += rows
-        checks += check_memory(probe, config, model, list(methods), params[model])
-        for method in methods:
-            loggers += train_settings(config, model, method).get("loggers") or []
-    checks += check_trackers(probe, loggers)
+        checks += check_memory(probe, model_runs, params[model])
+    checks += check_trackers(probe, [name for r in runs for name in r.train.loggers])
+    methods = list(dict.fromkeys(r.method for r in runs))
     checks.append(check_data(Path(data_dir), methods, evaluation))
-    checks.append(check_disk(probe, config, params, list(methods), Path(results)))
+    checks.append(check_disk(probe, runs, params, seeds, Path(results)))
     return checks
 
 
@@ -459,7 +460,9 @@ def main(argv: Sequence[str] | None = None, probe: Probe | None = None) -> int:
         return 0
     experiment = config["experiment"]
     data_dir = root / config["data"].get("root", "data") / experiment / "verl"
-    checks = run_checks(config, models, config["methods"], data_dir, root / "results" / experiment, probe)
+    runs = [RunSettings.from_config(config, model, method) for model in models for method in config["methods"]]
+    seeds = len(config.get("seeds") or [0])
+    checks = run_checks(runs, data_dir, root / "results" / experiment, probe, seeds=seeds)
     print(report(checks))
     return 1 if problems(checks) else 0
 
