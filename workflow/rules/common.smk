@@ -20,8 +20,7 @@ sys.path.insert(0, SRC)
 
 from eqpo.data.export import train_part
 from eqpo.core.methods import CLUSTERING, EMPHASISED
-from eqpo.runs.settings import RunSettings, reproduction_options, train_settings
-from eqpo.runs.settings import estimator_options as run_estimator_options
+from eqpo.runs.settings import RunSettings, reproduction_options
 
 # Reproduction options (metrics, groups, reward), checked once with errors that name the key.
 reproduction_options(config)
@@ -106,11 +105,6 @@ def gpu_job(rule_name):
     """runtime and mem_mb of a GPU job, from the config's gpu_jobs block (keyed by rule name)."""
     job = config["gpu_jobs"][rule_name]
     return {"runtime": job["runtime"], "mem_mb": job["mem_mb"]}
-
-
-def estimator_options(wildcards):
-    """``estimators.<method>`` with the run's ``runs.<model>.<method>.estimator`` on top."""
-    return run_estimator_options(config, wildcards.model, wildcards.method)
 
 
 def hierarchical_methods():
