@@ -111,7 +111,7 @@ def test_a_crashing_rule_script_ends_its_log_with_the_traceback(tmp_path):
         log=[str(log)],
         input=[str(tmp_path / "absent.parquet")],
         output=[str(tmp_path / "m.json")],
-        config={},
+        params=SimpleNamespace(options={}),
         wildcards=SimpleNamespace(model="demo-linear", method="grpo", seed="0"),
     )
     with pytest.raises(FileNotFoundError):
