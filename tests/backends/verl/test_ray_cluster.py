@@ -281,20 +281,17 @@ def test_run_training_joins_the_cluster_and_stops_it_even_when_verl_fails(tmp_pa
     monkeypatch.setenv("SLURM_JOB_NODELIST", "node[1-2]")
     data = test_launch.export(tmp_path / "data")
     host = socket.gethostname()
-    config = nodes_config(2)
+    settings = RunSettings.from_config(nodes_config(2), "qwen2.5-vl-7b", "eqpo")
     runner = FakeRunner([host, "gpu09"], joined=[2])
     verl = test_launch.FakeVerl(fail_after=1)
-    with pytest.raises(RuntimeError, match="verl exited with status 1"):
+
+    def train(ray_runner, **kwargs):
         launch.run_training(
-            RunSettings.from_config(config, "qwen2.5-vl-7b", "eqpo"),
-            0,
-            tmp_path / "run",
-            data,
-            runner=verl,
-            check_env=False,
-            ray_runner=runner,
-            num_cpus=16,
+            settings, 0, tmp_path / "run", data, runner=verl, check_env=False, ray_runner=ray_runner, **kwargs
         )
+
+    with pytest.raises(RuntimeError, match="verl exited with status 1"):
+        train(runner, num_cpus=16)
     head = runner.commands[1]
     port = next(a.split("=")[1] for a in head if a.startswith("--port="))
     address = f"{socket.gethostbyname(host)}:{port}"
@@ -307,15 +304,7 @@ def test_run_training_joins_the_cluster_and_stops_it_even_when_verl_fails(tmp_pa
 
     # The next allocation (another address) resumes from the checkpoint of the first.
     runner = FakeRunner(["gpu07", host], joined=[2])
-    launch.run_training(
-        RunSettings.from_config(config, "qwen2.5-vl-7b", "eqpo"),
-        0,
-        tmp_path / "run",
-        data,
-        runner=verl,
-        check_env=False,
-        ray_runner=runner,
-    )
+    train(runner)
     assert len(verl.calls) == 2 and (tmp_path / "run" / "checkpoint" / "global_step_2").is_dir()
     assert [p.signals for p in runner.procs] == [[signal.SIGTERM]] * 2
 
