@@ -108,3 +108,36 @@ def test_from_config_names_bad_keys():
 def test_defaults_are_the_reproduction_defaults():
     settings = RunSettings(model="m", method="eqpo")
     assert settings.train == TrainSettings() and settings.options == ReproductionOptions()
+
+
+OVERLAYS = [[], *[[path] for path in sorted((REPO / "config").glob("*.yaml"))]]
+
+
+@pytest.mark.parametrize("overlays", OVERLAYS, ids=lambda o: o[0].name if o else "config.yaml")
+def test_load_config_gives_the_config_snakemake_validates(overlays):
+    """The command-line tools' config (load_config) is the workflow's: the overlays merged and the
+    schema's defaults filled in exactly as the Snakefile's snakemake.utils.validate does."""
+    import copy
+
+    from snakemake.utils import validate
+
+    from eqpo.runs.settings import load_config, merge_config
+
+    raw = CONFIG
+    for path in overlays:
+        raw = merge_config(raw, yaml.safe_load(path.read_text()) or {})
+    expected = copy.deepcopy(raw)
+    validate(expected, str(REPO / "workflow/schemas/config.schema.yaml"))
+    assert expected != raw  # the schema has defaults to fill in
+    assert load_config(overlays, REPO) == expected
+
+
+def test_load_config_names_what_the_schema_rejects(tmp_path):
+    from eqpo.runs.settings import load_config
+
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text("train:\n  rollouts: 0\n  lerning_rate: 1.0e-6\n")
+    with pytest.raises(ValueError) as err:
+        load_config([overlay], REPO)
+    assert "train.rollouts: 0 is less than the minimum of 1" in str(err.value)
+    assert "'lerning_rate' was unexpected" in str(err.value)

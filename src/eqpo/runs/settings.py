@@ -260,15 +260,48 @@ def merge_config(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[st
     return out
 
 
+SCHEMA_FILE = Path("workflow") / "schemas" / "config.schema.yaml"  # relative to the repository root
+
+
 def load_config(configfiles: Sequence[str | Path], root: str | Path = ".") -> dict[str, Any]:
-    """``root``/config.yaml with the overlays merged in order, as ``snakemake --configfile`` does (no
-    schema defaults: the workflow's validation adds those)."""
+    """The config the workflow sees: ``root``/config.yaml with the overlays merged in order, as
+    ``snakemake --configfile`` does, then checked against the workflow's schema with its defaults
+    filled in, as the Snakefile's ``validate`` does (:func:`apply_schema`). Command-line tools (the
+    preflight, the memory plan) read their config through this one function."""
     import yaml
 
     config: dict[str, Any] = yaml.safe_load((Path(root) / "config.yaml").read_text())
     for file in configfiles:
         config = merge_config(config, yaml.safe_load(Path(file).read_text()) or {})
-    return config
+    return apply_schema(config, Path(root) / SCHEMA_FILE)
+
+
+def apply_schema(config: Mapping[str, Any], schema_file: str | Path) -> dict[str, Any]:
+    """A copy of ``config`` with the schema's defaults filled in wherever the schema describes an
+    object (also under ``$ref`` and per-entry schemas), checked against the schema; a config that
+    does not match is a ``ValueError`` naming each wrong key and what the schema wants."""
+    import copy
+
+    import yaml
+    from jsonschema import Draft202012Validator, validators
+
+    schema = yaml.safe_load(Path(schema_file).read_text())
+    check_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if isinstance(sub, Mapping) and "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, properties, instance, schema)
+
+    validator = validators.extend(Draft202012Validator, {"properties": properties_with_defaults})(schema)
+    out = copy.deepcopy(dict(config))
+    errors = sorted(validator.iter_errors(out), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"  {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+        raise ValueError(f"the config does not match {schema_file}:\n" + "\n".join(lines))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
