@@ -236,6 +236,9 @@ def test_command_line(tmp_path, capsys):
     root = tmp_path / "repo"
     root.mkdir()
     (root / "config.yaml").write_text((REPO / "config.yaml").read_text())
+    schema = root / "workflow" / "schemas" / "config.schema.yaml"
+    schema.parent.mkdir(parents=True)
+    schema.write_text((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     overlay = tmp_path / "smoke.yaml"
     overlay.write_text((REPO / "config" / "smoke.yaml").read_text())
     exported(root / "data" / "smoke")
