@@ -374,9 +374,7 @@ class TrainSettings:
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"train: unknown key(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        if isinstance(values.get("loggers"), list):
-            values["loggers"] = tuple(values["loggers"])
-        return cls(**values)
+        return cls(**values)  # __post_init__ makes a loggers list a tuple
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values (``loggers`` a list), as in a config's ``train`` block."""
@@ -388,11 +386,12 @@ TRAIN_DEVICES = ("cuda", "cpu")
 # `train` block states the same bounds (a test holds the two equal).
 _TRAIN_CHECKS: dict[str, tuple[type, float | None]] = {
     **dict.fromkeys(
-        ("steps", "epochs", "batch_prompts", "rollouts", "ppo_mini_batch", "ppo_epochs", "test_freq", "save_freq"),
+        (
+            *("steps", "epochs", "batch_prompts", "rollouts", "ppo_mini_batch", "ppo_epochs", "test_freq", "save_freq"),
+            *("max_prompt_length", "max_response_length", "tensor_parallel", "gpus", "nnodes", "max_ckpt_to_keep"),
+        ),
         (int, 1),
     ),
-    **dict.fromkeys(("max_prompt_length", "max_response_length", "tensor_parallel", "gpus", "nnodes"), (int, 1)),
-    "max_ckpt_to_keep": (int, 1),
     **dict.fromkeys(("lr", "clip", "temperature", "grad_clip", "rollout_gpu_memory"), (float, 0)),
     "kl_coef": (float, None),
     **dict.fromkeys(("save_hf_model", "rollout_data", "restart_estimator_on_resume"), (bool, None)),

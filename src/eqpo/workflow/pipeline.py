@@ -26,7 +26,7 @@ from eqpo.data.cohort_table import read_cohort, write_cohort
 from eqpo.runs.settings import ReproductionOptions
 
 if TYPE_CHECKING:
-    from eqpo.runs.settings import ReproductionOptions, RunSettings
+    from eqpo.runs.settings import RunSettings
 
 log = logging.getLogger("eqpo")
 
