@@ -22,8 +22,9 @@ from eqpo.data.export import train_part
 from eqpo.core.methods import CLUSTERING, EMPHASISED
 from eqpo.runs.settings import RunSettings, reproduction_options
 
-# Reproduction options (metrics, groups, reward), checked once with errors that name the key.
-reproduction_options(config)
+# Reproduction options (metrics, groups, reward), checked once with errors that name the key; the
+# experiment-wide rules take them from here (a run's own reward: run_options).
+OPTIONS = reproduction_options(config)
 
 EXP = config["experiment"]
 DATA = f"{config['data']['root']}/{EXP}"

@@ -79,7 +79,7 @@ rule export_verl:
         custom=config["data"]["custom"],
         records=config["data"]["records"],
         covid_blues_options=config["data"]["covid_blues_options"],
-        group_definition=reproduction_options(config).group_definition,
+        group_definition=OPTIONS.group_definition,
     log:
         f"{LOGS}/export_verl.log",
     conda:

@@ -16,7 +16,7 @@ rule table2:
         test_tex=f"{RESULTS}/tables/table2_test.tex",
     params:
         point={k: config["report"].get(k) for k in ("point", "step", "steps")},  # rerun when it changes
-        options=reproduction_options(config).as_dict(),
+        options=OPTIONS.as_dict(),
     log:
         f"{LOGS}/table2.log",
     localrule: True
@@ -38,7 +38,7 @@ rule uncertainty:
     params:
         n_boot=config["report"]["n_boot"],
         level=config["report"]["level"],
-        class_set=reproduction_options(config).class_set,
+        class_set=OPTIONS.class_set,
     log:
         f"{LOGS}/uncertainty.log",
     resources:
